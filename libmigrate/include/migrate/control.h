@@ -1,0 +1,102 @@
+/*
+ * libmigrate control client: what an orchestrator (or migratectl) uses to ask
+ * an engine to migrate a user, list its users and watch its events over the
+ * authenticated control channel.
+ *
+ * The control client is blocking and simple: each call sends a request and
+ * waits for its answer. It owns a small I/O thread; calls may come from any
+ * one thread at a time.
+ */
+#ifndef MIGRATE_CONTROL_H
+#define MIGRATE_CONTROL_H
+
+#include <migrate/migrate.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** A connection to one engine's control channel. */
+typedef struct mig_ctl mig_ctl;
+
+/** Control client options; zero-initialise. Strings are copied. */
+typedef struct mig_ctl_options {
+	/** The engine's URL, "ws://host:port" or "wss://host:port". */
+	const char *url;
+	/** The cluster secret (required unless allow_insecure). */
+	const void *secret;
+	size_t secret_len;
+	int allow_insecure;
+	/** PEM CA bundle to verify a wss:// engine; NULL uses the OS store. */
+	const char *tls_ca_file;
+	/** Client certificate and key, for engines that require one. */
+	const char *tls_cert_file;
+	const char *tls_key_file;
+	/** Connect and per-request timeout; 0 means 10000 ms. */
+	unsigned int timeout_ms;
+} mig_ctl_options;
+
+/**
+ * Connect and authenticate.
+ * @param out receives the client; NULL on failure.
+ * @param errbuf if not NULL, receives a one-line reason on failure.
+ * @return 0, MIG_EINVAL, MIG_ECONNECT, MIG_EAUTH, MIG_ETIMEDOUT, MIG_ETLS,
+ *         MIG_EVERSION, MIG_ENOMEM.
+ * Ownership: free the client with mig_ctl_free().
+ * Thread: any.
+ */
+MIG_EXPORT int mig_ctl_new(mig_ctl **out, const mig_ctl_options *options,
+			   char *errbuf, size_t errbuf_len);
+
+/** Close and free. Accepts NULL. Thread: any, not concurrently with calls. */
+MIG_EXPORT void mig_ctl_free(mig_ctl *ctl);
+
+/**
+ * Detail of the last failure ("" if none).
+ * @return a string owned by the client, valid until its next call.
+ */
+MIG_EXPORT const char *mig_ctl_last_error(const mig_ctl *ctl);
+
+/**
+ * List the engine's users.
+ * @param fn called once per user, on the caller's thread, before return.
+ * @return the number of users, or a negative MIG_E*.
+ */
+MIG_EXPORT int mig_ctl_users(mig_ctl *ctl,
+			     void (*fn)(const char *user, mig_user_state state,
+					void *user_data),
+			     void *user_data);
+
+/**
+ * Ask the engine to migrate `user` to `destination_url` and wait until the
+ * migration ends (or timeout_ms passes; 0 means 60000 ms).
+ * @param on_event if not NULL, called for every event of this migration
+ *                 (STARTED, PREPARED, COMMITTED/ABORTED), on the caller's
+ *                 thread. The final event is also copied into *final.
+ * @param final    if not NULL, receives the last event's figures; its string
+ *                 pointers are NULL (they do not outlive the call).
+ * @return 0 when committed; the abort error otherwise (e.g. MIG_ENOUSER,
+ *         MIG_EREJECTED, MIG_ECALLBACK), MIG_ETIMEDOUT, MIG_ECLOSED.
+ */
+MIG_EXPORT int mig_ctl_migrate(mig_ctl *ctl, const char *user,
+			       const char *destination_url,
+			       unsigned int timeout_ms,
+			       void (*on_event)(const mig_event *event,
+						void *user_data),
+			       void *user_data, mig_event *final);
+
+/**
+ * Subscribe to all of the engine's events and deliver them to `fn` until
+ * `fn` returns non-zero, the connection closes, or timeout_ms passes
+ * (negative: no limit).
+ * @return 0 when fn stopped it, MIG_ETIMEDOUT, MIG_ECLOSED, or an error.
+ */
+MIG_EXPORT int mig_ctl_watch(mig_ctl *ctl, int timeout_ms,
+			     int (*fn)(const mig_event *event, void *user_data),
+			     void *user_data);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MIGRATE_CONTROL_H */

@@ -1,0 +1,43 @@
+/* Authentication and randomness (OpenSSL): HMAC-SHA256 challenge-response
+ * over the cluster secret, nonces and migration ids.
+ *
+ * The transcript both sides MAC is fixed-layout and length-prefixed, so no
+ * two different handshakes produce the same bytes:
+ *   "libmigrate-auth-v1" 0x00, role ('C' client proof / 'S' server proof),
+ *   u32be protocol_version, u32be channel,
+ *   server_nonce[32], client_nonce[32],
+ *   u16be len + client engine_id bytes, u16be len + advertised_url bytes. */
+#ifndef MIG_AUTH_H
+#define MIG_AUTH_H
+
+#include "common.h"
+
+#define MIG__AUTH_NONCE_LEN 32
+#define MIG__AUTH_MAC_LEN 32
+#define MIG__AUTH_MIN_SECRET 16
+
+typedef struct mig__auth_transcript {
+	uint32_t protocol_version;
+	uint32_t channel;
+	const uint8_t *server_nonce; /* MIG__AUTH_NONCE_LEN bytes */
+	const uint8_t *client_nonce; /* MIG__AUTH_NONCE_LEN bytes */
+	const char *engine_id;       /* may be NULL ("") */
+	const char *advertised_url;  /* may be NULL ("") */
+} mig__auth_transcript;
+
+/* Fill `buf` with cryptographically strong random bytes. 0 or MIG_ESYSTEM. */
+int mig__random(void *buf, size_t len);
+
+/* A new migration id: 32 lowercase hex digits + NUL. 0 or MIG_ESYSTEM. */
+int mig__new_mid(char out[MIG__MID_LEN + 1]);
+
+/* MAC of the transcript for `role` ('C' or 'S'). 0 or MIG_ESYSTEM. */
+int mig__auth_mac(const void *secret, size_t secret_len, char role,
+		  const mig__auth_transcript *t, uint8_t mac[MIG__AUTH_MAC_LEN]);
+
+/* Constant-time check of a received MAC against the expected one. */
+bool mig__auth_verify(const void *secret, size_t secret_len, char role,
+		      const mig__auth_transcript *t, const uint8_t *mac,
+		      size_t mac_len);
+
+#endif

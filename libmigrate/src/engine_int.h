@@ -1,0 +1,237 @@
+/* The engine's private state, shared by engine.c (API, dispatch loop),
+ * users.c (user table), handoff.c (the two-phase handoff) and control.c
+ * (the control channel).
+ *
+ * Locking: `lock` guards everything below it. The handoff state machine runs
+ * only inside dispatch (serialised by `dispatch_lock`) and holds `lock` except
+ * while an application callback runs: mig__engine_unlock_for_app() /
+ * mig__engine_relock() bracket every callback, so callbacks may call any
+ * public function. Public functions from other threads take `lock` briefly. */
+#ifndef MIG_ENGINE_INT_H
+#define MIG_ENGINE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "common.h"
+#include "evq.h"
+#include "transport.h"
+#include "wire.h"
+
+struct mig_buf {
+	uint8_t *data;
+	size_t len;
+	size_t cap;
+	size_t max; /* cap on the total, from the frame cap */
+	int error;  /* first failure (sticky) */
+};
+
+typedef struct mig__domain {
+	char *name;
+	char *type_name;
+	uint32_t version;
+	mig_extract_fn extract;
+	mig_merge_fn merge;
+	void *user_data;
+} mig__domain;
+
+typedef struct mig__user {
+	struct mig__user *next; /* hash chain */
+	char *id;
+	mig_user_state state;
+	struct mig_migration *migration; /* the migration holding it, if any */
+} mig__user;
+
+typedef struct mig__users {
+	mig__user **buckets;
+	size_t nbuckets;
+	size_t count;
+} mig__users;
+
+/* Phases of a migration; see docs/PROTOCOL.md for the diagram. */
+enum mig__phase {
+	/* source */
+	MIG__SRC_NEW,          /* created by mig_migrate(); dispatch starts it */
+	MIG__SRC_BEGIN_SENT,   /* waiting for ACCEPT / REJECT */
+	MIG__SRC_PREPARE_SENT, /* paused, state sent, waiting for PREPARED / FAILED */
+	MIG__SRC_COMMIT,       /* COMMIT decided: never resumes unless the
+				  destination answers it lost its copy */
+	/* destination */
+	MIG__DST_ACCEPTED, /* waiting for PREPARE */
+	MIG__DST_PREPARED, /* merged into an inactive user; waiting for COMMIT */
+	/* both */
+	MIG__DONE,
+};
+
+/* Fault injection for tests (white-box only, not in the public API): at a
+ * named point, cut the peer link, either instead of sending the frame or
+ * right after it went out. */
+enum mig__fault_point {
+	MIG__FAULT_NONE = 0,
+	MIG__FAULT_SEND_BEGIN,     /* source sends BEGIN */
+	MIG__FAULT_SEND_ACCEPT,    /* destination sends ACCEPT */
+	MIG__FAULT_SEND_PREPARE,   /* source sends PREPARE */
+	MIG__FAULT_SEND_PREPARED,  /* destination sends PREPARED */
+	MIG__FAULT_SEND_COMMIT,    /* source sends COMMIT */
+	MIG__FAULT_SEND_COMMITTED, /* destination sends COMMITTED */
+};
+
+enum mig__fault_action {
+	MIG__FAULT_DROP_BEFORE = 1, /* the frame is lost with the link */
+	MIG__FAULT_DROP_AFTER = 2,  /* the frame is delivered, then the link drops */
+};
+
+struct mig_migration {
+	atomic_int refs;
+	mig_engine *engine; /* NULL once the engine is freed */
+	struct mig_migration *next;
+	char mid[MIG__MID_LEN + 1];
+	char *user;
+	char *peer_url;
+	bool outgoing;
+	enum mig__phase phase;
+	/* Result, readable from any thread under the engine lock. */
+	mig_migration_state state;
+	int error;
+	char reason[MIG__REASON_MAX];
+	bool cancel_requested;
+	/* The connection the migration last talked on (0 = none). */
+	uint64_t conn;
+	/* Destination: the light state as received, kept to answer a
+	 * repeated PREPARE without merging twice. */
+	bool paused;
+	bool parked;
+	bool emitted_started;
+	/* Control request that started it, answered when it ends. */
+	uint64_t ctl_conn;
+	uint32_t ctl_request;
+	/* Timing and counters. */
+	uint64_t started_us;
+	uint64_t paused_us;
+	uint64_t ended_us;
+	uint64_t deadline_us;   /* next timer (0 = none) */
+	uint64_t phase_started_us;
+	unsigned retries;
+	uint64_t bytes_sent;
+	uint64_t bytes_received;
+	uint64_t downtime_us;
+};
+
+typedef struct mig__conn_rec {
+	struct mig__conn_rec *next;
+	uint64_t id;
+	int channel;
+	bool inbound;
+	bool up;
+	bool subscribed; /* control: receives every event */
+	char *url;       /* outbound: the URL; inbound peer: advertised URL */
+} mig__conn_rec;
+
+typedef struct mig__pending_log {
+	struct mig__pending_log *next;
+	mig_log_level level;
+	char *line;
+} mig__pending_log;
+
+struct mig_engine {
+	/* Options (owned copies). */
+	char *listen_address;
+	int listen_port;
+	char *advertised_url;
+	char *engine_id;
+	uint8_t *secret;
+	size_t secret_len;
+	bool insecure;
+	char *tls_cert_file;
+	char *tls_key_file;
+	char *tls_ca_file;
+	bool tls_require_client_cert;
+	size_t max_frame;
+	unsigned peer_timeout_ms;
+	mig_event_fn on_event;
+	mig_log_fn on_log;
+	mig_log_level log_level;
+	void *user_data;
+	mig_hooks hooks;
+	void *hooks_user_data;
+
+	mig__domain *domains;
+	size_t ndomains;
+
+	mig__transport *transport;
+	mig__evq events;   /* transport -> dispatch */
+	int wake_fd;       /* eventfd: another thread asks dispatch to look */
+	int timer_fd;      /* timerfd: the earliest migration deadline */
+	int epoll_fd;      /* mig_engine_fd(): the three above */
+	uint64_t timer_armed_us;
+	bool started;
+	atomic_bool stop_run;
+
+	pthread_mutex_t dispatch_lock;
+	pthread_mutex_t lock;
+	/* --- guarded by lock --- */
+	mig__users users;
+	struct mig_migration *migrations; /* running and remembered outcomes */
+	size_t nmigrations;
+	mig__conn_rec *conns;
+	mig__pending_log *logs_head;
+	mig__pending_log *logs_tail;
+	char last_error[256];
+	/* Faults (tests). */
+	enum mig__fault_point fault_point;
+	enum mig__fault_action fault_action;
+	unsigned fault_count; /* how many more times to fire */
+};
+
+/* engine.c */
+void mig__engine_log(mig_engine *e, mig_log_level level, const char *fmt, ...)
+	MIG__PRINTF(3, 4);
+void mig__engine_set_error(mig_engine *e, const char *fmt, ...) MIG__PRINTF(2, 3);
+void mig__engine_unlock_for_app(mig_engine *e);
+void mig__engine_relock(mig_engine *e);
+void mig__engine_wake(mig_engine *e);
+/* Sends a frame on `conn`, counting bytes into `m` (may be NULL); with
+ * close_after the connection closes once the frame is out. Returns the
+ * encoded size, or a negative MIG_E*. */
+int mig__engine_send(mig_engine *e, uint64_t conn, const mig__frame *f,
+		     struct mig_migration *m, bool close_after);
+/* A connection to the peer engine at `url`: an existing one if up or
+ * connecting, else a new one. Returns 0 and the id, or a negative MIG_E*. */
+int mig__engine_peer_conn(mig_engine *e, const char *url, uint64_t *conn);
+mig__conn_rec *mig__engine_conn(mig_engine *e, uint64_t id);
+/* Test hook (white-box tests only). */
+void mig__engine_set_fault(mig_engine *e, enum mig__fault_point point,
+			   enum mig__fault_action action, unsigned count);
+/* Should the frame at `point` fire a fault? Consumes one count. */
+enum mig__fault_action mig__engine_fault_at(mig_engine *e, enum mig__fault_point point);
+void mig__migration_unref(struct mig_migration *m);
+
+/* users.c */
+int mig__users_init(mig__users *u);
+void mig__users_destroy(mig__users *u);
+mig__user *mig__users_find(mig__users *u, const char *id);
+int mig__users_insert(mig__users *u, const char *id, mig_user_state state,
+		      mig__user **out);
+void mig__users_remove(mig__users *u, const char *id);
+
+/* handoff.c */
+/* Creates a source migration (phase NEW) and wakes dispatch. */
+int mig__handoff_start(mig_engine *e, const char *user, const char *url,
+		       uint64_t ctl_conn, uint32_t ctl_request, struct mig_migration **out);
+void mig__handoff_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f,
+			   size_t bytes);
+void mig__handoff_on_conn_down(mig_engine *e, uint64_t conn, int error,
+			       const char *reason);
+/* Starts NEW migrations, applies cancels, fires deadlines, forgets old
+ * outcomes. Returns the earliest next deadline (0 = none). */
+uint64_t mig__handoff_tick(mig_engine *e, uint64_t now);
+struct mig_migration *mig__handoff_find(mig_engine *e, const char *mid);
+
+/* control.c */
+void mig__control_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f);
+/* Called for every event: sends it to subscribers and to the control
+ * request that started the migration; answers that request at the end. */
+void mig__control_publish(mig_engine *e, const mig_event *ev,
+			  struct mig_migration *m);
+
+#endif

@@ -1,0 +1,326 @@
+/* The two-phase handoff, common part: migration records, events, sending,
+ * timers and the outcome memory. The source's steps are in handoff_src.c,
+ * the destination's in handoff_dst.c.
+ *
+ * Everything here runs inside dispatch with the engine lock held; the lock is
+ * released only around application callbacks (see engine_int.h). */
+#include <string.h>
+
+#include "auth.h"
+#include "handoff_int.h"
+
+/* How long a finished migration's outcome is remembered, and how many. */
+#define OUTCOME_TTL_US (10ull * 60 * 1000000)
+#define OUTCOME_MAX 10000
+
+struct mig_migration *mig__handoff_find(mig_engine *e, const char *mid)
+{
+	for (struct mig_migration *m = e->migrations; m; m = m->next)
+		if (strcmp(m->mid, mid) == 0)
+			return m;
+	return NULL;
+}
+
+struct mig_migration *mig__handoff_new(mig_engine *e, const char *mid, const char *user,
+				       const char *peer_url, bool outgoing)
+{
+	struct mig_migration *m = mig__calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->user = mig__strdup(user);
+	m->peer_url = mig__strdup(peer_url);
+	if (!m->user || !m->peer_url) {
+		mig__free(m->user);
+		mig__free(m->peer_url);
+		mig__free(m);
+		return NULL;
+	}
+	atomic_init(&m->refs, 1);
+	m->engine = e;
+	mig__strlcpy(m->mid, mid, sizeof(m->mid));
+	m->outgoing = outgoing;
+	m->state = MIG_MIGRATION_RUNNING;
+	m->started_us = mig__now_us();
+	m->phase_started_us = m->started_us;
+	m->next = e->migrations;
+	e->migrations = m;
+	e->nmigrations++;
+	return m;
+}
+
+void mig__handoff_set_phase(struct mig_migration *m, enum mig__phase phase, uint64_t deadline)
+{
+	m->phase = phase;
+	m->phase_started_us = mig__now_us();
+	m->deadline_us = deadline;
+	m->retries = 0;
+}
+
+uint64_t mig__handoff_timeout_us(const mig_engine *e)
+{
+	return (uint64_t)e->peer_timeout_ms * 1000u;
+}
+
+/* Exponential backoff for retries: 50 ms doubling, at most 2 s. */
+uint64_t mig__handoff_backoff_us(struct mig_migration *m)
+{
+	unsigned k = m->retries < 6 ? m->retries : 6;
+	m->retries++;
+	uint64_t us = 50000ull << k;
+	return us > 2000000u ? 2000000u : us;
+}
+
+void mig__handoff_finish(mig_engine *e, struct mig_migration *m, mig_migration_state state,
+			 int error, const char *reason)
+{
+	m->phase = MIG__DONE;
+	m->state = state;
+	m->error = error;
+	mig__strlcpy(m->reason, reason ? reason : "", sizeof(m->reason));
+	m->ended_us = mig__now_us();
+	m->deadline_us = 0;
+	mig__user *u = mig__users_find(&e->users, m->user);
+	if (u && u->migration == m)
+		u->migration = NULL;
+}
+
+void mig__handoff_emit(mig_engine *e, mig_event_type type, struct mig_migration *m)
+{
+	char mid[MIG__MID_LEN + 1], user[MIG__USER_MAX + 1], reason[MIG__REASON_MAX];
+	char *peer = mig__strdup(m->peer_url);
+	mig__strlcpy(mid, m->mid, sizeof(mid));
+	mig__strlcpy(user, m->user, sizeof(user));
+	mig__strlcpy(reason, m->reason, sizeof(reason));
+	mig_event ev = {
+		.type = type,
+		.mid = mid,
+		.user = user,
+		.peer_url = peer ? peer : "",
+		.error = m->error,
+		.reason = reason,
+		.bytes_sent = m->bytes_sent,
+		.bytes_received = m->bytes_received,
+		.duration_us = (m->ended_us ? m->ended_us : mig__now_us()) - m->started_us,
+		.downtime_us = m->downtime_us,
+	};
+	mig__control_publish(e, &ev, m);
+	mig__engine_log(e, MIG_LOG_INFO, "migration %s user %s: %s%s%s", mid, user,
+			type == MIG_EVENT_STARTED     ? "started"
+			: type == MIG_EVENT_PREPARED  ? "prepared"
+			: type == MIG_EVENT_COMMITTED ? "committed"
+			: type == MIG_EVENT_ABORTED   ? "aborted"
+			: type == MIG_EVENT_INCOMING  ? "incoming"
+			: type == MIG_EVENT_ACTIVATED ? "activated"
+						      : "dropped",
+			reason[0] ? ": " : "", reason);
+	if (e->on_event) {
+		mig_event_fn fn = e->on_event;
+		void *ud = e->user_data;
+		mig__engine_unlock_for_app(e);
+		fn(e, &ev, ud);
+		mig__engine_relock(e);
+	}
+	mig__free(peer);
+}
+
+/* Returns the connection to use for `m`'s peer, connecting if needed. */
+static int peer_conn(mig_engine *e, struct mig_migration *m, uint64_t *conn)
+{
+	if (m->conn && mig__engine_conn(e, m->conn)) {
+		*conn = m->conn;
+		return 0;
+	}
+	int rc = mig__engine_peer_conn(e, m->peer_url, conn);
+	if (!rc)
+		m->conn = *conn;
+	return rc;
+}
+
+int mig__handoff_send(mig_engine *e, struct mig_migration *m, const mig__frame *f,
+		      enum mig__fault_point point)
+{
+	uint64_t conn;
+	int rc = peer_conn(e, m, &conn);
+	if (rc) {
+		mig__engine_log(e, MIG_LOG_WARN, "migration %s: cannot reach %s: %s", m->mid,
+				m->peer_url, mig_strerror(rc));
+		return rc;
+	}
+	switch (mig__engine_fault_at(e, point)) {
+	case MIG__FAULT_DROP_BEFORE:
+		mig__engine_log(e, MIG_LOG_INFO, "fault: dropping the link instead of sending %s",
+				mig__wire_body_name(f));
+		mig__transport_close(e->transport, conn, 0, "fault injected");
+		return 0;
+	case MIG__FAULT_DROP_AFTER:
+		mig__engine_log(e, MIG_LOG_INFO, "fault: dropping the link after sending %s",
+				mig__wire_body_name(f));
+		rc = mig__engine_send(e, conn, f, m, true);
+		return rc < 0 ? rc : 0;
+	default:
+		rc = mig__engine_send(e, conn, f, m, false);
+		return rc < 0 ? rc : 0;
+	}
+}
+
+void mig__handoff_reply(mig_engine *e, uint64_t conn, const mig__frame *f,
+			struct mig_migration *m)
+{
+	mig__engine_send(e, conn, f, m, false);
+}
+
+void mig__handoff_reply_outcome(mig_engine *e, uint64_t conn, const char *mid,
+				Migwire__OutcomeState state)
+{
+	Migwire__Outcome o = MIGWIRE__OUTCOME__INIT;
+	o.mid = (char *)mid;
+	o.state = state;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_OUTCOME;
+	f.outcome = &o;
+	mig__handoff_reply(e, conn, &f, NULL);
+}
+
+/* What this engine knows of `mid` (for OUTCOME_QUERY, and for COMMIT/ABORT
+ * of a migration it has no running record of). */
+Migwire__OutcomeState mig__handoff_outcome_of(mig_engine *e, const char *mid, const char *user)
+{
+	struct mig_migration *m = mig__handoff_find(e, mid);
+	if (m) {
+		if (m->phase == MIG__DONE)
+			return m->state == MIG_MIGRATION_COMMITTED
+				       ? MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED
+				       : MIGWIRE__OUTCOME_STATE__OUTCOME_ABORTED;
+		if (m->phase == MIG__SRC_COMMIT)
+			return MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED;
+		return MIGWIRE__OUTCOME_STATE__OUTCOME_PENDING;
+	}
+	mig__user *u = mig__users_find(&e->users, user);
+	return u && u->state == MIG_USER_ACTIVE ? MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ACTIVE
+						: MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ABSENT;
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+void mig__handoff_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f, size_t bytes)
+{
+	const char *mid = NULL;
+	switch (f->body_case) {
+	case MIGWIRE__FRAME__BODY_BEGIN:
+		mig__dst_on_begin(e, conn, f->begin, bytes);
+		return;
+	case MIGWIRE__FRAME__BODY_PREPARE:
+		mig__dst_on_prepare(e, conn, f->prepare, bytes);
+		return;
+	case MIGWIRE__FRAME__BODY_COMMIT:
+		mig__dst_on_commit(e, conn, f->commit, bytes);
+		return;
+	case MIGWIRE__FRAME__BODY_ABORT:
+		mig__dst_on_abort(e, conn, f->abort, bytes);
+		return;
+	case MIGWIRE__FRAME__BODY_OUTCOME_QUERY: {
+		Migwire__OutcomeQuery *q = f->outcome_query;
+		struct mig_migration *m = mig__handoff_find(e, q->mid);
+		if (m)
+			m->bytes_received += bytes;
+		mig__handoff_reply_outcome(e, conn, q->mid, mig__handoff_outcome_of(e, q->mid, q->user));
+		return;
+	}
+	case MIGWIRE__FRAME__BODY_OUTCOME:
+		mid = f->outcome->mid;
+		break;
+	case MIGWIRE__FRAME__BODY_ACCEPT:
+		mid = f->accept->mid;
+		break;
+	case MIGWIRE__FRAME__BODY_REJECT:
+		mid = f->reject->mid;
+		break;
+	case MIGWIRE__FRAME__BODY_PREPARED:
+		mid = f->prepared->mid;
+		break;
+	case MIGWIRE__FRAME__BODY_FAILED:
+		mid = f->failed->mid;
+		break;
+	case MIGWIRE__FRAME__BODY_COMMITTED:
+		mid = f->committed->mid;
+		break;
+	case MIGWIRE__FRAME__BODY_ABORTED:
+		mid = f->aborted->mid;
+		break;
+	default:
+		mig__engine_log(e, MIG_LOG_WARN, "peer connection %llu: unexpected %s frame",
+				(unsigned long long)conn, mig__wire_body_name(f));
+		mig__transport_close(e->transport, conn, 1008, "unexpected frame on the peer channel");
+		return;
+	}
+	struct mig_migration *m = mig__handoff_find(e, mid);
+	if (!m) {
+		mig__engine_log(e, MIG_LOG_INFO, "%s for unknown migration %s ignored",
+				mig__wire_body_name(f), mid);
+		return;
+	}
+	m->bytes_received += bytes;
+	if (f->body_case == MIGWIRE__FRAME__BODY_OUTCOME && !m->outgoing) {
+		mig__dst_on_outcome(e, m, f->outcome->state);
+		return;
+	}
+	if (!m->outgoing) {
+		mig__engine_log(e, MIG_LOG_WARN, "%s for incoming migration %s ignored",
+				mig__wire_body_name(f), mid);
+		return;
+	}
+	m->conn = conn;
+	mig__src_on_frame(e, m, f);
+}
+
+void mig__handoff_on_conn_down(mig_engine *e, uint64_t conn, int error, const char *reason)
+{
+	for (struct mig_migration *m = e->migrations; m; m = m->next) {
+		if (m->conn != conn || m->phase == MIG__DONE)
+			continue;
+		m->conn = 0;
+		if (m->outgoing)
+			mig__src_on_link_down(e, m, error, reason);
+		else
+			mig__dst_on_link_down(e, m, error, reason);
+	}
+}
+
+static void prune(mig_engine *e, uint64_t now)
+{
+	size_t kept = 0;
+	for (struct mig_migration **pp = &e->migrations; *pp;) {
+		struct mig_migration *m = *pp;
+		bool old = m->phase == MIG__DONE &&
+			   (now - m->ended_us > OUTCOME_TTL_US || kept >= OUTCOME_MAX);
+		if (old) {
+			*pp = m->next;
+			e->nmigrations--;
+			m->engine = NULL;
+			mig__migration_unref(m);
+		} else {
+			if (m->phase == MIG__DONE)
+				kept++;
+			pp = &m->next;
+		}
+	}
+}
+
+uint64_t mig__handoff_tick(mig_engine *e, uint64_t now)
+{
+	for (struct mig_migration *m = e->migrations; m; m = m->next) {
+		if (m->phase == MIG__DONE)
+			continue;
+		if (m->outgoing)
+			mig__src_tick(e, m, mig__now_us());
+		else
+			mig__dst_tick(e, m, mig__now_us());
+	}
+	prune(e, now);
+	uint64_t next = 0;
+	for (struct mig_migration *m = e->migrations; m; m = m->next)
+		if (m->phase != MIG__DONE && m->deadline_us &&
+		    (!next || m->deadline_us < next))
+			next = m->deadline_us;
+	return next;
+}

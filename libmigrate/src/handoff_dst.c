@@ -1,0 +1,379 @@
+/* The destination side of the handoff.
+ *
+ *   BEGIN -> ACCEPT (user INCOMING) -> PREPARE: merge into the inactive user
+ *         -> PREPARED -> COMMIT: activate -> COMMITTED.
+ *
+ * The destination activates only on COMMIT or on a definite answer to its
+ * OUTCOME query; it drops the incoming copy on ABORT, on a lost link before
+ * it prepared, or when the source says the migration did not commit. A
+ * prepared destination that cannot reach the source keeps the copy parked. */
+#include <stdio.h>
+#include <string.h>
+
+#include "handoff_int.h"
+
+static mig__domain *find_domain(mig_engine *e, const char *name)
+{
+	for (size_t i = 0; i < e->ndomains; i++)
+		if (strcmp(e->domains[i].name, name) == 0)
+			return &e->domains[i];
+	return NULL;
+}
+
+static void reply_reject(mig_engine *e, uint64_t conn, const char *mid, int code,
+			 const char *reason)
+{
+	mig__engine_log(e, MIG_LOG_INFO, "rejecting migration %s: %s", mid, reason);
+	Migwire__Reject r = MIGWIRE__REJECT__INIT;
+	r.mid = (char *)mid;
+	r.code = code;
+	r.reason = (char *)reason;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_REJECT;
+	f.reject = &r;
+	mig__handoff_reply(e, conn, &f, NULL);
+}
+
+static void send_simple(mig_engine *e, struct mig_migration *m, uint64_t conn,
+			Migwire__Frame__BodyCase which, enum mig__fault_point point)
+{
+	Migwire__Accept a = MIGWIRE__ACCEPT__INIT;
+	Migwire__Prepared p = MIGWIRE__PREPARED__INIT;
+	Migwire__Committed c = MIGWIRE__COMMITTED__INIT;
+	Migwire__Aborted ab = MIGWIRE__ABORTED__INIT;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = which;
+	switch (which) {
+	case MIGWIRE__FRAME__BODY_ACCEPT:
+		a.mid = m->mid;
+		f.accept = &a;
+		break;
+	case MIGWIRE__FRAME__BODY_PREPARED:
+		p.mid = m->mid;
+		f.prepared = &p;
+		break;
+	case MIGWIRE__FRAME__BODY_COMMITTED:
+		c.mid = m->mid;
+		f.committed = &c;
+		break;
+	default:
+		ab.mid = m->mid;
+		f.aborted = &ab;
+		break;
+	}
+	if (conn && mig__engine_conn(e, conn)) {
+		m->conn = conn;
+		mig__handoff_send(e, m, &f, point);
+	} else if (m->conn) {
+		mig__handoff_send(e, m, &f, point);
+	}
+}
+
+/* Discards the incoming copy. */
+static void dst_drop(mig_engine *e, struct mig_migration *m, int error, const char *reason)
+{
+	char user[MIG__USER_MAX + 1];
+	mig__strlcpy(user, m->user, sizeof(user));
+	mig__handoff_finish(e, m, MIG_MIGRATION_ABORTED, error, reason);
+	mig__user *u = mig__users_find(&e->users, user);
+	if (u && (u->state == MIG_USER_INCOMING || u->state == MIG_USER_PARKED))
+		mig__users_remove(&e->users, user);
+	if (e->hooks.drop) {
+		mig__engine_unlock_for_app(e);
+		e->hooks.drop(e, user, e->hooks_user_data);
+		mig__engine_relock(e);
+	}
+	mig__handoff_emit(e, MIG_EVENT_DROPPED, m);
+}
+
+static void dst_activate(mig_engine *e, struct mig_migration *m, uint64_t conn)
+{
+	char user[MIG__USER_MAX + 1];
+	mig__strlcpy(user, m->user, sizeof(user));
+	mig__handoff_finish(e, m, MIG_MIGRATION_COMMITTED, 0, "");
+	mig__user *u = mig__users_find(&e->users, user);
+	if (u)
+		u->state = MIG_USER_ACTIVE;
+	if (e->hooks.activate) {
+		mig__engine_unlock_for_app(e);
+		e->hooks.activate(e, user, e->hooks_user_data);
+		mig__engine_relock(e);
+	}
+	mig__handoff_emit(e, MIG_EVENT_ACTIVATED, m);
+	send_simple(e, m, conn, MIGWIRE__FRAME__BODY_COMMITTED, MIG__FAULT_SEND_COMMITTED);
+}
+
+void mig__dst_on_begin(mig_engine *e, uint64_t conn, const Migwire__Begin *b, size_t bytes)
+{
+	char why[MIG__REASON_MAX];
+	struct mig_migration *m = mig__handoff_find(e, b->mid);
+	if (m) {
+		if (!m->outgoing && m->phase == MIG__DST_ACCEPTED && strcmp(m->user, b->user) == 0 &&
+		    strcmp(m->peer_url, b->source_url) == 0) {
+			m->bytes_received += bytes;
+			send_simple(e, m, conn, MIGWIRE__FRAME__BODY_ACCEPT, MIG__FAULT_NONE);
+			return; /* a repeat: same answer */
+		}
+		reply_reject(e, conn, b->mid, MIG_EEXIST, "migration id already used");
+		return;
+	}
+	mig__user *u = mig__users_find(&e->users, b->user);
+	if (u) {
+		snprintf(why, sizeof(why), "user %s is already on this engine", b->user);
+		reply_reject(e, conn, b->mid, u->state == MIG_USER_ACTIVE ? MIG_EEXIST : MIG_EBUSY,
+			     why);
+		return;
+	}
+	for (size_t i = 0; i < b->n_domains; i++) {
+		const Migwire__DomainInfo *di = b->domains[i];
+		mig__domain *d = find_domain(e, di->name);
+		if (!d || (di->has_kind && di->kind != MIGWIRE__DOMAIN_KIND__DOMAIN_LIGHT)) {
+			snprintf(why, sizeof(why), "domain %s is not registered here", di->name);
+			reply_reject(e, conn, b->mid, MIG_ENODOMAIN, why);
+			return;
+		}
+		if (di->version > d->version) {
+			snprintf(why, sizeof(why), "domain %s version %u is newer than %u",
+				 di->name, di->version, d->version);
+			reply_reject(e, conn, b->mid, MIG_EVERSION, why);
+			return;
+		}
+	}
+	mig__user *nu = NULL;
+	if (mig__users_insert(&e->users, b->user, MIG_USER_INCOMING, &nu) != 0) {
+		reply_reject(e, conn, b->mid, MIG_ENOMEM, "out of memory");
+		return;
+	}
+	m = mig__handoff_new(e, b->mid, b->user, b->source_url, false);
+	if (!m) {
+		mig__users_remove(&e->users, b->user);
+		reply_reject(e, conn, b->mid, MIG_ENOMEM, "out of memory");
+		return;
+	}
+	m->conn = conn;
+	m->bytes_received = bytes;
+	nu->migration = m;
+	mig__handoff_set_phase(m, MIG__DST_ACCEPTED, mig__now_us() + mig__handoff_timeout_us(e));
+	if (e->hooks.incoming) {
+		char user[MIG__USER_MAX + 1];
+		mig__strlcpy(user, b->user, sizeof(user));
+		mig__engine_unlock_for_app(e);
+		int rc = e->hooks.incoming(e, user, e->hooks_user_data);
+		mig__engine_relock(e);
+		if (rc) {
+			mig__handoff_finish(e, m, MIG_MIGRATION_ABORTED, MIG_ECALLBACK,
+					    "the incoming hook refused");
+			mig__users_remove(&e->users, user);
+			reply_reject(e, conn, m->mid, MIG_ECALLBACK, "the incoming hook refused");
+			return;
+		}
+	}
+	mig__handoff_emit(e, MIG_EVENT_INCOMING, m);
+	if (m->phase == MIG__DST_ACCEPTED)
+		send_simple(e, m, conn, MIGWIRE__FRAME__BODY_ACCEPT, MIG__FAULT_SEND_ACCEPT);
+}
+
+void mig__dst_on_prepare(mig_engine *e, uint64_t conn, const Migwire__Prepare *p, size_t bytes)
+{
+	char why[MIG__REASON_MAX];
+	struct mig_migration *m = mig__handoff_find(e, p->mid);
+	if (!m || m->outgoing) {
+		Migwire__Failed fl = MIGWIRE__FAILED__INIT;
+		fl.mid = p->mid;
+		fl.code = MIG_EUNKNOWN;
+		fl.reason = "no such migration here";
+		mig__frame f = MIGWIRE__FRAME__INIT;
+		f.body_case = MIGWIRE__FRAME__BODY_FAILED;
+		f.failed = &fl;
+		mig__handoff_reply(e, conn, &f, NULL);
+		return;
+	}
+	m->bytes_received += bytes;
+	if (m->phase == MIG__DST_PREPARED ||
+	    (m->phase == MIG__DONE && m->state == MIG_MIGRATION_COMMITTED)) {
+		send_simple(e, m, conn, MIGWIRE__FRAME__BODY_PREPARED, MIG__FAULT_NONE);
+		return; /* a repeat: already merged, never twice */
+	}
+	if (m->phase != MIG__DST_ACCEPTED)
+		return;
+	m->conn = conn;
+	int err = 0;
+	for (size_t i = 0; i < p->n_light && !err; i++) {
+		const Migwire__DomainData *dd = p->light[i];
+		mig__domain *d = find_domain(e, dd->name);
+		if (!d) {
+			err = MIG_ENODOMAIN;
+			snprintf(why, sizeof(why), "domain %s is not registered here", dd->name);
+			break;
+		}
+		if (dd->version > d->version) {
+			err = MIG_EVERSION;
+			snprintf(why, sizeof(why), "domain %s version %u is newer than %u", dd->name,
+				 dd->version, d->version);
+			break;
+		}
+		char user[MIG__USER_MAX + 1];
+		mig__strlcpy(user, m->user, sizeof(user));
+		mig__engine_unlock_for_app(e);
+		int rc = d->merge(e, user, dd->version, dd->data.data, dd->data.len, d->user_data);
+		mig__engine_relock(e);
+		if (rc) {
+			err = MIG_ECALLBACK;
+			snprintf(why, sizeof(why), "merge of domain %s failed (%d)", dd->name, rc);
+		}
+	}
+	if (err) {
+		Migwire__Failed fl = MIGWIRE__FAILED__INIT;
+		fl.mid = m->mid;
+		fl.code = err;
+		fl.reason = why;
+		mig__frame f = MIGWIRE__FRAME__INIT;
+		f.body_case = MIGWIRE__FRAME__BODY_FAILED;
+		f.failed = &fl;
+		mig__handoff_reply(e, conn, &f, m);
+		dst_drop(e, m, err, why);
+		return;
+	}
+	mig__handoff_set_phase(m, MIG__DST_PREPARED, mig__now_us() + mig__handoff_timeout_us(e));
+	send_simple(e, m, conn, MIGWIRE__FRAME__BODY_PREPARED, MIG__FAULT_SEND_PREPARED);
+}
+
+void mig__dst_on_commit(mig_engine *e, uint64_t conn, const Migwire__Commit *c, size_t bytes)
+{
+	struct mig_migration *m = mig__handoff_find(e, c->mid);
+	if (m && !m->outgoing) {
+		m->bytes_received += bytes;
+		if (m->phase == MIG__DST_PREPARED) {
+			dst_activate(e, m, conn);
+		} else if (m->phase == MIG__DONE && m->state == MIG_MIGRATION_COMMITTED) {
+			send_simple(e, m, conn, MIGWIRE__FRAME__BODY_COMMITTED, MIG__FAULT_NONE);
+		} else if (m->phase == MIG__DST_ACCEPTED) {
+			/* COMMIT before PREPARE is a protocol error: nothing was
+			 * merged, so there is nothing to activate. */
+			dst_drop(e, m, MIG_EPROTO, "COMMIT before PREPARE");
+			mig__handoff_reply_outcome(e, conn, m->mid,
+						   MIGWIRE__OUTCOME_STATE__OUTCOME_ABORTED);
+		} else {
+			mig__handoff_reply_outcome(e, conn, m->mid,
+						   MIGWIRE__OUTCOME_STATE__OUTCOME_ABORTED);
+		}
+		return;
+	}
+	/* No record (this engine restarted, or forgot): tell the source
+	 * whether the user is here, so it can decide without guessing. */
+	Migwire__OutcomeState st = mig__handoff_outcome_of(e, c->mid, c->user);
+	if (m) /* our own outgoing migration with that id: not ours to commit */
+		st = MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ABSENT;
+	if (st == MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ACTIVE) {
+		Migwire__Committed cm = MIGWIRE__COMMITTED__INIT;
+		cm.mid = c->mid;
+		mig__frame f = MIGWIRE__FRAME__INIT;
+		f.body_case = MIGWIRE__FRAME__BODY_COMMITTED;
+		f.committed = &cm;
+		mig__handoff_reply(e, conn, &f, NULL);
+		return;
+	}
+	mig__handoff_reply_outcome(e, conn, c->mid, st);
+}
+
+void mig__dst_on_abort(mig_engine *e, uint64_t conn, const Migwire__Abort *a, size_t bytes)
+{
+	struct mig_migration *m = mig__handoff_find(e, a->mid);
+	if (m && !m->outgoing) {
+		m->bytes_received += bytes;
+		if (m->phase == MIG__DST_ACCEPTED || m->phase == MIG__DST_PREPARED) {
+			char why[MIG__REASON_MAX];
+			snprintf(why, sizeof(why), "source aborted: %s", a->reason ? a->reason : "");
+			dst_drop(e, m, MIG_ECANCELED, why);
+		}
+		if (m->state == MIG_MIGRATION_COMMITTED) {
+			mig__handoff_reply_outcome(e, conn, m->mid,
+						   MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED);
+			return;
+		}
+		send_simple(e, m, conn, MIGWIRE__FRAME__BODY_ABORTED, MIG__FAULT_NONE);
+		return;
+	}
+	Migwire__Aborted ab = MIGWIRE__ABORTED__INIT;
+	ab.mid = a->mid;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_ABORTED;
+	f.aborted = &ab;
+	mig__handoff_reply(e, conn, &f, NULL);
+}
+
+void mig__dst_on_outcome(mig_engine *e, struct mig_migration *m, Migwire__OutcomeState state)
+{
+	if (m->phase != MIG__DST_PREPARED)
+		return;
+	switch (state) {
+	case MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED:
+		dst_activate(e, m, m->conn);
+		return;
+	case MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ABSENT:
+		/* The source lost its memory and does not have the user: this
+		 * prepared copy is the only one left. */
+		mig__engine_log(e, MIG_LOG_WARN,
+				"migration %s: the source has no record and no user %s; "
+				"activating the only copy", m->mid, m->user);
+		dst_activate(e, m, m->conn);
+		return;
+	case MIGWIRE__OUTCOME_STATE__OUTCOME_ABORTED:
+		dst_drop(e, m, MIG_ECANCELED, "the source aborted the migration");
+		return;
+	case MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ACTIVE:
+		dst_drop(e, m, MIG_EUNKNOWN, "the source has no record and serves the user");
+		return;
+	default:
+		return; /* pending: ask again later */
+	}
+}
+
+void mig__dst_on_link_down(mig_engine *e, struct mig_migration *m, int error, const char *reason)
+{
+	if (m->phase == MIG__DST_ACCEPTED) {
+		/* Nothing was merged and PREPARED was never sent, so the source
+		 * cannot have committed: dropping is safe. */
+		char why[MIG__REASON_MAX];
+		snprintf(why, sizeof(why), "lost the link before PREPARE: %s", reason);
+		dst_drop(e, m, error ? error : MIG_ECLOSED, why);
+	} else if (m->phase == MIG__DST_PREPARED) {
+		/* Wait a little for the source to come back with COMMIT or
+		 * ABORT, then start asking. */
+		m->deadline_us = mig__now_us() + mig__handoff_backoff_us(m) + 100000;
+	}
+}
+
+static void send_query(mig_engine *e, struct mig_migration *m)
+{
+	Migwire__OutcomeQuery q = MIGWIRE__OUTCOME_QUERY__INIT;
+	q.mid = m->mid;
+	q.user = m->user;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_OUTCOME_QUERY;
+	f.outcome_query = &q;
+	mig__handoff_send(e, m, &f, MIG__FAULT_NONE);
+}
+
+void mig__dst_tick(mig_engine *e, struct mig_migration *m, uint64_t now)
+{
+	if (!m->deadline_us || now < m->deadline_us)
+		return;
+	if (m->phase == MIG__DST_ACCEPTED) {
+		dst_drop(e, m, MIG_ETIMEDOUT, "the source did not send its state in time");
+		return;
+	}
+	if (m->phase != MIG__DST_PREPARED)
+		return;
+	if (!m->parked && m->retries >= 3) {
+		m->parked = true;
+		mig__user *u = mig__users_find(&e->users, m->user);
+		if (u)
+			u->state = MIG_USER_PARKED;
+		mig__engine_log(e, MIG_LOG_WARN,
+				"migration %s: no word from the source; user %s parked", m->mid,
+				m->user);
+	}
+	send_query(e, m);
+	m->deadline_us = now + mig__handoff_backoff_us(m);
+}

@@ -1,0 +1,564 @@
+/* The wire module: encoding frames, and turning untrusted bytes into frames
+ * the rest of the library may trust (see wire.h). */
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "wire.h"
+
+/* Longest engine id and domain type name we accept from a peer. */
+#define WIRE_ENGINE_ID_MAX 128
+#define WIRE_TYPE_NAME_MAX 256
+
+/* Decode budget: bytes protobuf-c may hold at once while unpacking a message
+ * of len bytes is DECODE_FACTOR * len + DECODE_SLACK. protobuf-c needs up to
+ * 64 bytes of scan slabs per field plus the struct, pointer and string of
+ * every repeated element, so a legitimate ListUsersReply of
+ * MIG__MAX_USERS_LISTED short names costs about 17 bytes per wire byte; a
+ * crafted message of empty or unknown fields would cost up to ~50 and is
+ * refused instead. */
+#define DECODE_FACTOR 24u
+#define DECODE_SLACK (64u * 1024)
+
+/* ---------------------------------------------------------------- messages */
+
+mig__msg *mig__msg_new(size_t len)
+{
+	if (len > SIZE_MAX - sizeof(mig__msg) - MIG__MSG_HEADROOM)
+		return NULL;
+	mig__msg *m = mig__malloc(sizeof(mig__msg) + MIG__MSG_HEADROOM + len);
+	if (!m)
+		return NULL;
+	m->next = NULL;
+	m->len = len;
+	m->sent = 0;
+	m->close_after = 0;
+	return m;
+}
+
+void mig__msg_free(mig__msg *m)
+{
+	mig__free(m);
+}
+
+int mig__wire_encode(const mig__frame *frame, size_t max_len, mig__msg **out)
+{
+	if (!out)
+		return MIG_EINVAL;
+	*out = NULL;
+	if (!frame)
+		return MIG_EINVAL;
+	size_t n = migwire__frame__get_packed_size(frame);
+	if (max_len && n > max_len)
+		return MIG_ETOOBIG;
+	mig__msg *m = mig__msg_new(n);
+	if (!m)
+		return MIG_ENOMEM;
+	size_t written = migwire__frame__pack(frame, mig__msg_payload(m));
+	assert(written == n);
+	MIG__UNUSED(written);
+	*out = m;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- allocator */
+
+/* Every block protobuf-c gets carries its size in front, so a free can give
+ * the bytes back to the budget without protobuf-c telling us the size. */
+typedef union block_hdr {
+	size_t size;
+	max_align_t align;
+} block_hdr;
+
+/* Per-call state of one unpack; lives on the decoding thread's stack, so
+ * concurrent decodes share nothing. */
+typedef struct budget {
+	size_t left;
+	bool over; /* a request was refused because of the budget */
+	bool oom;  /* the allocator itself failed */
+} budget;
+
+static void *budget_alloc(void *data, size_t size)
+{
+	budget *b = data;
+	if (size > SIZE_MAX - sizeof(block_hdr)) {
+		if (b)
+			b->over = true;
+		return NULL;
+	}
+	size_t total = sizeof(block_hdr) + size;
+	if (b && total > b->left) {
+		b->over = true;
+		return NULL;
+	}
+	block_hdr *h = mig__malloc(total);
+	if (!h) {
+		if (b)
+			b->oom = true;
+		return NULL;
+	}
+	if (b)
+		b->left -= total;
+	h->size = total;
+	return h + 1;
+}
+
+static void budget_free(void *data, void *p)
+{
+	if (!p)
+		return;
+	block_hdr *h = (block_hdr *)p - 1;
+	budget *b = data;
+	if (b)
+		b->left += h->size;
+	mig__free(h);
+}
+
+/* Frees decoded frames after the unpack's budget is gone: same block layout,
+ * no accounting. Never written, so sharing it between threads is safe. */
+static ProtobufCAllocator frame_allocator = {
+	.alloc = budget_alloc,
+	.free = budget_free,
+	.allocator_data = NULL,
+};
+
+void mig__wire_free(mig__frame *frame)
+{
+	if (frame)
+		migwire__frame__free_unpacked(frame, &frame_allocator);
+}
+
+/* ---------------------------------------------------------------- validation */
+
+typedef struct check {
+	const char *body; /* prefix of every reason */
+	char *why;
+	size_t why_len;
+} check;
+
+static bool fail(check *c, const char *fmt, ...) MIG__PRINTF(2, 3);
+
+static bool fail(check *c, const char *fmt, ...)
+{
+	if (!c->why || !c->why_len)
+		return false;
+	int n = snprintf(c->why, c->why_len, "%s: ", c->body);
+	if (n < 0 || (size_t)n >= c->why_len)
+		return false;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->why + n, c->why_len - (size_t)n, fmt, ap);
+	va_end(ap);
+	return false;
+}
+
+static bool check_mid(check *c, const char *field, const char *mid)
+{
+	if (!mig__valid_mid(mid))
+		return fail(c, "%s is not a valid migration id", field);
+	return true;
+}
+
+static bool check_user(check *c, const char *field, const char *user)
+{
+	if (!mig__valid_user(user))
+		return fail(c, "%s is not a valid user id", field);
+	return true;
+}
+
+/* An absent optional URL may arrive as NULL or "" (protobuf-c packs a
+ * non-NULL empty string); both mean "none". */
+static bool check_url(check *c, const char *field, const char *url, bool required)
+{
+	if (!url || !*url) {
+		if (required)
+			return fail(c, "%s is empty", field);
+		return true;
+	}
+	size_t n = strnlen(url, MIG__URL_MAX + 1);
+	if (n > MIG__URL_MAX)
+		return fail(c, "%s is longer than %d bytes", field, MIG__URL_MAX);
+	size_t scheme;
+	if (strncmp(url, "ws://", 5) == 0)
+		scheme = 5;
+	else if (strncmp(url, "wss://", 6) == 0)
+		scheme = 6;
+	else
+		return fail(c, "%s is not a ws:// or wss:// URL", field);
+	if (n == scheme)
+		return fail(c, "%s has no host", field);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)url[i];
+		if (ch <= 0x20 || ch >= 0x7f)
+			return fail(c, "%s contains a space or control character", field);
+	}
+	return true;
+}
+
+static bool check_engine_id(check *c, const char *field, const char *id, bool required)
+{
+	if (!id || !*id) {
+		if (required)
+			return fail(c, "%s is empty", field);
+		return true;
+	}
+	size_t n = strnlen(id, WIRE_ENGINE_ID_MAX + 1);
+	if (n > WIRE_ENGINE_ID_MAX)
+		return fail(c, "%s is longer than %d bytes", field, WIRE_ENGINE_ID_MAX);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)id[i];
+		if (ch < 0x20 || ch >= 0x7f)
+			return fail(c, "%s contains a non-printable character", field);
+	}
+	return true;
+}
+
+static bool check_reason(check *c, const char *field, const char *reason)
+{
+	if (reason && strnlen(reason, MIG__REASON_MAX + 1) > MIG__REASON_MAX)
+		return fail(c, "%s is longer than %d bytes", field, MIG__REASON_MAX);
+	return true;
+}
+
+/* Codes are libmigrate's own MIG_E* values; anything positive or wildly
+ * negative is not one, whatever version sent it. */
+static bool check_code(check *c, const char *field, int32_t code)
+{
+	if (code > 0 || code < -1000)
+		return fail(c, "%s %d is not an error code", field, (int)code);
+	return true;
+}
+
+static bool check_nonce(check *c, const char *field, const ProtobufCBinaryData *b)
+{
+	if (b->len != MIG__NONCE_LEN)
+		return fail(c, "%s must be %d bytes, not %zu", field, MIG__NONCE_LEN, b->len);
+	return true;
+}
+
+/* An empty MAC is how an engine without a secret (allow_insecure) speaks;
+ * whether that is acceptable is the handshake's decision, not ours. */
+static bool check_mac(check *c, const char *field, const ProtobufCBinaryData *b)
+{
+	if (b->len != 0 && b->len != MIG__MAC_LEN)
+		return fail(c, "%s must be 0 or %d bytes, not %zu", field, MIG__MAC_LEN, b->len);
+	return true;
+}
+
+/* protobuf-c stores whatever number arrived in an enum field, so anything
+ * outside the declared values is caught here. */
+static bool check_enum(check *c, const char *field, const ProtobufCEnumDescriptor *desc, int value)
+{
+	if (!protobuf_c_enum_descriptor_get_value(desc, value))
+		return fail(c, "%s has unknown value %d", field, value);
+	return true;
+}
+
+static bool check_domain_name(check *c, const char *field, size_t i, const char *name)
+{
+	if (!mig__valid_domain_name(name))
+		return fail(c, "%s[%zu] has an invalid domain name", field, i);
+	return true;
+}
+
+static bool check_type_name(check *c, const char *field, size_t i, const char *name)
+{
+	if (!name)
+		return true;
+	size_t n = strnlen(name, WIRE_TYPE_NAME_MAX + 1);
+	if (n > WIRE_TYPE_NAME_MAX)
+		return fail(c, "%s[%zu] type_name is longer than %d bytes", field, i,
+			    WIRE_TYPE_NAME_MAX);
+	for (size_t k = 0; k < n; k++) {
+		unsigned char ch = (unsigned char)name[k];
+		if (ch <= 0x20 || ch >= 0x7f)
+			return fail(c,
+				    "%s[%zu] type_name contains a space or control "
+				    "character",
+				    field, i);
+	}
+	return true;
+}
+
+static bool check_count(check *c, const char *field, size_t n, size_t max)
+{
+	if (n > max)
+		return fail(c, "%s has %zu entries, more than %zu", field, n, max);
+	return true;
+}
+
+/* Names are validated first, so strcmp is safe; n is at most
+ * MIG__MAX_DOMAINS, so quadratic is fine. */
+static bool check_unique(check *c, const char *field, const char *const *names, size_t n)
+{
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(names[i], names[j]) == 0)
+				return fail(c, "%s has duplicate domain \"%s\"", field, names[i]);
+	return true;
+}
+
+static bool check_challenge(check *c, const Migwire__Challenge *m)
+{
+	return check_nonce(c, "server_nonce", &m->server_nonce) &&
+	       check_engine_id(c, "engine_id", m->engine_id, false);
+}
+
+static bool check_hello(check *c, const Migwire__Hello *m)
+{
+	if (!check_enum(c, "channel", &migwire__channel__descriptor, (int)m->channel))
+		return false;
+	if (m->channel == MIGWIRE__CHANNEL__CHANNEL_UNSPECIFIED)
+		return fail(c, "channel is unspecified");
+	return check_nonce(c, "client_nonce", &m->client_nonce) &&
+	       check_engine_id(c, "engine_id", m->engine_id, false) &&
+	       check_url(c, "advertised_url", m->advertised_url, false) &&
+	       check_mac(c, "mac", &m->mac);
+}
+
+static bool check_begin(check *c, const Migwire__Begin *m)
+{
+	if (!check_mid(c, "mid", m->mid) || !check_user(c, "user", m->user) ||
+	    !check_engine_id(c, "source_engine", m->source_engine, true) ||
+	    !check_url(c, "source_url", m->source_url, true) ||
+	    !check_count(c, "domains", m->n_domains, MIG__MAX_DOMAINS))
+		return false;
+	const char *names[MIG__MAX_DOMAINS];
+	for (size_t i = 0; i < m->n_domains; i++) {
+		const Migwire__DomainInfo *d = m->domains[i];
+		if (!check_domain_name(c, "domains", i, d->name) ||
+		    !check_type_name(c, "domains", i, d->type_name))
+			return false;
+		if (!protobuf_c_enum_descriptor_get_value(&migwire__domain_kind__descriptor,
+							  (int)d->kind))
+			return fail(c, "domains[%zu] kind has unknown value %d", i, (int)d->kind);
+		names[i] = d->name;
+	}
+	return check_unique(c, "domains", names, m->n_domains);
+}
+
+static bool check_prepare(check *c, const Migwire__Prepare *m)
+{
+	if (!check_mid(c, "mid", m->mid) || !check_count(c, "light", m->n_light, MIG__MAX_DOMAINS))
+		return false;
+	const char *names[MIG__MAX_DOMAINS];
+	for (size_t i = 0; i < m->n_light; i++) {
+		if (!check_domain_name(c, "light", i, m->light[i]->name))
+			return false;
+		names[i] = m->light[i]->name;
+	}
+	return check_unique(c, "light", names, m->n_light);
+}
+
+static bool check_users(check *c, const Migwire__ListUsersReply *m)
+{
+	if (!check_count(c, "users", m->n_users, MIG__MAX_USERS_LISTED))
+		return false;
+	for (size_t i = 0; i < m->n_users; i++) {
+		const Migwire__UserEntry *e = m->users[i];
+		if (!mig__valid_user(e->user))
+			return fail(c, "users[%zu] user is not a valid user id", i);
+		if (!protobuf_c_enum_descriptor_get_value(&migwire__user_state__descriptor,
+							  (int)e->state))
+			return fail(c, "users[%zu] state has unknown value %d", i, (int)e->state);
+	}
+	return true;
+}
+
+static bool check_event(check *c, const Migwire__Event *m)
+{
+	return check_enum(c, "type", &migwire__event_type__descriptor, (int)m->type) &&
+	       check_mid(c, "mid", m->mid) && check_user(c, "user", m->user) &&
+	       check_url(c, "peer_url", m->peer_url, false) &&
+	       (!m->has_code || check_code(c, "code", m->code)) &&
+	       check_reason(c, "reason", m->reason);
+}
+
+static bool check_reply(check *c, const Migwire__Reply *m)
+{
+	if (!check_code(c, "code", m->code) || !check_reason(c, "reason", m->reason))
+		return false;
+	if (!m->event)
+		return true;
+	c->body = "reply event";
+	return check_event(c, m->event);
+}
+
+static bool check_frame(check *c, const mig__frame *f)
+{
+	/* A body case with a NULL body cannot come out of protobuf-c, but the
+	 * cost of not trusting that is one comparison. */
+	if (!f->challenge)
+		return fail(c, "body is missing");
+	switch (f->body_case) {
+	case MIGWIRE__FRAME__BODY_CHALLENGE:
+		return check_challenge(c, f->challenge);
+	case MIGWIRE__FRAME__BODY_HELLO:
+		return check_hello(c, f->hello);
+	case MIGWIRE__FRAME__BODY_WELCOME:
+		return check_mac(c, "mac", &f->welcome->mac);
+	case MIGWIRE__FRAME__BODY_BEGIN:
+		return check_begin(c, f->begin);
+	case MIGWIRE__FRAME__BODY_ACCEPT:
+		return check_mid(c, "mid", f->accept->mid);
+	case MIGWIRE__FRAME__BODY_REJECT:
+		return check_mid(c, "mid", f->reject->mid) &&
+		       check_code(c, "code", f->reject->code) &&
+		       check_reason(c, "reason", f->reject->reason);
+	case MIGWIRE__FRAME__BODY_PREPARE:
+		return check_prepare(c, f->prepare);
+	case MIGWIRE__FRAME__BODY_PREPARED:
+		return check_mid(c, "mid", f->prepared->mid);
+	case MIGWIRE__FRAME__BODY_FAILED:
+		return check_mid(c, "mid", f->failed->mid) &&
+		       check_code(c, "code", f->failed->code) &&
+		       check_reason(c, "reason", f->failed->reason);
+	case MIGWIRE__FRAME__BODY_COMMIT:
+		return check_mid(c, "mid", f->commit->mid) &&
+		       check_user(c, "user", f->commit->user);
+	case MIGWIRE__FRAME__BODY_COMMITTED:
+		return check_mid(c, "mid", f->committed->mid);
+	case MIGWIRE__FRAME__BODY_ABORT:
+		return check_mid(c, "mid", f->abort->mid) &&
+		       check_reason(c, "reason", f->abort->reason);
+	case MIGWIRE__FRAME__BODY_ABORTED:
+		return check_mid(c, "mid", f->aborted->mid);
+	case MIGWIRE__FRAME__BODY_OUTCOME_QUERY:
+		return check_mid(c, "mid", f->outcome_query->mid) &&
+		       check_user(c, "user", f->outcome_query->user);
+	case MIGWIRE__FRAME__BODY_OUTCOME:
+		return check_mid(c, "mid", f->outcome->mid) &&
+		       check_enum(c, "state", &migwire__outcome_state__descriptor,
+				  (int)f->outcome->state);
+	case MIGWIRE__FRAME__BODY_MIGRATE:
+		return check_user(c, "user", f->migrate->user) &&
+		       check_url(c, "destination_url", f->migrate->destination_url, true);
+	case MIGWIRE__FRAME__BODY_LIST_USERS:
+	case MIGWIRE__FRAME__BODY_SUBSCRIBE:
+		return true;
+	case MIGWIRE__FRAME__BODY_USERS:
+		return check_users(c, f->users);
+	case MIGWIRE__FRAME__BODY_EVENT:
+		return check_event(c, f->event);
+	case MIGWIRE__FRAME__BODY_REPLY:
+		return check_reply(c, f->reply);
+	default:
+		return fail(c, "frame has unknown body %d", (int)f->body_case);
+	}
+}
+
+/* ---------------------------------------------------------------- decoding */
+
+static int decode_fail(char *why, size_t why_len, int err, const char *text)
+{
+	if (why && why_len)
+		mig__strlcpy(why, text, why_len);
+	return err;
+}
+
+int mig__wire_decode(const uint8_t *data, size_t len, size_t max_len, mig__frame **out, char *why,
+		     size_t why_len)
+{
+	if (why && why_len)
+		why[0] = '\0';
+	if (!out)
+		return decode_fail(why, why_len, MIG_EINVAL, "no output pointer");
+	*out = NULL;
+	if (max_len && len > max_len) {
+		if (why && why_len)
+			snprintf(why, why_len, "frame of %zu bytes is over the %zu-byte cap", len,
+				 max_len);
+		return MIG_ETOOBIG;
+	}
+	if (len == 0)
+		return decode_fail(why, why_len, MIG_EPROTO, "empty frame");
+	if (!data)
+		return decode_fail(why, why_len, MIG_EINVAL, "no frame data");
+
+	budget b = {.left = SIZE_MAX, .over = false, .oom = false};
+	if (len <= (SIZE_MAX - DECODE_SLACK) / DECODE_FACTOR)
+		b.left = len * DECODE_FACTOR + DECODE_SLACK;
+	ProtobufCAllocator alloc = {
+		.alloc = budget_alloc,
+		.free = budget_free,
+		.allocator_data = &b,
+	};
+	mig__frame *f = migwire__frame__unpack(&alloc, len, data);
+	if (!f) {
+		if (b.oom)
+			return decode_fail(why, why_len, MIG_ENOMEM,
+					   "out of memory decoding frame");
+		if (b.over)
+			return decode_fail(why, why_len, MIG_EPROTO,
+					   "frame expands past the decode budget");
+		return decode_fail(why, why_len, MIG_EPROTO, "not a valid frame");
+	}
+
+	/* An unknown body (a newer peer's frame kind) lands in the unknown
+	 * fields, so it is reported the same way as none at all. */
+	if (f->body_case == MIGWIRE__FRAME__BODY__NOT_SET) {
+		mig__wire_free(f);
+		return decode_fail(why, why_len, MIG_EPROTO, "frame has no body");
+	}
+	check c = {.body = mig__wire_body_name(f), .why = why, .why_len = why_len};
+	if (!check_frame(&c, f)) {
+		mig__wire_free(f);
+		return MIG_EPROTO;
+	}
+	*out = f;
+	return 0;
+}
+
+const char *mig__wire_body_name(const mig__frame *frame)
+{
+	if (!frame)
+		return "none";
+	switch (frame->body_case) {
+	case MIGWIRE__FRAME__BODY__NOT_SET:
+		return "none";
+	case MIGWIRE__FRAME__BODY_CHALLENGE:
+		return "challenge";
+	case MIGWIRE__FRAME__BODY_HELLO:
+		return "hello";
+	case MIGWIRE__FRAME__BODY_WELCOME:
+		return "welcome";
+	case MIGWIRE__FRAME__BODY_BEGIN:
+		return "begin";
+	case MIGWIRE__FRAME__BODY_ACCEPT:
+		return "accept";
+	case MIGWIRE__FRAME__BODY_REJECT:
+		return "reject";
+	case MIGWIRE__FRAME__BODY_PREPARE:
+		return "prepare";
+	case MIGWIRE__FRAME__BODY_PREPARED:
+		return "prepared";
+	case MIGWIRE__FRAME__BODY_FAILED:
+		return "failed";
+	case MIGWIRE__FRAME__BODY_COMMIT:
+		return "commit";
+	case MIGWIRE__FRAME__BODY_COMMITTED:
+		return "committed";
+	case MIGWIRE__FRAME__BODY_ABORT:
+		return "abort";
+	case MIGWIRE__FRAME__BODY_ABORTED:
+		return "aborted";
+	case MIGWIRE__FRAME__BODY_OUTCOME_QUERY:
+		return "outcome_query";
+	case MIGWIRE__FRAME__BODY_OUTCOME:
+		return "outcome";
+	case MIGWIRE__FRAME__BODY_MIGRATE:
+		return "migrate";
+	case MIGWIRE__FRAME__BODY_LIST_USERS:
+		return "list_users";
+	case MIGWIRE__FRAME__BODY_SUBSCRIBE:
+		return "subscribe";
+	case MIGWIRE__FRAME__BODY_USERS:
+		return "users";
+	case MIGWIRE__FRAME__BODY_EVENT:
+		return "event";
+	case MIGWIRE__FRAME__BODY_REPLY:
+		return "reply";
+	default:
+		return "unknown";
+	}
+}
