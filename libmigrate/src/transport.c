@@ -67,7 +67,7 @@ struct conn {
 	bool down_posted;
 };
 
-enum cmd_type { CMD_CONNECT, CMD_SEND, CMD_CLOSE };
+enum cmd_type { CMD_CONNECT, CMD_SEND, CMD_SEND_RAW, CMD_CLOSE };
 
 struct cmd {
 	struct cmd *next;
@@ -726,6 +726,15 @@ static void drain_cmds(mig__transport *t)
 				cmd->msg = NULL;
 			}
 			break;
+		case CMD_SEND_RAW:
+			c = conn_find(t, cmd->conn_id);
+			if (c && c->state != CONN_DEAD && !c->close_requested) {
+				push_msg(&c->hs_head, &c->hs_tail, cmd->msg);
+				cmd->msg = NULL;
+				if (c->wsi && c->state != CONN_CONNECTING)
+					lws_callback_on_writable(c->wsi);
+			}
+			break;
 		case CMD_CLOSE:
 			c = conn_find(t, cmd->conn_id);
 			if (c && c->state != CONN_DEAD) {
@@ -787,7 +796,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			return -1;
 		c->state = CONN_HANDSHAKE;
 		lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, HANDSHAKE_TIMEOUT_S);
-		if (c->close_requested)
+		if (c->close_requested || c->hs_head)
 			lws_callback_on_writable(wsi);
 		return 0;
 
@@ -1082,6 +1091,19 @@ void mig__transport_send(mig__transport *t, uint64_t conn, mig__msg *msg)
 		return;
 	}
 	cmd->type = CMD_SEND;
+	cmd->conn_id = conn;
+	cmd->msg = msg;
+	queue_cmd(t, cmd);
+}
+
+void mig__transport_send_raw(mig__transport *t, uint64_t conn, mig__msg *msg)
+{
+	struct cmd *cmd = mig__calloc(1, sizeof(*cmd));
+	if (!cmd) {
+		mig__msg_free(msg);
+		return;
+	}
+	cmd->type = CMD_SEND_RAW;
 	cmd->conn_id = conn;
 	cmd->msg = msg;
 	queue_cmd(t, cmd);

@@ -464,7 +464,9 @@ int mig__wire_decode(const uint8_t *data, size_t len, size_t max_len, mig__frame
 	if (!out)
 		return decode_fail(why, why_len, MIG_EINVAL, "no output pointer");
 	*out = NULL;
-	if (max_len && len > max_len) {
+	/* protobuf-c keeps lengths and offsets in unsigned int, so even with no
+	 * cap a message must stay below 4 GiB. */
+	if ((max_len && len > max_len) || len > UINT32_MAX) {
 		if (why && why_len)
 			snprintf(why, why_len, "frame of %zu bytes is over the %zu-byte cap", len,
 				 max_len);

@@ -749,6 +749,8 @@ static void test_decode_oversize_before_alloc(void **state)
 	 * must not be read. */
 	rc = mig__wire_decode(mig__msg_payload(m), SIZE_MAX, CAP, &out, NULL, 0);
 	assert_int_equal(rc, MIG_ETOOBIG);
+	rc = mig__wire_decode(mig__msg_payload(m), (size_t)UINT32_MAX + 1, 0, &out, NULL, 0);
+	assert_int_equal(rc, MIG_ETOOBIG);
 	mig__msg_free(m);
 }
 
