@@ -31,7 +31,8 @@ int mig__random(void *buf, size_t len);
 /* A new migration id: 32 lowercase hex digits + NUL. 0 or MIG_ESYSTEM. */
 int mig__new_mid(char out[MIG__MID_LEN + 1]);
 
-/* MAC of the transcript for `role` ('C' or 'S'). 0 or MIG_ESYSTEM. */
+/* MAC of the transcript for `role` ('C' or 'S'). 0, MIG_ESYSTEM, or
+ * MIG_EINVAL (bad role, empty secret, NULL nonce, id/URL over 65535 bytes). */
 int mig__auth_mac(const void *secret, size_t secret_len, char role,
 		  const mig__auth_transcript *t, uint8_t mac[MIG__AUTH_MAC_LEN]);
 

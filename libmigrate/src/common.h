@@ -18,6 +18,8 @@
 #define MIG__USER_MAX 128          /* bytes in a user id */
 #define MIG__NAME_MAX 64           /* bytes in a domain name */
 #define MIG__URL_MAX 512           /* bytes in a URL */
+#define MIG__ENGINE_ID_MAX 128     /* bytes in an engine id */
+#define MIG__TYPE_NAME_MAX 256     /* bytes in a domain's type name */
 #define MIG__REASON_MAX 256        /* bytes of a reason string we keep */
 #define MIG__MID_LEN 32            /* hex digits of a migration id */
 #define MIG__DEFAULT_MAX_FRAME (4u * 1024 * 1024)

@@ -399,7 +399,7 @@ MIG_EXPORT int mig_light_domain_register(mig_engine *e, const mig_light_domain *
 {
 	if (!e || !d || !d->extract || !d->merge || !mig__valid_domain_name(d->name))
 		return MIG_EINVAL;
-	if (d->type_name && strlen(d->type_name) > 256)
+	if (d->type_name && (strlen(d->type_name) > MIG__TYPE_NAME_MAX || strchr(d->type_name, ' ')))
 		return MIG_EINVAL;
 	int rc = 0;
 	pthread_mutex_lock(&e->lock);

@@ -18,6 +18,8 @@
 #include "transport.h"
 
 _Static_assert(LWS_PRE <= MIG__MSG_HEADROOM, "MIG__MSG_HEADROOM must cover LWS_PRE");
+_Static_assert(MIG__NONCE_LEN == MIG__AUTH_NONCE_LEN, "one nonce length");
+_Static_assert(MIG__MAC_LEN == MIG__AUTH_MAC_LEN, "one MAC length");
 
 /* Largest piece handed to one lws_write(): matches tx_packet_size so lws
  * never has to buffer a partial send on the heap. */
