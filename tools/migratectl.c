@@ -103,7 +103,10 @@ static void print_progress(const mig_event *ev, void *ud)
 {
 	(void)ud;
 	if (ev->type == MIG_EVENT_STARTED || ev->type == MIG_EVENT_PREPARED)
-		fprintf(stderr, "migratectl: %s %s (%s)\n", event_name(ev->type), ev->user, ev->mid);
+	{
+		printf("%s %s (migration %s)\n", event_name(ev->type), ev->user, ev->mid);
+		fflush(stdout);
+	}
 }
 
 static int print_event(const mig_event *ev, void *ud)

@@ -2,9 +2,8 @@
  * libmigrate — move one user's application state to a peer engine while the
  * user keeps going.
  *
- * This is the engine API, for server authors. The reconnect helper for client
- * authors is <migrate/client.h>; the orchestrator's control client is
- * <migrate/control.h>.
+ * This is the engine API, for server authors. The orchestrator's control
+ * client is <migrate/control.h>.
  *
  * Threading, in one paragraph: every function here may be called from any
  * thread unless its doc says otherwise. Callbacks you register run only inside
@@ -401,7 +400,7 @@ typedef int (*mig_extract_fn)(mig_engine *engine, const char *user,
  * Merge callback: load state extracted by the source into the *inactive*
  * incoming `user`. `version` is the source's domain version (never newer than
  * this engine's registered version; an older one is the app's to upgrade).
- * `data` is valid only during the call.
+ * `data` is valid only during the call, and never NULL (even when len is 0).
  * @return 0, or a negative value: the destination reports FAILED, drops the
  *         user, and the source resumes it.
  * Thread: only inside mig_engine_dispatch().
