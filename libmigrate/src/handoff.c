@@ -291,8 +291,9 @@ static void prune(mig_engine *e, uint64_t now)
 	size_t kept = 0;
 	for (struct mig_migration **pp = &e->migrations; *pp;) {
 		struct mig_migration *m = *pp;
-		bool old = m->phase == MIG__DONE &&
-			   (now - m->ended_us > OUTCOME_TTL_US || kept >= OUTCOME_MAX);
+		/* A migration that ended during this tick has ended_us > now. */
+		uint64_t age = now > m->ended_us ? now - m->ended_us : 0;
+		bool old = m->phase == MIG__DONE && (age > OUTCOME_TTL_US || kept >= OUTCOME_MAX);
 		if (old) {
 			*pp = m->next;
 			e->nmigrations--;

@@ -216,8 +216,8 @@ void mig__dst_on_prepare(mig_engine *e, uint64_t conn, const Migwire__Prepare *p
 		mig__strlcpy(user, m->user, sizeof(user));
 		mig__engine_unlock_for_app(e);
 		/* An empty state arrives as a NULL buffer; apps get a valid pointer. */
-		const void *bytes = dd->data.len ? dd->data.data : (const void *)"";
-		int rc = d->merge(e, user, dd->version, bytes, dd->data.len, d->user_data);
+		const void *state = dd->data.len ? dd->data.data : (const void *)"";
+		int rc = d->merge(e, user, dd->version, state, dd->data.len, d->user_data);
 		mig__engine_relock(e);
 		if (rc) {
 			err = MIG_ECALLBACK;

@@ -13,6 +13,9 @@
 #include <string.h>
 
 #include <libwebsockets.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "auth.h"
 #include "transport.h"
@@ -61,12 +64,20 @@ struct conn {
 	mig__msg *tx_tail;
 	/* Close requested by the owner or by a protocol error. */
 	bool close_requested;
+	/* The close went to lws (we returned -1 from WRITEABLE once): lws sends
+	 * the close frame and waits for the peer's; closing again would reset
+	 * the socket before the peer has read why. */
+	bool close_sent;
 	int close_status;
 	char close_reason[120];
 	/* Why the connection went down, for the DOWN event. */
 	int down_error;
 	char down_reason[MIG__REASON_MAX];
 	bool down_posted;
+	/* Why TLS failed, from OpenSSL: lws reports only "read failed" or a
+	 * mangled "connect SSL err" when a handshake fails. */
+	char tls_detail[160];
+	bool tls_handshake_done;
 };
 
 enum cmd_type { CMD_CONNECT, CMD_SEND, CMD_SEND_RAW, CMD_CLOSE };
@@ -93,6 +104,10 @@ struct mig__transport {
 	uint8_t *secret;
 
 	struct lws_context *ctx;
+	/* The client SSL_CTX, ours and given to lws: lws 4.1 makes a new
+	 * SSL_CTX ex-data index per context and then fails to free its own
+	 * client SSL_CTX once another context exists. */
+	SSL_CTX *client_ssl_ctx;
 	struct lws_protocols protocols[5];
 	int port;
 	pthread_t thread;
@@ -272,8 +287,21 @@ static void reap(mig__transport *t)
 	}
 }
 
+static const char *connect_error(mig__transport *t, struct conn *c, const char *in, char *buf,
+				 size_t len);
+
 static void conn_gone(mig__transport *t, struct conn *c)
 {
+	if (!c->inbound && c->state == CONN_CONNECTING) {
+		/* lws may drop a client that never connected without
+		 * CLIENT_CONNECTION_ERROR (seen after a TLS refusal). */
+		char why[MIG__REASON_MAX];
+		set_down(c, MIG_ECONNECT, "cannot connect to %s: %s", c->url,
+			 connect_error(t, c, "closed before the WebSocket upgrade", why,
+				       sizeof(why)));
+	} else if (c->tls_detail[0]) {
+		set_down(c, MIG_ECLOSED, "%s", c->tls_detail);
+	}
 	post_down(t, c);
 	c->state = CONN_DEAD;
 	if (c->wsi)
@@ -601,9 +629,12 @@ static bool on_receive(mig__transport *t, struct conn *c, struct lws *wsi, const
 /* Writes one fragment of the head message; returns -1 to close. */
 static int on_writeable(mig__transport *t, struct conn *c, struct lws *wsi)
 {
+	if (c->close_sent)
+		return 0;
 	if (c->close_requested) {
 		lws_close_reason(wsi, (enum lws_close_status)c->close_status,
 				 (unsigned char *)c->close_reason, strlen(c->close_reason));
+		c->close_sent = true;
 		return -1;
 	}
 	if (c->state == CONN_CONNECTING)
@@ -637,6 +668,8 @@ static int on_writeable(mig__transport *t, struct conn *c, struct lws *wsi)
 		if (close_after) {
 			set_down(c, MIG_ECLOSED, "closed by this side after sending");
 			lws_close_reason(wsi, LWS_CLOSE_STATUS_NORMAL, (unsigned char *)"bye", 3);
+			/* The link is gone for the owner: nothing more in or out. */
+			c->close_requested = c->close_sent = true;
 			return -1;
 		}
 	}
@@ -755,6 +788,116 @@ static void drain_cmds(mig__transport *t)
 
 /* ------------------------------------------------------------------ callback */
 
+/* A server that refuses our handshake (no client certificate, or one it does
+ * not trust) says why in a TLS alert, which lws drops: it reports only "read
+ * failed" or "Closed before conn". An info callback on the client SSL_CTX
+ * keeps the alert's text, and whether the handshake completed, for the DOWN
+ * reason. (Not lws's LWS_CALLBACK_SSL_INFO: lws 4.1 finds its context through
+ * that per-context ex-data index, and crashed in wsi_from_fd() here.) */
+static int ssl_ctx_index = -1;
+static pthread_once_t ssl_ctx_index_once = PTHREAD_ONCE_INIT;
+
+static void ssl_ctx_index_init(void)
+{
+	ssl_ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static const char *alert_text(int ret)
+{
+	/* OpenSSL 3.0 names no TLS 1.3 alert: "unknown" for 116. */
+	if ((ret & 0xff) == 116)
+		return "certificate required";
+	return SSL_alert_desc_string_long(ret);
+}
+
+static void client_ssl_info(const SSL *ssl, int where, int ret)
+{
+	bool alert = (where & SSL_CB_ALERT) && (where & SSL_CB_READ) &&
+		     (ret >> 8) == SSL3_AL_FATAL;
+	bool done = where & SSL_CB_HANDSHAKE_DONE;
+	if (!alert && !done)
+		return;
+	mig__transport *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ssl_ctx_index);
+	if (!t)
+		return;
+	/* Runs on the I/O thread, inside lws_service(): conns is ours. */
+	for (struct conn *c = t->conns; c; c = c->next) {
+		if (c->inbound || !c->wsi || lws_get_ssl(c->wsi) != ssl)
+			continue;
+		if (done)
+			c->tls_handshake_done = true;
+		else if (!c->tls_detail[0])
+			snprintf(c->tls_detail, sizeof(c->tls_detail),
+				 "TLS: the server refused the handshake (alert %d: %s)",
+				 ret & 0xff, alert_text(ret));
+		break;
+	}
+}
+
+static const char *ssl_error(void)
+{
+	static __thread char buf[160];
+	unsigned long e = ERR_peek_last_error();
+	ERR_error_string_n(e, buf, sizeof(buf));
+	ERR_clear_error();
+	return e ? buf : "unknown error";
+}
+
+/* The SSL_CTX for outbound wss:// connections: trusts tls_ca_file only (the
+ * OS store without one), presents tls_cert_file when set. lws still sets
+ * host name verification and its verify callback on each connection. */
+static SSL_CTX *client_ssl_ctx_new(mig__transport *t, char *err, size_t err_len)
+{
+	pthread_once(&ssl_ctx_index_once, ssl_ctx_index_init);
+	const char *what = "cannot create the client TLS context", *file = "";
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	if (!ctx || ssl_ctx_index < 0 || !SSL_CTX_set_ex_data(ctx, ssl_ctx_index, t) ||
+	    !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION))
+		goto fail;
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_info_callback(ctx, client_ssl_info);
+	what = t->tls_ca_file ? "cannot load the TLS CA file " : "cannot load the system CA store";
+	file = t->tls_ca_file ? t->tls_ca_file : "";
+	if (t->tls_ca_file ? SSL_CTX_load_verify_locations(ctx, t->tls_ca_file, NULL) != 1
+			   : SSL_CTX_set_default_verify_paths(ctx) != 1)
+		goto fail;
+	if (t->tls_cert_file && t->tls_key_file) {
+		what = "cannot load the TLS certificate ";
+		file = t->tls_cert_file;
+		if (SSL_CTX_use_certificate_chain_file(ctx, t->tls_cert_file) != 1)
+			goto fail;
+		what = "cannot load the TLS key ";
+		file = t->tls_key_file;
+		if (SSL_CTX_use_PrivateKey_file(ctx, t->tls_key_file, SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_check_private_key(ctx) != 1)
+			goto fail;
+	}
+	return ctx;
+fail:
+	if (err)
+		snprintf(err, err_len, "%s%s: %s", what, file, ssl_error());
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+/* Why an outbound connection failed, for CLIENT_CONNECTION_ERROR. */
+static const char *connect_error(mig__transport *t, struct conn *c, const char *in, char *buf,
+				 size_t len)
+{
+	if (c->tls_detail[0])
+		return c->tls_detail;
+	if (!in)
+		in = "connection failed";
+	if (!c->tls || !c->tls_handshake_done)
+		return in;
+	/* TLS 1.3: a server refusing our certificate may close before the
+	 * alert is read. */
+	snprintf(buf, len, "%s: TLS: the server closed the connection after the handshake (%s)",
+		 in, t->tls_cert_file ? "did it refuse this side's client certificate?"
+				      : "does it require a client certificate?");
+	return buf;
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
 		    size_t len)
 {
@@ -833,9 +976,42 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
 	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
 		if (c) {
+			char why[MIG__REASON_MAX];
 			set_down(c, MIG_ECONNECT, "cannot connect to %s: %s", c->url,
-				 in ? (const char *)in : "connection failed");
+				 connect_error(t, c, in, why, sizeof(why)));
 			conn_gone(t, c);
+		}
+		return 0;
+
+	case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
+		/* Once per certificate of the server's chain; user is the
+		 * X509_STORE_CTX, len is preverify_ok. Only note why it failed:
+		 * returning 0 keeps OpenSSL's verdict. */
+		if (c && !len && !c->tls_detail[0]) {
+			X509_STORE_CTX *xs = user;
+			int err = X509_STORE_CTX_get_error(xs);
+			if (err != X509_V_OK)
+				snprintf(c->tls_detail, sizeof(c->tls_detail),
+					 "TLS: the server's certificate failed verification: %s "
+					 "(depth %d)",
+					 X509_verify_cert_error_string(err),
+					 X509_STORE_CTX_get_error_depth(xs));
+		}
+		return 0;
+
+	case LWS_CALLBACK_OPENSSL_PERFORM_CLIENT_CERT_VERIFICATION:
+		/* Server with tls_require_client_cert, once per certificate of
+		 * the client's chain; user is the X509_STORE_CTX, len is
+		 * preverify_ok. lws accepts the certificate whenever this
+		 * returns 0, whatever OpenSSL found: refuse what failed. */
+		if (!len) {
+			X509_STORE_CTX *xs = user;
+			if (t)
+				tlog(t, MIG_LOG_WARN,
+				     "%s: refused a client certificate: %s (depth %d)", t->name,
+				     X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs)),
+				     X509_STORE_CTX_get_error_depth(xs));
+			return 1;
 		}
 		return 0;
 
@@ -958,12 +1134,12 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 		if (cfg->tls_require_client_cert)
 			info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;
 	}
-	if (t->tls_ca_file)
-		info.client_ssl_ca_filepath = t->tls_ca_file;
-	if (t->tls_cert_file && t->tls_key_file) {
-		info.client_ssl_cert_filepath = t->tls_cert_file;
-		info.client_ssl_private_key_filepath = t->tls_key_file;
+	t->client_ssl_ctx = client_ssl_ctx_new(t, err, err_len);
+	if (!t->client_ssl_ctx) {
+		mig__transport_free(t);
+		return MIG_ETLS;
 	}
+	info.provided_client_ssl_ctx = t->client_ssl_ctx;
 	t->ctx = lws_create_context(&info);
 	if (!t->ctx) {
 		if (err)
@@ -1022,6 +1198,7 @@ void mig__transport_free(mig__transport *t)
 		lws_context_destroy(t->ctx);
 		t->ctx = NULL;
 	}
+	SSL_CTX_free(t->client_ssl_ctx);
 	struct cmd *cmd = t->cmd_head;
 	while (cmd) {
 		struct cmd *next = cmd->next;
