@@ -37,9 +37,12 @@ typedef struct mig__bytes {
 int mig__bytes_append(mig__bytes *b, const void *data, size_t len);
 void mig__bytes_free(mig__bytes *b);
 
-/* Signature of the file open on `fd` (read from offset 0 to EOF), with
- * BLAKE2 strong sums. Appends to `out`. Returns 0, MIG_EIO, MIG_ENOMEM. */
-int mig__delta_signature(int fd, const mig__sig_params *p, mig__bytes *out);
+/* Signature of the first `limit` bytes of the file open on `fd` (from
+ * offset 0, to EOF if it is shorter; UINT64_MAX for all of it), with BLAKE2
+ * strong sums. Appends to `out`. Returns 0, MIG_EIO, MIG_ENOMEM. A file that
+ * grows while it is read (an app appending) is read only up to `limit`, so
+ * the signature describes exactly the bytes a delta of the same limit sent. */
+int mig__delta_signature(int fd, uint64_t limit, const mig__sig_params *p, mig__bytes *out);
 
 /* Checks an untrusted signature: magic is one of the BLAKE2 magics, block
  * length within [MIG__SIG_MIN_BLOCK_LEN, MIG__SIG_MAX_BLOCK_LEN], strong
@@ -60,12 +63,12 @@ void mig__delta_sig_free(mig__sig *s);
  * delta call then returns MIG_ECANCELED). */
 typedef int (*mig__delta_sink)(const uint8_t *data, size_t len, void *ud);
 
-/* Delta of the file on `fd` (from its current offset to EOF) against `sig`
- * (NULL: a delta of literal data, for a peer that has no copy). Output goes
- * to `sink` in pieces of at most `piece` bytes. Returns 0, MIG_EIO,
- * MIG_ENOMEM, MIG_ECANCELED. */
-int mig__delta_generate(int fd, const mig__sig *sig, size_t piece, mig__delta_sink sink,
-			void *ud);
+/* Delta of the file on `fd` (from its current offset, at most `limit` bytes
+ * or to EOF) against `sig` (NULL: a delta of literal data, for a peer that
+ * has no copy). Output goes to `sink` in pieces of at most `piece` bytes.
+ * Returns 0, MIG_EIO, MIG_ENOMEM, MIG_ECANCELED. */
+int mig__delta_generate(int fd, uint64_t limit, const mig__sig *sig, size_t piece,
+			mig__delta_sink sink, void *ud);
 
 /* Streaming patch: delta bytes in, new file out. `basis_fd` (-1 for none)
  * must not change while patching; every copy command's position and length

@@ -6,11 +6,15 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "auth.h"
 #include "engine_int.h"
+#include "workers.h"
+#include "xfer.h"
 
 #define DEFAULT_PEER_TIMEOUT_MS 5000u
 #define MAX_PENDING_LOGS 1000
@@ -109,6 +113,15 @@ static int dup_opt(char **dst, const char *src)
 
 static void engine_release(mig_engine *e)
 {
+	/* Transfers first: cancel them so workers blocked on flow control
+	 * return, then join the workers (they send through the transport),
+	 * then stop the transport. */
+	for (struct mig_migration *m = e->migrations; m; m = m->next)
+		mig__xfer_end(e, m, false);
+	mig__strand_release(e->maint);
+	e->maint = NULL;
+	mig__workers_free(e->workers);
+	e->workers = NULL;
 	mig__transport_free(e->transport);
 	e->transport = NULL;
 	if (e->events.efd >= 0)
@@ -141,6 +154,11 @@ static void engine_release(mig_engine *e)
 		mig__free(e->domains[i].type_name);
 	}
 	mig__free(e->domains);
+	for (size_t i = 0; i < e->nfdomains; i++) {
+		mig__free(e->fdomains[i].name);
+		mig__free(e->fdomains[i].root);
+	}
+	mig__free(e->fdomains);
 	if (e->epoll_fd >= 0)
 		close(e->epoll_fd);
 	if (e->wake_fd >= 0)
@@ -202,6 +220,9 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 		return MIG_EINVAL;
 	if (o->engine_id && !mig__valid_user(o->engine_id))
 		return MIG_EINVAL;
+	if (o->compression < MIG_COMPRESSION_AUTO || o->compression > MIG_COMPRESSION_ON ||
+	    o->worker_threads > 64)
+		return MIG_EINVAL;
 	if (o->advertised_url) {
 		bool tls;
 		char host[256], path[256];
@@ -252,6 +273,15 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 	e->tls_require_client_cert = o->tls_require_client_cert != 0;
 	e->max_frame = o->max_frame_bytes ? o->max_frame_bytes : MIG__DEFAULT_MAX_FRAME;
 	e->peer_timeout_ms = o->peer_timeout_ms ? o->peer_timeout_ms : DEFAULT_PEER_TIMEOUT_MS;
+	e->precopy_alpha_ms = o->precopy_alpha_ms ? o->precopy_alpha_ms : 50;
+	e->precopy_max_rounds = o->precopy_max_rounds ? o->precopy_max_rounds : 8;
+	if (e->precopy_max_rounds > 16)
+		e->precopy_max_rounds = 16;
+	e->compression = o->compression;
+	e->file_cache_bytes = o->file_cache_off ? 0
+			      : o->file_cache_bytes ? o->file_cache_bytes
+						    : 1024ull * 1024 * 1024;
+	e->worker_threads = o->worker_threads ? o->worker_threads : 2;
 	e->on_event = o->on_event;
 	e->on_log = o->on_log;
 	e->log_level = o->log_level;
@@ -326,6 +356,16 @@ MIG_EXPORT int mig_engine_start(mig_engine *e)
 			return MIG_ENOMEM;
 		}
 	}
+	if (e->nfdomains && !e->workers) {
+		rc = mig__workers_new(&e->workers, e->worker_threads);
+		if (!rc && !(e->maint = mig__strand_new(e->workers)))
+			rc = MIG_ENOMEM;
+		if (rc) {
+			mig__transport_free(t);
+			mig__engine_set_error(e, "cannot start the worker threads");
+			return rc;
+		}
+	}
 	rc = mig__transport_start(t);
 	if (rc) {
 		mig__transport_free(t);
@@ -394,6 +434,70 @@ MIG_EXPORT int mig_engine_set_hooks(mig_engine *e, const mig_hooks *hooks, void 
 	return rc;
 }
 
+static bool domain_name_taken(const mig_engine *e, const char *name)
+{
+	for (size_t i = 0; i < e->ndomains; i++)
+		if (strcmp(e->domains[i].name, name) == 0)
+			return true;
+	for (size_t i = 0; i < e->nfdomains; i++)
+		if (strcmp(e->fdomains[i].name, name) == 0)
+			return true;
+	return false;
+}
+
+MIG_EXPORT int mig_file_domain_register(mig_engine *e, const mig_file_domain *d)
+{
+	if (!e || !d || !mig__valid_domain_name(d->name) || !d->root || !d->root[0])
+		return MIG_EINVAL;
+	struct stat st;
+	if (stat(d->root, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		mig__engine_set_error(e, "file domain %s: %s is not a directory", d->name, d->root);
+		return MIG_EINVAL;
+	}
+	int rc = 0;
+	pthread_mutex_lock(&e->lock);
+	if (e->started) {
+		mig__engine_set_error(e, "domains must be registered before mig_engine_start()");
+		rc = MIG_ESTATE;
+	} else if (domain_name_taken(e, d->name)) {
+		mig__engine_set_error(e, "domain %s already registered", d->name);
+		rc = MIG_EEXIST;
+	} else if (e->nfdomains >= MIG__MAX_DOMAINS) {
+		rc = MIG_EINVAL;
+	} else {
+		mig__fdomain *nd = mig__realloc(e->fdomains, (e->nfdomains + 1) * sizeof(*nd));
+		if (!nd) {
+			rc = MIG_ENOMEM;
+		} else {
+			e->fdomains = nd;
+			mig__fdomain *slot = &nd[e->nfdomains];
+			memset(slot, 0, sizeof(*slot));
+			slot->name = mig__strdup(d->name);
+			slot->root = realpath(d->root, NULL);
+			if (!slot->name || !slot->root) {
+				mig__free(slot->name);
+				free(slot->root);
+				rc = MIG_ENOMEM;
+			} else {
+				/* realpath() allocates with malloc: keep ours uniform. */
+				char *root = mig__strdup(slot->root);
+				free(slot->root);
+				slot->root = root;
+				if (!root) {
+					mig__free(slot->name);
+					rc = MIG_ENOMEM;
+				} else {
+					slot->version = d->version;
+					slot->append_only = d->append_only != 0;
+					e->nfdomains++;
+				}
+			}
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	return rc;
+}
+
 MIG_EXPORT int mig_light_domain_register(mig_engine *e, const mig_light_domain *d,
 					 void *user_data)
 {
@@ -413,12 +517,10 @@ MIG_EXPORT int mig_light_domain_register(mig_engine *e, const mig_light_domain *
 		rc = MIG_EINVAL;
 		goto out;
 	}
-	for (size_t i = 0; i < e->ndomains; i++) {
-		if (strcmp(e->domains[i].name, d->name) == 0) {
-			mig__engine_set_error(e, "domain %s already registered", d->name);
-			rc = MIG_EEXIST;
-			goto out;
-		}
+	if (domain_name_taken(e, d->name)) {
+		mig__engine_set_error(e, "domain %s already registered", d->name);
+		rc = MIG_EEXIST;
+		goto out;
 	}
 	mig__domain *nd = mig__realloc(e->domains, (e->ndomains + 1) * sizeof(*nd));
 	if (!nd) {
@@ -629,6 +731,10 @@ static void on_transport_event(mig_engine *e, mig__tev *ev)
 	case MIG__TEV_LOG:
 		queue_log(e, (mig_log_level)ev->level, ev->line);
 		break;
+	case MIG__TEV_CALL:
+		ev->call(e, ev->arg);
+		ev->arg = NULL; /* consumed */
+		break;
 	}
 }
 
@@ -810,6 +916,8 @@ MIG_EXPORT int mig_migration_info(mig_migration *m, mig_migration_stats *s)
 	uint64_t end = m->ended_us ? m->ended_us : mig__now_us();
 	s->duration_us = end - m->started_us;
 	s->downtime_us = m->downtime_us;
+	s->rounds = m->rounds;
+	memcpy(s->round_bytes, m->round_bytes, sizeof(s->round_bytes));
 	if (e)
 		pthread_mutex_unlock(&e->lock);
 	return 0;

@@ -35,6 +35,13 @@ typedef struct mig__domain {
 	void *user_data;
 } mig__domain;
 
+typedef struct mig__fdomain {
+	char *name;
+	uint32_t version;
+	char *root;
+	bool append_only;
+} mig__fdomain;
+
 typedef struct mig__user {
 	struct mig__user *next; /* hash chain */
 	char *id;
@@ -53,12 +60,16 @@ enum mig__phase {
 	/* source */
 	MIG__SRC_NEW,          /* created by mig_migrate(); dispatch starts it */
 	MIG__SRC_BEGIN_SENT,   /* waiting for ACCEPT / REJECT */
+	MIG__SRC_PRECOPY,      /* file rounds while the user is still served */
+	MIG__SRC_FINAL,        /* paused; the last file round is going out */
 	MIG__SRC_PREPARE_SENT, /* paused, state sent, waiting for PREPARED / FAILED */
 	MIG__SRC_COMMIT,       /* COMMIT decided: never resumes unless the
 				  destination answers it lost its copy */
 	/* destination */
 	MIG__DST_ACCEPTED, /* waiting for PREPARE */
+	MIG__DST_VERIFYING, /* light merged; checking staged files' digests */
 	MIG__DST_PREPARED, /* merged into an inactive user; waiting for COMMIT */
+	MIG__DST_INSTALLING, /* COMMIT received; swapping the staged files in */
 	/* both */
 	MIG__DONE,
 };
@@ -74,6 +85,11 @@ enum mig__fault_point {
 	MIG__FAULT_SEND_PREPARED,  /* destination sends PREPARED */
 	MIG__FAULT_SEND_COMMIT,    /* source sends COMMIT */
 	MIG__FAULT_SEND_COMMITTED, /* destination sends COMMITTED */
+	/* File transfer (the action is ignored): */
+	MIG__FAULT_FILE_CORRUPT_CHUNK, /* source flips bytes in its first delta chunk */
+	MIG__FAULT_FILE_TRUNCATE,      /* source cuts the link halfway through a stream */
+	MIG__FAULT_FILE_DOTDOT,        /* source sends a stream for "../evil" */
+	MIG__FAULT_FILE_BAD_SIGNATURE, /* destination sends block length 2^31-1 */
 };
 
 enum mig__fault_action {
@@ -115,6 +131,14 @@ struct mig_migration {
 	uint64_t bytes_sent;
 	uint64_t bytes_received;
 	uint64_t downtime_us;
+	/* File state (NULL for light-only migrations). */
+	struct mig__xfer *xfer;
+	unsigned rounds;
+	uint64_t round_bytes[16];
+	/* Source: light state extracted at pause, sent with PREPARE after the
+	 * final file round. */
+	mig_buf *light;
+	size_t nlight;
 };
 
 typedef struct mig__conn_rec {
@@ -157,6 +181,15 @@ struct mig_engine {
 
 	mig__domain *domains;
 	size_t ndomains;
+	mig__fdomain *fdomains;
+	size_t nfdomains;
+	unsigned precopy_alpha_ms;
+	unsigned precopy_max_rounds;
+	int compression;
+	uint64_t file_cache_bytes; /* 0 = keep no cache */
+	unsigned worker_threads;
+	struct mig__workers *workers;
+	struct mig__strand *maint; /* releases to the departed cache, in order */
 
 	mig__transport *transport;
 	mig__evq events;   /* transport -> dispatch */

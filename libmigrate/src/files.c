@@ -16,6 +16,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1159,7 +1160,9 @@ int mig__files_staging_remove(const char *root, const char *mid)
 		if (errno != ENOENT)
 			rc = err_io(errno);
 	} else {
-		if (remove_tree(sfd, mid) < 0)
+		char tmp[MIG__MID_LEN + 8];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", mid);
+		if (remove_tree(sfd, mid) < 0 || remove_tree(sfd, tmp) < 0)
 			rc = err_io(errno);
 		close_keep(sfd);
 	}
@@ -1182,9 +1185,12 @@ int mig__files_remove_user(const char *root, const char *user)
 /* ---------------------------------------------------------------- install */
 
 /* fsyncs every file and directory below the directory open on fd (taken
- * over), then the directory itself. Anything but files and directories
- * (nothing we staged) fails the install. */
-static int sync_tree(int fd, int depth)
+ * over), then the directory itself; with start_only, only starts the
+ * writeback of the files' data (sync_file_range), so that the fsyncs of a
+ * second pass find it under way together and ext4 commits its journal for
+ * all of them at once instead of once per file. Anything but files and
+ * directories (nothing we staged) fails the install. */
+static int sync_tree(int fd, int depth, bool start_only)
 {
 	DIR *d = fdopendir(fd);
 	if (!d) {
@@ -1206,14 +1212,21 @@ static int sync_tree(int fd, int depth)
 				break;
 			}
 			cfd = openat(fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (cfd < 0 || sync_tree(cfd, depth + 1) < 0) {
+			if (cfd < 0 || sync_tree(cfd, depth + 1, start_only) < 0) {
 				rc = -1;
 				break;
 			}
 		} else if (t == DT_REG) {
 			cfd = openat(fd, de->d_name,
 				     O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-			if (cfd < 0 || fsync(cfd) < 0) {
+			if (cfd < 0) {
+				rc = -1;
+				break;
+			}
+			if (start_only) {
+				/* Best effort: errors show in the fsync pass. */
+				sync_file_range(cfd, 0, 0, SYNC_FILE_RANGE_WRITE);
+			} else if (fsync(cfd) < 0) {
 				close_keep(cfd);
 				rc = -1;
 				break;
@@ -1228,7 +1241,7 @@ static int sync_tree(int fd, int depth)
 	}
 	if (!rc && !de && errno)
 		rc = -1;
-	if (!rc && fsync(fd) < 0)
+	if (!rc && !start_only && fsync(fd) < 0)
 		rc = -1;
 	int e = errno;
 	closedir(d);
@@ -1257,15 +1270,13 @@ int mig__files_install(const char *root, const char *user, const char *mid)
 	/* Nothing staged (a user without files) still installs an empty folder. */
 	if (mkdirat(sfd, mid, 0700) < 0 && errno != EEXIST)
 		goto fail;
-	mfd = beneath_open(sfd, mid, O_RDONLY | O_DIRECTORY, 0);
-	if (mfd < 0)
-		goto fail;
 	/* Durability: every staged byte and name is on disk before the rename
 	 * makes it visible, so a crash never shows a half-written file. */
-	int r = sync_tree(mfd, 1);
-	mfd = -1;
-	if (r < 0)
-		goto fail;
+	for (int pass = 0; pass < 2; pass++) {
+		mfd = beneath_open(sfd, mid, O_RDONLY | O_DIRECTORY, 0);
+		if (mfd < 0 || sync_tree(mfd, 1, pass == 0) < 0)
+			goto fail;
+	}
 
 	if (fstatat(rfd, user, &st, AT_SYMLINK_NOFOLLOW) < 0) {
 		if (errno != ENOENT)
@@ -1310,5 +1321,193 @@ fail:
 out:
 	close_keep(sfd);
 	close_keep(rfd);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- patch output, tails */
+
+static bool single_component(const char *name)
+{
+	return mig__path_valid(name) && !strchr(name, '/');
+}
+
+int mig__files_open_staging_tmp(const char *root, const char *mid, const char *name)
+{
+	if (!root_ok(root) || !mig__valid_mid(mid) || !single_component(name))
+		return err_inval();
+	char tmp[MIG__MID_LEN + 8];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", mid);
+	int rfd, pfd;
+	const char *base;
+	if (staging_parent(root, tmp, name, true, &rfd, &pfd, &base) < 0)
+		return err_of(errno);
+	int fd = -1;
+	if (clear_name(pfd, base) == 0)
+		fd = beneath_open(pfd, base, O_CREAT | O_EXCL | O_WRONLY | O_NOCTTY, 0600);
+	int e = errno;
+	close_pair(pfd, rfd);
+	return fd >= 0 ? fd : err_of(e);
+}
+
+int mig__files_staging_commit_tmp(const char *root, const char *mid, const char *name,
+				  const char *rel)
+{
+	if (!root_ok(root) || !mig__valid_mid(mid) || !single_component(name) ||
+	    !staged_path_ok(rel))
+		return err_inval();
+	char tmp[MIG__MID_LEN + 8];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", mid);
+	int rfd, tpfd, pfd = -1, rc = 0;
+	const char *tbase, *base;
+	if (staging_parent(root, tmp, name, false, &rfd, &tpfd, &tbase) < 0)
+		return err_of(errno);
+	char prefix[PBUF], parent[PBUF];
+	if (join2(prefix, sizeof(prefix), MIG__STAGING_DIR, mid) < 0 ||
+	    parent_path(parent, sizeof(parent), prefix, rel, &base) < 0)
+		goto fail;
+	pfd = open_dirs(rfd, parent, true);
+	if (pfd < 0)
+		goto fail;
+	if (renameat(tpfd, tbase, pfd, base) < 0) {
+		if (errno != EISDIR || clear_name(pfd, base) < 0 ||
+		    renameat(tpfd, tbase, pfd, base) < 0)
+			goto fail;
+	}
+	goto out;
+fail:
+	rc = err_of(errno);
+out:
+	close_keep(pfd);
+	close_pair(tpfd, rfd);
+	return rc;
+}
+
+int mig__files_open_staging_append(const char *root, const char *mid, const char *rel)
+{
+	if (!root_ok(root) || !mig__valid_mid(mid) || !staged_path_ok(rel))
+		return err_inval();
+	int rfd, pfd;
+	const char *base;
+	if (staging_parent(root, mid, rel, false, &rfd, &pfd, &base) < 0)
+		return err_of(errno);
+	int fd = beneath_open(pfd, base, O_WRONLY | O_NOCTTY, 0);
+	int e = errno;
+	struct stat st;
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+		close(fd);
+		fd = -1;
+		e = EINVAL;
+	}
+	close_pair(pfd, rfd);
+	return fd >= 0 ? fd : err_of(e);
+}
+
+/* ---------------------------------------------------------------- departed-user cache */
+
+int mig__files_cache_put(const char *root, const char *user)
+{
+	if (!root_ok(root) || !user_ok(user))
+		return err_inval();
+	int rfd = open_root(root, O_PATH);
+	if (rfd < 0)
+		return err_io(errno);
+	int rc = 0, cfd = -1;
+	struct stat st;
+	if (fstatat(rfd, user, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		rc = errno == ENOENT ? 0 : err_io(errno);
+		goto out;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		rc = err_inval();
+		goto out;
+	}
+	cfd = open_dirs(rfd, MIG__CACHE_DIR, true);
+	if (cfd < 0) {
+		rc = err_io(errno);
+		goto out;
+	}
+	/* An older copy of this user goes first; the new one replaces it. */
+	if (remove_tree(cfd, user) < 0 || renameat(rfd, user, cfd, user) < 0)
+		rc = err_io(errno);
+	/* The directory's mtime orders the cache for trimming. */
+	utimensat(cfd, user, NULL, AT_SYMLINK_NOFOLLOW);
+out:
+	close_keep(cfd);
+	close_keep(rfd);
+	return rc;
+}
+
+struct cached {
+	char *user;
+	uint64_t bytes;
+	int64_t mtime_ns;
+};
+
+static int cached_cmp(const void *a, const void *b)
+{
+	const struct cached *x = a, *y = b;
+	return x->mtime_ns < y->mtime_ns ? -1 : x->mtime_ns > y->mtime_ns;
+}
+
+int mig__files_cache_trim(const char *root, uint64_t max_bytes)
+{
+	char croot[PATH_MAX];
+	if (!root_ok(root) || snprintf(croot, sizeof(croot), "%s/%s", root, MIG__CACHE_DIR) >=
+				      (int)sizeof(croot))
+		return err_inval();
+	int cfd = open(croot, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (cfd < 0)
+		return errno == ENOENT ? 0 : err_io(errno);
+	DIR *d = fdopendir(cfd);
+	if (!d) {
+		close(cfd);
+		return err_io(errno);
+	}
+	struct cached *list = NULL;
+	size_t n = 0, cap = 0;
+	uint64_t total = 0;
+	int rc = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		struct stat st;
+		if (dot_or_dotdot(de->d_name) || !user_ok(de->d_name) ||
+		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
+			continue;
+		mig__file_list fl = {0};
+		char why[128];
+		uint64_t bytes = 0;
+		if (mig__files_scan(croot, de->d_name, &fl, why, sizeof(why)) == 0)
+			for (size_t i = 0; i < fl.count; i++)
+				bytes += fl.entries[i].size;
+		mig__file_list_free(&fl);
+		if (n == cap) {
+			cap = cap ? 2 * cap : 16;
+			struct cached *p = mig__realloc(list, cap * sizeof(*p));
+			if (!p) {
+				rc = MIG_ENOMEM;
+				break;
+			}
+			list = p;
+		}
+		list[n].user = mig__strdup(de->d_name);
+		if (!list[n].user) {
+			rc = MIG_ENOMEM;
+			break;
+		}
+		list[n].bytes = bytes;
+		list[n].mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+		total += bytes;
+		n++;
+	}
+	if (!rc && list)
+		qsort(list, n, sizeof(*list), cached_cmp);
+	for (size_t i = 0; !rc && i < n && total > max_bytes; i++) {
+		if (remove_tree(dirfd(d), list[i].user) == 0)
+			total -= list[i].bytes;
+	}
+	for (size_t i = 0; i < n; i++)
+		mig__free(list[i].user);
+	mig__free(list);
+	closedir(d);
 	return rc;
 }

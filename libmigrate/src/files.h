@@ -14,6 +14,7 @@
 #include "common.h"
 
 #define MIG__STAGING_DIR ".mig-staging"
+#define MIG__CACHE_DIR ".mig-cache"
 #define MIG__PATH_MAX 1024   /* bytes in a relative path we accept */
 #define MIG__MAX_FILES 100000 /* files in one user's folder */
 
@@ -81,7 +82,26 @@ int mig__files_sha256_fd(int fd, uint8_t out[32]);
  * Returns 0 or MIG_EIO. */
 int mig__files_install(const char *root, const char *user, const char *mid);
 
-/* Removes ROOT/.mig-staging/<mid> recursively (abort). Missing is fine. */
+/* Patch output is written under ROOT/.mig-staging/<mid>.tmp/<name> (name: a
+ * single component) and moved to staging/<mid>/<rel> once complete, so a
+ * later round's basis (the staged file) is never written while read. */
+int mig__files_open_staging_tmp(const char *root, const char *mid, const char *name);
+int mig__files_staging_commit_tmp(const char *root, const char *mid, const char *name,
+				  const char *rel);
+
+/* Opens an existing staged file for writing (appended tails), no create. */
+int mig__files_open_staging_append(const char *root, const char *mid, const char *rel);
+
+/* Departed users' files: moves ROOT/<user> to ROOT/.mig-cache/<user>,
+ * replacing an older cached copy (a missing folder is fine). Two renames. */
+int mig__files_cache_put(const char *root, const char *user);
+
+/* Removes the least recently cached users until the cache holds at most
+ * max_bytes of files. */
+int mig__files_cache_trim(const char *root, uint64_t max_bytes);
+
+/* Removes ROOT/.mig-staging/<mid> (and <mid>.tmp) recursively (abort, or
+ * after install). Missing is fine. */
 int mig__files_staging_remove(const char *root, const char *mid);
 
 /* Removes ROOT/<user> recursively (release at the source). */

@@ -8,6 +8,7 @@
 
 #include "auth.h"
 #include "handoff_int.h"
+#include "xfer.h"
 
 /* How long a finished migration's outcome is remembered, and how many. */
 #define OUTCOME_TTL_US (10ull * 60 * 1000000)
@@ -102,6 +103,7 @@ void mig__handoff_emit(mig_engine *e, mig_event_type type, struct mig_migration 
 		.bytes_received = m->bytes_received,
 		.duration_us = (m->ended_us ? m->ended_us : mig__now_us()) - m->started_us,
 		.downtime_us = m->downtime_us,
+		.rounds = m->rounds,
 	};
 	mig__control_publish(e, &ev, m);
 	mig__engine_log(e, MIG_LOG_INFO, "migration %s user %s: %s%s%s", mid, user,
@@ -247,6 +249,23 @@ void mig__handoff_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f, si
 	case MIGWIRE__FRAME__BODY_ABORTED:
 		mid = f->aborted->mid;
 		break;
+	case MIGWIRE__FRAME__BODY_FILE_STREAM:
+	case MIGWIRE__FRAME__BODY_CHUNK:
+	case MIGWIRE__FRAME__BODY_CREDIT:
+	case MIGWIRE__FRAME__BODY_ROUND_END:
+	case MIGWIRE__FRAME__BODY_ROUND_DONE: {
+		mid = f->body_case == MIGWIRE__FRAME__BODY_FILE_STREAM ? f->file_stream->mid
+		      : f->body_case == MIGWIRE__FRAME__BODY_CHUNK      ? f->chunk->mid
+		      : f->body_case == MIGWIRE__FRAME__BODY_CREDIT     ? f->credit->mid
+		      : f->body_case == MIGWIRE__FRAME__BODY_ROUND_END  ? f->round_end->mid
+									 : f->round_done->mid;
+		struct mig_migration *m = mig__handoff_find(e, mid);
+		if (!m || !m->xfer || m->conn != conn)
+			return; /* a finished migration's stragglers */
+		m->bytes_received += bytes;
+		mig__xfer_on_frame(e, m, f, bytes);
+		return;
+	}
 	default:
 		mig__engine_log(e, MIG_LOG_WARN, "peer connection %llu: unexpected %s frame",
 				(unsigned long long)conn, mig__wire_body_name(f));

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "handoff_int.h"
+#include "xfer.h"
 
 static mig__domain *find_domain(mig_engine *e, const char *name)
 {
@@ -74,6 +75,7 @@ static void dst_drop(mig_engine *e, struct mig_migration *m, int error, const ch
 {
 	char user[MIG__USER_MAX + 1];
 	mig__strlcpy(user, m->user, sizeof(user));
+	mig__xfer_end(e, m, true);
 	mig__handoff_finish(e, m, MIG_MIGRATION_ABORTED, error, reason);
 	mig__user *u = mig__users_find(&e->users, user);
 	if (u && (u->state == MIG_USER_INCOMING || u->state == MIG_USER_PARKED))
@@ -86,10 +88,11 @@ static void dst_drop(mig_engine *e, struct mig_migration *m, int error, const ch
 	mig__handoff_emit(e, MIG_EVENT_DROPPED, m);
 }
 
-static void dst_activate(mig_engine *e, struct mig_migration *m, uint64_t conn)
+static void dst_activate_now(mig_engine *e, struct mig_migration *m, uint64_t conn)
 {
 	char user[MIG__USER_MAX + 1];
 	mig__strlcpy(user, m->user, sizeof(user));
+	mig__xfer_end(e, m, false);
 	mig__handoff_finish(e, m, MIG_MIGRATION_COMMITTED, 0, "");
 	mig__user *u = mig__users_find(&e->users, user);
 	if (u)
@@ -101,6 +104,26 @@ static void dst_activate(mig_engine *e, struct mig_migration *m, uint64_t conn)
 	}
 	mig__handoff_emit(e, MIG_EVENT_ACTIVATED, m);
 	send_simple(e, m, conn, MIGWIRE__FRAME__BODY_COMMITTED, MIG__FAULT_SEND_COMMITTED);
+}
+
+/* Committed: with file state, swap the staged files in first (on a worker),
+ * then activate. */
+static void dst_activate(mig_engine *e, struct mig_migration *m, uint64_t conn)
+{
+	if (conn)
+		m->conn = conn;
+	if (m->xfer) {
+		mig__handoff_set_phase(m, MIG__DST_INSTALLING, 0);
+		mig__xdst_install(e, m);
+		return;
+	}
+	dst_activate_now(e, m, conn);
+}
+
+void mig__dst_files_installed(mig_engine *e, struct mig_migration *m)
+{
+	if (m->phase == MIG__DST_INSTALLING)
+		dst_activate_now(e, m, m->conn);
 }
 
 void mig__dst_on_begin(mig_engine *e, uint64_t conn, const Migwire__Begin *b, size_t bytes)
@@ -124,20 +147,42 @@ void mig__dst_on_begin(mig_engine *e, uint64_t conn, const Migwire__Begin *b, si
 			     why);
 		return;
 	}
+	size_t nfiles = 0;
 	for (size_t i = 0; i < b->n_domains; i++) {
 		const Migwire__DomainInfo *di = b->domains[i];
-		mig__domain *d = find_domain(e, di->name);
-		if (!d || (di->has_kind && di->kind != MIGWIRE__DOMAIN_KIND__DOMAIN_LIGHT)) {
-			snprintf(why, sizeof(why), "domain %s is not registered here", di->name);
+		bool is_file = di->has_kind && di->kind == MIGWIRE__DOMAIN_KIND__DOMAIN_FILE;
+		uint32_t version = 0;
+		bool found = false;
+		if (is_file) {
+			for (size_t k = 0; k < e->nfdomains; k++)
+				if (strcmp(e->fdomains[k].name, di->name) == 0) {
+					found = true;
+					version = e->fdomains[k].version;
+				}
+			nfiles++;
+		} else {
+			mig__domain *d = find_domain(e, di->name);
+			found = d != NULL;
+			version = d ? d->version : 0;
+		}
+		if (!found) {
+			snprintf(why, sizeof(why), "%s domain %s is not registered here",
+				 is_file ? "file" : "light", di->name);
 			reply_reject(e, conn, b->mid, MIG_ENODOMAIN, why);
 			return;
 		}
-		if (di->version > d->version) {
+		if (di->version > version) {
 			snprintf(why, sizeof(why), "domain %s version %u is newer than %u",
-				 di->name, di->version, d->version);
+				 di->name, di->version, version);
 			reply_reject(e, conn, b->mid, MIG_EVERSION, why);
 			return;
 		}
+	}
+	if (nfiles != e->nfdomains) {
+		snprintf(why, sizeof(why), "the source moves %zu file domains, this engine has %zu",
+			 nfiles, e->nfdomains);
+		reply_reject(e, conn, b->mid, MIG_ENODOMAIN, why);
+		return;
 	}
 	mig__user *nu = NULL;
 	if (mig__users_insert(&e->users, b->user, MIG_USER_INCOMING, &nu) != 0) {
@@ -169,8 +214,11 @@ void mig__dst_on_begin(mig_engine *e, uint64_t conn, const Migwire__Begin *b, si
 		}
 	}
 	mig__handoff_emit(e, MIG_EVENT_INCOMING, m);
-	if (m->phase == MIG__DST_ACCEPTED)
-		send_simple(e, m, conn, MIGWIRE__FRAME__BODY_ACCEPT, MIG__FAULT_SEND_ACCEPT);
+	if (m->phase != MIG__DST_ACCEPTED)
+		return;
+	send_simple(e, m, conn, MIGWIRE__FRAME__BODY_ACCEPT, MIG__FAULT_SEND_ACCEPT);
+	if (nfiles && m->phase == MIG__DST_ACCEPTED && mig__xdst_start(e, m) != 0)
+		dst_drop(e, m, MIG_ENOMEM, "cannot start the file transfer");
 }
 
 void mig__dst_on_prepare(mig_engine *e, uint64_t conn, const Migwire__Prepare *p, size_t bytes)
@@ -236,8 +284,35 @@ void mig__dst_on_prepare(mig_engine *e, uint64_t conn, const Migwire__Prepare *p
 		dst_drop(e, m, err, why);
 		return;
 	}
+	if (m->xfer) {
+		/* Files: PREPARED only once every staged file checks out. */
+		mig__handoff_set_phase(m, MIG__DST_VERIFYING, 0);
+		mig__xdst_verify(e, m, p);
+		return;
+	}
 	mig__handoff_set_phase(m, MIG__DST_PREPARED, mig__now_us() + mig__handoff_timeout_us(e));
 	send_simple(e, m, conn, MIGWIRE__FRAME__BODY_PREPARED, MIG__FAULT_SEND_PREPARED);
+}
+
+void mig__dst_files_verified(mig_engine *e, struct mig_migration *m, int err, const char *why)
+{
+	if (m->phase != MIG__DST_VERIFYING)
+		return;
+	if (err) {
+		Migwire__Failed fl = MIGWIRE__FAILED__INIT;
+		fl.mid = m->mid;
+		fl.code = err;
+		fl.reason = (char *)why;
+		mig__frame f = MIGWIRE__FRAME__INIT;
+		f.body_case = MIGWIRE__FRAME__BODY_FAILED;
+		f.failed = &fl;
+		if (m->conn && mig__engine_conn(e, m->conn))
+			mig__handoff_reply(e, m->conn, &f, m);
+		dst_drop(e, m, err, why);
+		return;
+	}
+	mig__handoff_set_phase(m, MIG__DST_PREPARED, mig__now_us() + mig__handoff_timeout_us(e));
+	send_simple(e, m, m->conn, MIGWIRE__FRAME__BODY_PREPARED, MIG__FAULT_SEND_PREPARED);
 }
 
 void mig__dst_on_commit(mig_engine *e, uint64_t conn, const Migwire__Commit *c, size_t bytes)
@@ -249,9 +324,11 @@ void mig__dst_on_commit(mig_engine *e, uint64_t conn, const Migwire__Commit *c, 
 			dst_activate(e, m, conn);
 		} else if (m->phase == MIG__DONE && m->state == MIG_MIGRATION_COMMITTED) {
 			send_simple(e, m, conn, MIGWIRE__FRAME__BODY_COMMITTED, MIG__FAULT_NONE);
-		} else if (m->phase == MIG__DST_ACCEPTED) {
-			/* COMMIT before PREPARE is a protocol error: nothing was
-			 * merged, so there is nothing to activate. */
+		} else if (m->phase == MIG__DST_INSTALLING) {
+			m->conn = conn; /* COMMITTED goes out when the install ends */
+		} else if (m->phase == MIG__DST_ACCEPTED || m->phase == MIG__DST_VERIFYING) {
+			/* COMMIT before PREPARED is a protocol error: the source
+			 * cannot have decided, so there is nothing to activate. */
 			dst_drop(e, m, MIG_EPROTO, "COMMIT before PREPARE");
 			mig__handoff_reply_outcome(e, conn, m->mid,
 						   MIGWIRE__OUTCOME_STATE__OUTCOME_ABORTED);
@@ -283,7 +360,13 @@ void mig__dst_on_abort(mig_engine *e, uint64_t conn, const Migwire__Abort *a, si
 	struct mig_migration *m = mig__handoff_find(e, a->mid);
 	if (m && !m->outgoing) {
 		m->bytes_received += bytes;
-		if (m->phase == MIG__DST_ACCEPTED || m->phase == MIG__DST_PREPARED) {
+		if (m->phase == MIG__DST_INSTALLING) {
+			mig__handoff_reply_outcome(e, conn, m->mid,
+						   MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED);
+			return;
+		}
+		if (m->phase == MIG__DST_ACCEPTED || m->phase == MIG__DST_VERIFYING ||
+		    m->phase == MIG__DST_PREPARED) {
 			char why[MIG__REASON_MAX];
 			snprintf(why, sizeof(why), "source aborted: %s", a->reason ? a->reason : "");
 			dst_drop(e, m, MIG_ECANCELED, why);
@@ -333,9 +416,9 @@ void mig__dst_on_outcome(mig_engine *e, struct mig_migration *m, Migwire__Outcom
 
 void mig__dst_on_link_down(mig_engine *e, struct mig_migration *m, int error, const char *reason)
 {
-	if (m->phase == MIG__DST_ACCEPTED) {
-		/* Nothing was merged and PREPARED was never sent, so the source
-		 * cannot have committed: dropping is safe. */
+	if (m->phase == MIG__DST_ACCEPTED || m->phase == MIG__DST_VERIFYING) {
+		/* PREPARED was never sent, so the source cannot have committed:
+		 * dropping is safe. */
 		char why[MIG__REASON_MAX];
 		snprintf(why, sizeof(why), "lost the link before PREPARE: %s", reason);
 		dst_drop(e, m, error ? error : MIG_ECLOSED, why);

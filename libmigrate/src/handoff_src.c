@@ -12,6 +12,7 @@
 
 #include "auth.h"
 #include "handoff_int.h"
+#include "xfer.h"
 
 /* Room kept in a PREPARE frame for everything but the light state. */
 #define PREPARE_OVERHEAD 8192
@@ -59,6 +60,15 @@ int mig__handoff_start(mig_engine *e, const char *user, const char *url, uint64_
 	return 0;
 }
 
+static void free_light(struct mig_migration *m)
+{
+	for (size_t i = 0; i < m->nlight; i++)
+		mig__free(m->light[i].data);
+	mig__free(m->light);
+	m->light = NULL;
+	m->nlight = 0;
+}
+
 static void set_user_state(mig_engine *e, struct mig_migration *m, mig_user_state state)
 {
 	mig__user *u = mig__users_find(&e->users, m->user);
@@ -84,6 +94,8 @@ static void src_abort(mig_engine *e, struct mig_migration *m, int error, const c
 	}
 	bool was_paused = m->paused;
 	m->paused = false;
+	mig__xfer_end(e, m, false);
+	free_light(m);
 	set_user_state(e, m, MIG_USER_ACTIVE);
 	mig__handoff_finish(e, m, MIG_MIGRATION_ABORTED, error, reason);
 	if (was_paused && e->hooks.resume) {
@@ -102,8 +114,12 @@ static void src_committed(mig_engine *e, struct mig_migration *m)
 	m->paused = false;
 	char user[MIG__USER_MAX + 1];
 	mig__strlcpy(user, m->user, sizeof(user));
+	mig__xfer_end(e, m, false);
+	free_light(m);
 	mig__handoff_finish(e, m, MIG_MIGRATION_COMMITTED, 0, "");
 	mig__users_remove(&e->users, user);
+	if (e->nfdomains)
+		mig__xfer_release_user(e, user);
 	if (e->hooks.release) {
 		mig__engine_unlock_for_app(e);
 		e->hooks.release(e, user, e->hooks_user_data);
@@ -114,23 +130,32 @@ static void src_committed(mig_engine *e, struct mig_migration *m)
 
 static void send_begin(mig_engine *e, struct mig_migration *m)
 {
-	Migwire__DomainInfo infos[MIG__MAX_DOMAINS];
-	Migwire__DomainInfo *ptrs[MIG__MAX_DOMAINS];
-	for (size_t i = 0; i < e->ndomains; i++) {
-		migwire__domain_info__init(&infos[i]);
-		infos[i].name = e->domains[i].name;
-		infos[i].version = e->domains[i].version;
-		infos[i].has_kind = true;
-		infos[i].kind = MIGWIRE__DOMAIN_KIND__DOMAIN_LIGHT;
-		infos[i].type_name = e->domains[i].type_name;
-		ptrs[i] = &infos[i];
+	Migwire__DomainInfo infos[2 * MIG__MAX_DOMAINS];
+	Migwire__DomainInfo *ptrs[2 * MIG__MAX_DOMAINS];
+	size_t n = 0;
+	for (size_t i = 0; i < e->ndomains; i++, n++) {
+		migwire__domain_info__init(&infos[n]);
+		infos[n].name = e->domains[i].name;
+		infos[n].version = e->domains[i].version;
+		infos[n].has_kind = true;
+		infos[n].kind = MIGWIRE__DOMAIN_KIND__DOMAIN_LIGHT;
+		infos[n].type_name = e->domains[i].type_name;
+		ptrs[n] = &infos[n];
+	}
+	for (size_t i = 0; i < e->nfdomains; i++, n++) {
+		migwire__domain_info__init(&infos[n]);
+		infos[n].name = e->fdomains[i].name;
+		infos[n].version = e->fdomains[i].version;
+		infos[n].has_kind = true;
+		infos[n].kind = MIGWIRE__DOMAIN_KIND__DOMAIN_FILE;
+		ptrs[n] = &infos[n];
 	}
 	Migwire__Begin b = MIGWIRE__BEGIN__INIT;
 	b.mid = m->mid;
 	b.user = m->user;
 	b.source_engine = e->engine_id;
 	b.source_url = e->advertised_url;
-	b.n_domains = e->ndomains;
+	b.n_domains = n;
 	b.domains = ptrs;
 	mig__frame f = MIGWIRE__FRAME__INIT;
 	f.body_case = MIGWIRE__FRAME__BODY_BEGIN;
@@ -151,8 +176,9 @@ static void start(mig_engine *e, struct mig_migration *m)
 	send_begin(e, m);
 }
 
-/* ACCEPT: pause the user, extract its light state, send PREPARE. */
-static void on_accept(mig_engine *e, struct mig_migration *m)
+/* Pauses the user and extracts its light state into m->light. Returns 0,
+ * or aborts the migration and returns non-zero. */
+static int pause_and_extract(mig_engine *e, struct mig_migration *m)
 {
 	char user[MIG__USER_MAX + 1];
 	mig__strlcpy(user, m->user, sizeof(user));
@@ -162,7 +188,7 @@ static void on_accept(mig_engine *e, struct mig_migration *m)
 		mig__engine_relock(e);
 		if (rc) {
 			src_abort(e, m, MIG_ECALLBACK, "the pause hook refused", true);
-			return;
+			return -1;
 		}
 	}
 	m->paused = true;
@@ -170,61 +196,118 @@ static void on_accept(mig_engine *e, struct mig_migration *m)
 	set_user_state(e, m, MIG_USER_PAUSED);
 
 	size_t n = e->ndomains;
-	mig_buf bufs[MIG__MAX_DOMAINS];
+	m->light = mig__calloc(n ? n : 1, sizeof(*m->light));
+	if (!m->light) {
+		src_abort(e, m, MIG_ENOMEM, "out of memory", true);
+		return -1;
+	}
+	m->nlight = n;
+	size_t budget = e->max_frame > PREPARE_OVERHEAD ? e->max_frame - PREPARE_OVERHEAD : 0;
+	size_t used = 0;
+	for (size_t i = 0; i < n; i++) {
+		mig__domain *d = &e->domains[i];
+		mig_buf *b = &m->light[i];
+		b->max = budget > used ? budget - used : 0;
+		mig__engine_unlock_for_app(e);
+		int rc = d->extract(e, user, b, d->user_data);
+		mig__engine_relock(e);
+		char why[MIG__REASON_MAX];
+		if (b->error) {
+			snprintf(why, sizeof(why), "light state of domain %s: %s", d->name,
+				 b->error == MIG_ETOOBIG ? "over the frame cap" : mig_strerror(b->error));
+			src_abort(e, m, b->error, why, true);
+			return -1;
+		}
+		if (rc) {
+			snprintf(why, sizeof(why), "extract of domain %s failed (%d)", d->name, rc);
+			src_abort(e, m, MIG_ECALLBACK, why, true);
+			return -1;
+		}
+		used += b->len;
+	}
+	if (m->cancel_requested) {
+		src_abort(e, m, MIG_ECANCELED, "canceled", true);
+		return -1;
+	}
+	return 0;
+}
+
+/* PREPARE: the light state and, with file domains, the final manifests. */
+static void send_prepare(mig_engine *e, struct mig_migration *m)
+{
 	Migwire__DomainData data[MIG__MAX_DOMAINS];
 	Migwire__DomainData *ptrs[MIG__MAX_DOMAINS];
-	memset(bufs, 0, sizeof(bufs));
-	size_t budget = e->max_frame > PREPARE_OVERHEAD ? e->max_frame - PREPARE_OVERHEAD : 0;
-	int err = 0;
-	char why[MIG__REASON_MAX] = "";
-	for (size_t i = 0; i < n && !err; i++) {
-		mig__domain *d = &e->domains[i];
-		size_t used = 0;
-		for (size_t k = 0; k < i; k++)
-			used += bufs[k].len;
-		bufs[i].max = budget > used ? budget - used : 0;
-		mig__engine_unlock_for_app(e);
-		int rc = d->extract(e, user, &bufs[i], d->user_data);
-		mig__engine_relock(e);
-		if (bufs[i].error) {
-			err = bufs[i].error;
-			snprintf(why, sizeof(why), "light state of domain %s: %s", d->name,
-				 err == MIG_ETOOBIG ? "over the frame cap" : mig_strerror(err));
-		} else if (rc) {
-			err = MIG_ECALLBACK;
-			snprintf(why, sizeof(why), "extract of domain %s failed (%d)", d->name, rc);
-		}
+	for (size_t i = 0; i < m->nlight; i++) {
 		migwire__domain_data__init(&data[i]);
-		data[i].name = d->name;
-		data[i].version = d->version;
-		data[i].data.data = bufs[i].data;
-		data[i].data.len = bufs[i].len;
+		data[i].name = e->domains[i].name;
+		data[i].version = e->domains[i].version;
+		data[i].data.data = m->light[i].data;
+		data[i].data.len = m->light[i].len;
 		ptrs[i] = &data[i];
 	}
-	if (!err && m->cancel_requested) {
-		err = MIG_ECANCELED;
-		snprintf(why, sizeof(why), "canceled");
+	Migwire__Prepare p = MIGWIRE__PREPARE__INIT;
+	p.mid = m->mid;
+	p.n_light = m->nlight;
+	p.light = ptrs;
+	if (m->xfer)
+		mig__xsrc_manifests(m, &p.files, &p.n_files);
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_PREPARE;
+	f.prepare = &p;
+	mig__handoff_set_phase(m, MIG__SRC_PREPARE_SENT, mig__now_us() + mig__handoff_timeout_us(e));
+	int rc = mig__handoff_send(e, m, &f, MIG__FAULT_SEND_PREPARE);
+	free_light(m);
+	if (rc) {
+		char why[MIG__REASON_MAX];
+		snprintf(why, sizeof(why), "cannot send the state: %s", mig_strerror(rc));
+		src_abort(e, m, rc, why, true);
 	}
-	if (!err) {
-		Migwire__Prepare p = MIGWIRE__PREPARE__INIT;
-		p.mid = m->mid;
-		p.n_light = n;
-		p.light = ptrs;
-		mig__frame f = MIGWIRE__FRAME__INIT;
-		f.body_case = MIGWIRE__FRAME__BODY_PREPARE;
-		f.prepare = &p;
-		mig__handoff_set_phase(m, MIG__SRC_PREPARE_SENT,
-				       mig__now_us() + mig__handoff_timeout_us(e));
-		int rc = mig__handoff_send(e, m, &f, MIG__FAULT_SEND_PREPARE);
-		if (rc) {
-			err = rc;
-			snprintf(why, sizeof(why), "cannot send the state: %s", mig_strerror(rc));
-		}
+}
+
+/* ACCEPT: with file domains, start the pre-copy rounds; otherwise pause,
+ * extract and send PREPARE at once. */
+static void on_accept(mig_engine *e, struct mig_migration *m)
+{
+	if (e->nfdomains) {
+		mig__handoff_set_phase(m, MIG__SRC_PRECOPY, 0);
+		int rc = mig__xsrc_start(e, m);
+		if (rc)
+			src_abort(e, m, rc, "cannot start the file transfer", true);
+		return;
 	}
-	for (size_t i = 0; i < n; i++)
-		mig__free(bufs[i].data);
-	if (err)
-		src_abort(e, m, err, why, true);
+	if (pause_and_extract(e, m) == 0)
+		send_prepare(e, m);
+}
+
+void mig__src_precopy_done(mig_engine *e, struct mig_migration *m)
+{
+	if (m->phase != MIG__SRC_PRECOPY)
+		return;
+	if (m->cancel_requested) {
+		src_abort(e, m, MIG_ECANCELED, "canceled", true);
+		return;
+	}
+	mig__handoff_set_phase(m, MIG__SRC_FINAL, 0);
+	if (pause_and_extract(e, m) == 0)
+		mig__xsrc_final(e, m);
+}
+
+void mig__src_final_sent(mig_engine *e, struct mig_migration *m)
+{
+	if (m->phase != MIG__SRC_FINAL)
+		return;
+	m->bytes_sent += mig__xfer_collect_sent(m);
+	send_prepare(e, m);
+}
+
+void mig__src_files_failed(mig_engine *e, struct mig_migration *m, int err, const char *why)
+{
+	if (m->phase != MIG__SRC_PRECOPY && m->phase != MIG__SRC_FINAL &&
+	    m->phase != MIG__SRC_PREPARE_SENT)
+		return;
+	char reason[MIG__REASON_MAX];
+	snprintf(reason, sizeof(reason), "file state: %s", why);
+	src_abort(e, m, err, reason, true);
 }
 
 static void send_commit(mig_engine *e, struct mig_migration *m)
@@ -321,6 +404,8 @@ void mig__src_on_link_down(mig_engine *e, struct mig_migration *m, int error, co
 	char why[MIG__REASON_MAX];
 	switch (m->phase) {
 	case MIG__SRC_BEGIN_SENT:
+	case MIG__SRC_PRECOPY:
+	case MIG__SRC_FINAL:
 	case MIG__SRC_PREPARE_SENT:
 		snprintf(why, sizeof(why), "lost the link to the destination: %s", reason);
 		src_abort(e, m, error == MIG_ECONNECT ? MIG_ECONNECT : MIG_ECLOSED, why, false);
@@ -344,7 +429,8 @@ void mig__src_tick(mig_engine *e, struct mig_migration *m, uint64_t now)
 		return;
 	}
 	if (m->cancel_requested &&
-	    (m->phase == MIG__SRC_BEGIN_SENT || m->phase == MIG__SRC_PREPARE_SENT)) {
+	    (m->phase == MIG__SRC_BEGIN_SENT || m->phase == MIG__SRC_PRECOPY ||
+	     m->phase == MIG__SRC_FINAL || m->phase == MIG__SRC_PREPARE_SENT)) {
 		src_abort(e, m, MIG_ECANCELED, "canceled", true);
 		return;
 	}
@@ -356,6 +442,10 @@ void mig__src_tick(mig_engine *e, struct mig_migration *m, uint64_t now)
 		return;
 	case MIG__SRC_PREPARE_SENT:
 		src_abort(e, m, MIG_ETIMEDOUT, "the destination did not answer PREPARE", true);
+		return;
+	case MIG__SRC_PRECOPY:
+	case MIG__SRC_FINAL:
+		src_abort(e, m, MIG_ETIMEDOUT, "the destination stopped taking file data", true);
 		return;
 	case MIG__SRC_COMMIT:
 		if (!m->parked && now - m->phase_started_us > mig__handoff_timeout_us(e)) {

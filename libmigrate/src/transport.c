@@ -144,6 +144,8 @@ void mig__tev_free(mig__tev *ev)
 	mig__free(ev->peer_url);
 	mig__wire_free(ev->frame);
 	mig__free(ev->line);
+	if (ev->arg && ev->discard)
+		ev->discard(ev->arg);
 	mig__free(ev);
 }
 

@@ -24,6 +24,7 @@ enum mig__tev_type {
 	MIG__TEV_DOWN,  /* connection closed or failed */
 	MIG__TEV_FRAME, /* one validated frame */
 	MIG__TEV_LOG,   /* a log line produced on the I/O thread */
+	MIG__TEV_CALL,  /* a worker's completion: run call(ctx, arg) in dispatch */
 };
 
 typedef struct mig__tev {
@@ -40,6 +41,9 @@ typedef struct mig__tev {
 	size_t frame_bytes;     /* FRAME: size on the wire */
 	int level;              /* LOG */
 	char *line;             /* LOG */
+	void (*call)(void *ctx, void *arg);  /* CALL */
+	void (*discard)(void *arg);          /* CALL: frees arg if never called */
+	void *arg;                           /* CALL */
 } mig__tev;
 
 void mig__tev_free(mig__tev *ev);

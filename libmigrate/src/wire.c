@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "files.h"
 #include "wire.h"
 
 /* Longest engine id and domain type name we accept from a peer. */
@@ -337,6 +338,8 @@ static bool check_begin(check *c, const Migwire__Begin *m)
 	return check_unique(c, "domains", names, m->n_domains);
 }
 
+static bool check_manifests(check *c, const Migwire__Prepare *m);
+
 static bool check_prepare(check *c, const Migwire__Prepare *m)
 {
 	if (!check_mid(c, "mid", m->mid) || !check_count(c, "light", m->n_light, MIG__MAX_DOMAINS))
@@ -347,7 +350,75 @@ static bool check_prepare(check *c, const Migwire__Prepare *m)
 			return false;
 		names[i] = m->light[i]->name;
 	}
-	return check_unique(c, "light", names, m->n_light);
+	return check_unique(c, "light", names, m->n_light) && check_manifests(c, m);
+}
+
+static bool check_path(check *c, const char *field, size_t i, const char *path)
+{
+	if (!mig__path_valid(path))
+		return fail(c, "%s[%zu] is not an acceptable relative path", field, i);
+	return true;
+}
+
+/* Files in PREPARE: per domain, paths valid and digests exactly 32 bytes. */
+static bool check_manifests(check *c, const Migwire__Prepare *m)
+{
+	if (!check_count(c, "files", m->n_files, MIG__MAX_DOMAINS))
+		return false;
+	const char *names[MIG__MAX_DOMAINS];
+	for (size_t i = 0; i < m->n_files; i++) {
+		const Migwire__FileManifest *fm = m->files[i];
+		if (!check_domain_name(c, "files", i, fm->domain) ||
+		    !check_count(c, "files.files", fm->n_files, MIG__MAX_FILES))
+			return false;
+		for (size_t k = 0; k < fm->n_files; k++) {
+			if (!check_path(c, "files.files", k, fm->files[k]->path))
+				return false;
+			if (fm->files[k]->sha256.len != 32)
+				return fail(c, "files.files[%zu] sha256 must be 32 bytes", k);
+		}
+		names[i] = fm->domain;
+	}
+	return check_unique(c, "files", names, m->n_files);
+}
+
+static bool check_file_stream(check *c, const Migwire__FileStream *m)
+{
+	return check_mid(c, "mid", m->mid) &&
+	       check_enum(c, "kind", &migwire__stream_kind__descriptor, (int)m->kind) &&
+	       check_domain_name(c, "domain", 0, m->domain) && check_path(c, "path", 0, m->path);
+}
+
+static bool check_chunk(check *c, const Migwire__Chunk *m)
+{
+	if (!check_mid(c, "mid", m->mid) ||
+	    !check_enum(c, "compression", &migwire__compression__descriptor, (int)m->compression))
+		return false;
+	/* Bounds what one chunk can decompress to, before anything is inflated. */
+	if (m->compression != MIGWIRE__COMPRESSION__COMPRESSION_NONE &&
+	    (!m->has_raw_len || m->raw_len > MIG__CHUNK_RAW_MAX))
+		return fail(c, "raw_len missing or over %u bytes", MIG__CHUNK_RAW_MAX);
+	return true;
+}
+
+/* Deleted entries are "domain/path". */
+static bool check_round_end(check *c, const Migwire__RoundEnd *m)
+{
+	if (!check_mid(c, "mid", m->mid) || !check_count(c, "deleted", m->n_deleted, MIG__MAX_FILES))
+		return false;
+	for (size_t i = 0; i < m->n_deleted; i++) {
+		const char *slash = strchr(m->deleted[i], '/');
+		char domain[MIG__NAME_MAX + 1];
+		size_t dn = slash ? (size_t)(slash - m->deleted[i]) : 0;
+		if (!slash || dn == 0 || dn > MIG__NAME_MAX)
+			return fail(c, "deleted[%zu] is not domain/path", i);
+		memcpy(domain, m->deleted[i], dn);
+		domain[dn] = '\0';
+		if (!check_domain_name(c, "deleted", i, domain) ||
+		    !check_path(c, "deleted", i, slash + 1))
+			return false;
+	}
+	return true;
 }
 
 static bool check_users(check *c, const Migwire__ListUsersReply *m)
@@ -430,6 +501,18 @@ static bool check_frame(check *c, const mig__frame *f)
 		return check_mid(c, "mid", f->outcome->mid) &&
 		       check_enum(c, "state", &migwire__outcome_state__descriptor,
 				  (int)f->outcome->state);
+	case MIGWIRE__FRAME__BODY_FILE_STREAM:
+		return check_file_stream(c, f->file_stream);
+	case MIGWIRE__FRAME__BODY_CHUNK:
+		return check_chunk(c, f->chunk);
+	case MIGWIRE__FRAME__BODY_CREDIT:
+		return check_mid(c, "mid", f->credit->mid);
+	case MIGWIRE__FRAME__BODY_ROUND_END:
+		return check_round_end(c, f->round_end);
+	case MIGWIRE__FRAME__BODY_ROUND_DONE:
+		return check_mid(c, "mid", f->round_done->mid) &&
+		       (!f->round_done->has_code || check_code(c, "code", f->round_done->code)) &&
+		       check_reason(c, "reason", f->round_done->reason);
 	case MIGWIRE__FRAME__BODY_MIGRATE:
 		return check_user(c, "user", f->migrate->user) &&
 		       check_url(c, "destination_url", f->migrate->destination_url, true);
@@ -548,6 +631,16 @@ const char *mig__wire_body_name(const mig__frame *frame)
 		return "outcome_query";
 	case MIGWIRE__FRAME__BODY_OUTCOME:
 		return "outcome";
+	case MIGWIRE__FRAME__BODY_FILE_STREAM:
+		return "file_stream";
+	case MIGWIRE__FRAME__BODY_CHUNK:
+		return "chunk";
+	case MIGWIRE__FRAME__BODY_CREDIT:
+		return "credit";
+	case MIGWIRE__FRAME__BODY_ROUND_END:
+		return "round_end";
+	case MIGWIRE__FRAME__BODY_ROUND_DONE:
+		return "round_done";
 	case MIGWIRE__FRAME__BODY_MIGRATE:
 		return "migrate";
 	case MIGWIRE__FRAME__BODY_LIST_USERS:

@@ -21,6 +21,7 @@ typedef Migwire__Frame mig__frame;
 /* Bounds on repeated fields and sizes beyond the frame cap. */
 #define MIG__MAX_DOMAINS 64
 #define MIG__MAX_USERS_LISTED 100000
+#define MIG__CHUNK_RAW_MAX (1024u * 1024) /* a chunk's data, uncompressed */
 #define MIG__NONCE_LEN 32 /* == MIG__AUTH_NONCE_LEN, checked in transport.c */
 #define MIG__MAC_LEN 32   /* == MIG__AUTH_MAC_LEN */
 

@@ -70,7 +70,7 @@ static int cmd_signature(const char *basis, const char *out)
 	mig__sig_params p;
 	mig__delta_params((uint64_t)st.st_size, &p);
 	mig__bytes sig = {0};
-	int rc = mig__delta_signature(fd, &p, &sig);
+	int rc = mig__delta_signature(fd, UINT64_MAX, &p, &sig);
 	close(fd);
 	if (rc)
 		return fail("signature", rc, "");
@@ -105,7 +105,7 @@ static int cmd_delta(const char *sigpath, const char *newpath, const char *out)
 	}
 	int nfd = open_in(newpath);
 	int ofd = open_out(out);
-	int rc = mig__delta_generate(nfd, sig, CHUNK, sink, &ofd);
+	int rc = mig__delta_generate(nfd, UINT64_MAX, sig, CHUNK, sink, &ofd);
 	close(nfd);
 	close(ofd);
 	mig__delta_sig_free(sig);

@@ -166,22 +166,21 @@ static void make_delta(const uint8_t *basis, size_t blen, const uint8_t *target,
 		int bfd = tmp_fd(basis, blen);
 		mig__sig_params p;
 		mig__delta_params(blen, &p);
-		assert_int_equal(mig__delta_signature(bfd, &p, &sigb), 0);
+		assert_int_equal(mig__delta_signature(bfd, UINT64_MAX, &p, &sigb), 0);
 		close(bfd);
 		size_t nblocks = (blen + p.block_len - 1) / p.block_len;
 		assert_int_equal(sigb.len, MIG__SIG_HEADER_LEN + nblocks * (4 + p.strong_len));
 		char why[256] = "";
-		assert_int_equal(mig__delta_check_signature(sigb.data, sigb.len, sigb.len, why,
-							    sizeof(why)),
-				 0);
-		assert_int_equal(mig__delta_load_signature(sigb.data, sigb.len, &sig, why,
-							   sizeof(why)),
-				 0);
+		assert_int_equal(
+			mig__delta_check_signature(sigb.data, sigb.len, sigb.len, why, sizeof(why)),
+			0);
+		assert_int_equal(
+			mig__delta_load_signature(sigb.data, sigb.len, &sig, why, sizeof(why)), 0);
 		assert_non_null(sig);
 	}
 	int tfd = tmp_fd(target, tlen);
 	sink_ctx s = {.piece = piece, .cancel_at = -1};
-	assert_int_equal(mig__delta_generate(tfd, sig, piece, sink_fn, &s), 0);
+	assert_int_equal(mig__delta_generate(tfd, UINT64_MAX, sig, piece, sink_fn, &s), 0);
 	close(tfd);
 	mig__delta_sig_free(sig);
 	*delta = s.out;
@@ -442,16 +441,16 @@ static void test_offsets(void **state)
 	mig__sig_params p;
 	mig__delta_params(n, &p);
 	mig__bytes s1 = {0}, s2 = {0};
-	assert_int_equal(mig__delta_signature(fd, &p, &s1), 0);
+	assert_int_equal(mig__delta_signature(fd, UINT64_MAX, &p, &s1), 0);
 	assert_int_equal(lseek(fd, 5000, SEEK_SET), 5000);
-	assert_int_equal(mig__delta_signature(fd, &p, &s2), 0);
+	assert_int_equal(mig__delta_signature(fd, UINT64_MAX, &p, &s2), 0);
 	assert_int_equal(s1.len, s2.len);
 	assert_memory_equal(s1.data, s2.data, s1.len);
 
 	mig__sig *sig = NULL;
 	assert_int_equal(mig__delta_load_signature(s1.data, s1.len, &sig, NULL, 0), 0);
 	sink_ctx s = {.piece = 4096, .cancel_at = -1};
-	assert_int_equal(mig__delta_generate(fd, sig, s.piece, sink_fn, &s), 0);
+	assert_int_equal(mig__delta_generate(fd, UINT64_MAX, sig, s.piece, sink_fn, &s), 0);
 	uint8_t *out = NULL;
 	size_t out_len = 0;
 	assert_int_equal(apply(fd, s.out.data, s.out.len, 3000, &out, &out_len, NULL, 0), 0);
@@ -460,13 +459,42 @@ static void test_offsets(void **state)
 	free(out);
 	mig__bytes_free(&s.out);
 
+	/* limits: the signature of the first k bytes is that of a k-byte file;
+	 * a delta of at most k bytes from offset 5000 covers data[5000, 5000+k) */
+	static const uint64_t limits[] = {0, 1, 4095, 65536, 65537, 150000, 10 * MiB};
+	for (size_t i = 0; i < MIG__ARRAY_LEN(limits); i++) {
+		uint64_t k = limits[i];
+		size_t kk = k < n ? (size_t)k : n;
+		mig__bytes a = {0}, b = {0};
+		assert_int_equal(mig__delta_signature(fd, k, &p, &a), 0);
+		int pfd = tmp_fd(data, kk);
+		assert_int_equal(mig__delta_signature(pfd, UINT64_MAX, &p, &b), 0);
+		close(pfd);
+		assert_int_equal(a.len, b.len);
+		assert_memory_equal(a.data, b.data, a.len);
+		mig__bytes_free(&a);
+		mig__bytes_free(&b);
+
+		assert_int_equal(lseek(fd, 5000, SEEK_SET), 5000);
+		s = (sink_ctx){.piece = 7777, .cancel_at = -1};
+		assert_int_equal(mig__delta_generate(fd, k, sig, s.piece, sink_fn, &s), 0);
+		size_t want = k < n - 5000 ? (size_t)k : n - 5000;
+		assert_int_equal(apply(fd, s.out.data, s.out.len, 4096, &out, &out_len, NULL, 0),
+				 0);
+		assert_int_equal(out_len, want);
+		assert_true(want == 0 || memcmp(out, data + 5000, want) == 0);
+		free(out);
+		mig__bytes_free(&s.out);
+	}
+
 	/* a sink that stops the delta */
 	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
 	s = (sink_ctx){.piece = 1000, .cancel_at = 3};
-	assert_int_equal(mig__delta_generate(fd, NULL, s.piece, sink_fn, &s), MIG_ECANCELED);
+	assert_int_equal(mig__delta_generate(fd, UINT64_MAX, NULL, s.piece, sink_fn, &s),
+			 MIG_ECANCELED);
 	assert_int_equal(s.calls, 3);
 	mig__bytes_free(&s.out);
-	assert_int_equal(mig__delta_generate(fd, sig, 0, sink_fn, &s), MIG_EINVAL);
+	assert_int_equal(mig__delta_generate(fd, UINT64_MAX, sig, 0, sink_fn, &s), MIG_EINVAL);
 
 	mig__delta_sig_free(sig);
 	mig__bytes_free(&s1);
@@ -567,7 +595,7 @@ static void test_check_signature(void **state)
 	mig__sig_params p;
 	mig__delta_params(100 * KiB, &p);
 	mig__bytes sig = {0};
-	assert_int_equal(mig__delta_signature(fd, &p, &sig), 0);
+	assert_int_equal(mig__delta_signature(fd, UINT64_MAX, &p, &sig), 0);
 	assert_int_equal(mig__delta_check_signature(sig.data, sig.len, sig.len, why, sizeof(why)),
 			 0);
 	expect_bad(sig.data, sig.len, sig.len - 1, "limit");
@@ -575,11 +603,87 @@ static void test_check_signature(void **state)
 	mig__bytes_free(&sig);
 	/* invalid parameters are refused, not passed to librsync */
 	mig__sig_params bad = {.block_len = 32, .strong_len = 8};
-	assert_int_equal(mig__delta_signature(fd, &bad, &sig), MIG_EINVAL);
+	assert_int_equal(mig__delta_signature(fd, UINT64_MAX, &bad, &sig), MIG_EINVAL);
 	bad = (mig__sig_params){.block_len = 2048, .strong_len = 33};
-	assert_int_equal(mig__delta_signature(fd, &bad, &sig), MIG_EINVAL);
+	assert_int_equal(mig__delta_signature(fd, UINT64_MAX, &bad, &sig), MIG_EINVAL);
 	close(fd);
 	free(data);
+}
+
+/* librsync's hash table mixer (MurmurHash3 finalizer). */
+static uint32_t mix32(uint32_t h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Signatures built to make librsync's table degenerate are refused; honest
+ * ones with many identical blocks are not. */
+static void test_hostile_signature(void **state)
+{
+	enum {
+		N = 1000,
+		STRONG = 8,
+		REC = 4 + STRONG
+	};
+	static uint8_t buf[MIG__SIG_HEADER_LEN + N * REC];
+	char why[256];
+	mig__sig *s = NULL;
+	put_be32(buf, RS_RK_BLAKE2_SIG_MAGIC);
+	put_be32(buf + 4, 64);
+	put_be32(buf + 8, STRONG);
+	uint8_t *body = buf + MIG__SIG_HEADER_LEN;
+
+	/* random records: fine */
+	rand_fill(body, N * REC);
+	assert_int_equal(mig__delta_load_signature(buf, sizeof(buf), &s, why, sizeof(why)), 0);
+	mig__delta_sig_free(s);
+
+	/* one weak sum, N different strong sums */
+	for (size_t i = 0; i < N; i++)
+		put_be32(body + i * REC, 0x12345678);
+	s = (mig__sig *)1;
+	assert_int_equal(mig__delta_load_signature(buf, sizeof(buf), &s, why, sizeof(why)),
+			 MIG_EPROTO);
+	assert_null(s);
+	assert_non_null(strstr(why, "colliding weak sums"));
+	/* 50 of them are still accepted (the limit is 64 per slot) */
+	rand_fill(body, N * REC);
+	for (size_t i = 0; i < 50; i++)
+		put_be32(body + i * 15 * REC, 0x12345678);
+	assert_int_equal(mig__delta_load_signature(buf, sizeof(buf), &s, why, sizeof(why)), 0);
+	mig__delta_sig_free(s);
+
+	/* different weak sums that land in one table slot after mixing */
+	rand_fill(body, N * REC);
+	uint32_t w = 0;
+	for (size_t i = 0; i < 100; w++) {
+		if ((mix32(w) & 511) == 0)
+			put_be32(body + (i++) * 7 * REC, w);
+	}
+	assert_int_equal(mig__delta_load_signature(buf, sizeof(buf), &s, why, sizeof(why)),
+			 MIG_EPROTO);
+	assert_non_null(strstr(why, "colliding weak sums"));
+
+	/* N identical records (a file of zeros): librsync keeps one, fine */
+	rand_fill(body, REC);
+	for (size_t i = 1; i < N; i++)
+		memcpy(body + i * REC, body, REC);
+	assert_int_equal(mig__delta_load_signature(buf, sizeof(buf), &s, why, sizeof(why)), 0);
+	mig__delta_sig_free(s);
+
+	/* a real signature of zeros, and a delta against it */
+	size_t n = 4 * MiB;
+	uint8_t *zeros = calloc(1, n);
+	mig__bytes delta = {0};
+	make_delta(zeros, n, zeros, n, 4 * MiB, &delta, NULL);
+	assert_true(delta.len < n / 100); /* one COPY per block: librsync does not merge them */
+	mig__bytes_free(&delta);
+	free(zeros);
 }
 
 /* ---------------------------------------------------------------- corrupt deltas */
@@ -651,8 +755,7 @@ static void test_corrupt_delta(void **state)
 	mig__patch *p;
 	assert_int_equal(mig__patch_new(bfd, ofd, &p), 0);
 	assert_int_equal(mig__patch_feed(p, delta.data, delta.len, why, sizeof(why)), 0);
-	assert_int_equal(mig__patch_feed(p, (const uint8_t *)"x", 1, why, sizeof(why)),
-			 MIG_EPROTO);
+	assert_int_equal(mig__patch_feed(p, (const uint8_t *)"x", 1, why, sizeof(why)), MIG_EPROTO);
 	assert_non_null(strstr(why, "after its end"));
 	/* errors are sticky */
 	assert_int_equal(mig__patch_finish(p, why, sizeof(why)), MIG_EPROTO);
@@ -760,9 +863,9 @@ static void test_patch_limits(void **state)
 
 	/* an out-of-range copy is refused before any of it is written */
 	static const uint8_t huge[] = {0x72, 0x73, 0x02, 0x36, 0x48, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0};
-	assert_int_equal(apply_limited(bfd, huge, sizeof(huge), UINT64_MAX, &written, why,
-				       sizeof(why)),
-			 MIG_EPROTO);
+	assert_int_equal(
+		apply_limited(bfd, huge, sizeof(huge), UINT64_MAX, &written, why, sizeof(why)),
+		MIG_EPROTO);
 	assert_int_equal(written, 0);
 	assert_non_null(strstr(why, "copy of 4294967296 bytes at offset 0 beyond"));
 
@@ -793,13 +896,13 @@ static void test_patch_limits(void **state)
 		put_be32(c + 2, (uint32_t)n);
 	}
 	amp[4 + cmds * 6] = 0;
-	assert_int_equal(apply_limited(bfd, amp, 4 + cmds * 6 + 1, 10 * (uint64_t)n, &written,
-				       why, sizeof(why)),
+	assert_int_equal(apply_limited(bfd, amp, 4 + cmds * 6 + 1, 10 * (uint64_t)n, &written, why,
+				       sizeof(why)),
 			 MIG_EPROTO);
 	assert_true(written <= 10 * n);
-	assert_int_equal(apply_limited(bfd, amp, 4 + cmds * 6 + 1, UINT64_MAX, &written, why,
-				       sizeof(why)),
-			 0);
+	assert_int_equal(
+		apply_limited(bfd, amp, 4 + cmds * 6 + 1, UINT64_MAX, &written, why, sizeof(why)),
+		0);
 	assert_int_equal(written, cmds * n);
 	free(amp);
 
@@ -846,9 +949,9 @@ static void test_write_failure(void **state)
 	mig__sig_params prm;
 	mig__delta_params(0, &prm);
 	mig__bytes sig = {0};
-	assert_int_equal(mig__delta_signature(wfd, &prm, &sig), MIG_EIO);
+	assert_int_equal(mig__delta_signature(wfd, UINT64_MAX, &prm, &sig), MIG_EIO);
 	sink_ctx s = {.piece = 100, .cancel_at = -1};
-	assert_int_equal(mig__delta_generate(wfd, NULL, 100, sink_fn, &s), MIG_EIO);
+	assert_int_equal(mig__delta_generate(wfd, UINT64_MAX, NULL, 100, sink_fn, &s), MIG_EIO);
 	close(wfd);
 	mig__bytes_free(&sig);
 	mig__bytes_free(&s.out);
@@ -896,12 +999,12 @@ static void test_enomem(void **state)
 		mig__patch *pt = NULL;
 		sink_ctx sk = {.piece = 7000, .cancel_at = -1};
 		int ofd = tmp_fd(NULL, 0);
-		int rc = mig__delta_signature(bfd, &p, &sig);
+		int rc = mig__delta_signature(bfd, UINT64_MAX, &p, &sig);
 		if (!rc)
 			rc = mig__delta_load_signature(sig.data, sig.len, &s, NULL, 0);
 		if (!rc) {
 			assert_int_equal(lseek(tfd, 0, SEEK_SET), 0);
-			rc = mig__delta_generate(tfd, s, sk.piece, sink_fn, &sk);
+			rc = mig__delta_generate(tfd, UINT64_MAX, s, sk.piece, sink_fn, &sk);
 			if (rc == MIG_ECANCELED && sk.oom)
 				rc = MIG_ENOMEM;
 		}
@@ -950,6 +1053,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_repetitive),
 		cmocka_unit_test(test_offsets),
 		cmocka_unit_test(test_check_signature),
+		cmocka_unit_test(test_hostile_signature),
 		cmocka_unit_test(test_corrupt_delta),
 		cmocka_unit_test(test_patch_limits),
 		cmocka_unit_test(test_write_failure),

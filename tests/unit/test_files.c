@@ -1005,7 +1005,7 @@ static bool own_mount_ns(void)
 	static int done; /* 1: ours, -1: impossible */
 	if (!done)
 		done = geteuid() == 0 && unshare(CLONE_NEWNS) == 0 &&
-				       mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0
+				       mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) == 0
 			       ? 1
 			       : -1;
 	return done == 1;

@@ -158,6 +158,7 @@ typedef struct mig_event {
 	uint64_t bytes_received; /**< payload bytes received on the peer link */
 	uint64_t duration_us;    /**< since the migration started */
 	uint64_t downtime_us;    /**< pause -> commit (source) or 0 */
+	unsigned int rounds;     /**< file state: rounds so far */
 } mig_event;
 
 /**
@@ -230,7 +231,37 @@ typedef struct mig_engine_options {
 	mig_log_level log_level;
 	/** Passed as the last argument to on_event and on_log. */
 	void *user_data;
+
+	/* ---- file state (see mig_file_domain_register) ---- */
+	/**
+	 * Pre-copy stop rule: stop the rounds that run while the user is
+	 * still served once the predicted final round (changed bytes over the
+	 * measured throughput) is shorter than this; 0 means 50 ms.
+	 */
+	unsigned int precopy_alpha_ms;
+	/** At most this many pre-copy rounds; 0 means 8. 1 disables pre-copy
+	 * (everything is sent after the pause). */
+	unsigned int precopy_max_rounds;
+	/** Compression of file data on the wire: MIG_COMPRESSION_*. */
+	int compression;
+	/**
+	 * Bytes of departed users' files kept so a returning user costs only
+	 * a delta; 0 means 1 GiB. Set file_cache_off to keep none.
+	 */
+	uint64_t file_cache_bytes;
+	int file_cache_off;
+	/** Threads for signatures, deltas, patches and digests; 0 means 2. */
+	unsigned int worker_threads;
 } mig_engine_options;
+
+/** Compression of file data chunks (mig_engine_options.compression). */
+enum mig_compression {
+	/** Compress a chunk with zstd only when that saves time on the
+	 * measured link (the default). */
+	MIG_COMPRESSION_AUTO = 0,
+	MIG_COMPRESSION_OFF = 1,
+	MIG_COMPRESSION_ON = 2,
+};
 
 /* ---------------------------------------------------------------- engine */
 
@@ -430,6 +461,41 @@ MIG_EXPORT int mig_light_domain_register(mig_engine *engine,
 					 const mig_light_domain *domain,
 					 void *user_data);
 
+/* ---------------------------------------------------------------- file state */
+
+/**
+ * A file state domain: each user's files live in ROOT/<user>/ (regular files
+ * in nested folders; symlinks and special files are refused, which aborts
+ * the migration). On a migration the files move as librsync deltas against
+ * whatever copy the destination already holds, in pre-copy rounds while the
+ * user is still served; the destination stages them under
+ * ROOT/.mig-staging/<migration id>/ and swaps them in atomically at COMMIT.
+ * After a user leaves, its folder is moved to ROOT/.mig-cache/<user>/
+ * (bounded by file_cache_bytes) so a return trip costs only a delta; an app
+ * may also seed that folder with a copy it knows the peer has.
+ * Names beginning with ".mig-" are reserved.
+ */
+typedef struct mig_file_domain {
+	const char *name;  /**< unique among the engine's domains */
+	uint32_t version;
+	const char *root;  /**< an existing directory; copied */
+	/**
+	 * Set to 1 if the app only ever appends to these files (logs,
+	 * recorded frames): later rounds then send only the new tail of a
+	 * grown file instead of a delta.
+	 */
+	int append_only;
+} mig_file_domain;
+
+/**
+ * Register a file state domain (copied). Both engines must register a file
+ * domain of the same name; roots may differ.
+ * @return 0, MIG_EINVAL (bad name, root not a directory), MIG_EEXIST,
+ *         MIG_ESTATE (after mig_engine_start()), MIG_ENOMEM.
+ * Thread: any, before mig_engine_start(). Callback-safe: no.
+ */
+MIG_EXPORT int mig_file_domain_register(mig_engine *engine, const mig_file_domain *domain);
+
 /* ---------------------------------------------------------------- users */
 
 /**
@@ -490,6 +556,10 @@ typedef struct mig_migration_stats {
 	uint64_t bytes_received;
 	uint64_t duration_us;
 	uint64_t downtime_us;
+	/** File state: pre-copy rounds run (the last one after the pause). */
+	unsigned int rounds;
+	/** File state: chunk bytes sent in each round (first 16 rounds). */
+	uint64_t round_bytes[16];
 } mig_migration_stats;
 
 /**

@@ -1,0 +1,682 @@
+/* File transfer, destination side: send signatures of the copy this engine
+ * holds (its departed-user cache), patch incoming deltas and tails into
+ * staging, answer each round, verify digests at PREPARE and install at
+ * COMMIT. Everything touching disk runs on the transfer's strand. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "handoff_int.h"
+#include "xfer_int.h"
+
+/* Credit is returned in batches of at least this many bytes. */
+#define CREDIT_BATCH (1024u * 1024)
+
+static char *cache_root(const mig__fdomain *d)
+{
+	return mig__asprintf("%s/%s", d->root, MIG__CACHE_DIR);
+}
+
+/* ------------------------------------------------------------------ tables */
+
+static struct dst_file *find_file(struct dst_domain *dd, const char *path, bool create)
+{
+	for (size_t i = 0; i < dd->n; i++)
+		if (strcmp(dd->files[i].path, path) == 0)
+			return &dd->files[i];
+	if (!create)
+		return NULL;
+	if (dd->n == dd->cap) {
+		size_t cap = dd->cap ? 2 * dd->cap : 16;
+		struct dst_file *p = mig__realloc(dd->files, cap * sizeof(*p));
+		if (!p)
+			return NULL;
+		dd->files = p;
+		dd->cap = cap;
+	}
+	struct dst_file *f = &dd->files[dd->n];
+	memset(f, 0, sizeof(*f));
+	if (!(f->path = mig__strdup(path)))
+		return NULL;
+	dd->n++;
+	return f;
+}
+
+static void remove_file(struct dst_domain *dd, struct dst_file *f)
+{
+	mig__free(f->path);
+	mig__sha256_free(f->hash);
+	size_t i = (size_t)(f - dd->files);
+	memmove(&dd->files[i], &dd->files[i + 1], (dd->n - i - 1) * sizeof(*f));
+	dd->n--;
+}
+
+static void stream_close(struct dst_stream *s)
+{
+	mig__patch_free(s->patch);
+	s->patch = NULL;
+	if (s->basis_fd >= 0)
+		close(s->basis_fd);
+	if (s->out_fd >= 0)
+		close(s->out_fd);
+	s->basis_fd = s->out_fd = -1;
+}
+
+static void stream_free(struct dst_stream *s)
+{
+	stream_close(s);
+	mig__free(s->path);
+	mig__free(s);
+}
+
+void mig__xdst_free(struct mig__xfer *x)
+{
+	struct dst_stream *s = x->streams;
+	while (s) {
+		struct dst_stream *next = s->next;
+		stream_free(s);
+		s = next;
+	}
+	for (size_t i = 0; i < x->ndd; i++) {
+		for (size_t k = 0; k < x->dd[i].n; k++) {
+			mig__free(x->dd[i].files[k].path);
+			mig__sha256_free(x->dd[i].files[k].hash);
+		}
+		mig__free(x->dd[i].files);
+	}
+	mig__free(x->dd);
+}
+
+static void fail(struct mig__xfer *x, int err, const char *fmt, ...) MIG__PRINTF(3, 4);
+
+static void fail(struct mig__xfer *x, int err, const char *fmt, ...)
+{
+	if (x->failed)
+		return; /* the first cause is the one reported */
+	x->failed = err;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(x->failed_why, sizeof(x->failed_why), fmt, ap);
+	va_end(ap);
+}
+
+static void send_round_done(struct mig__xfer *x, uint32_t round)
+{
+	Migwire__RoundDone rd = MIGWIRE__ROUND_DONE__INIT;
+	rd.mid = x->mid;
+	rd.round = round;
+	if (x->failed) {
+		rd.has_code = true;
+		rd.code = x->failed;
+		rd.reason = x->failed_why;
+	}
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_ROUND_DONE;
+	f.round_done = &rd;
+	mig__xfer_send(x, &f);
+}
+
+static void send_credit(struct mig__xfer *x, bool force)
+{
+	if (!x->uncredited || (!force && x->uncredited < CREDIT_BATCH))
+		return;
+	Migwire__Credit c = MIGWIRE__CREDIT__INIT;
+	c.mid = x->mid;
+	c.bytes = x->uncredited;
+	x->uncredited = 0;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_CREDIT;
+	f.credit = &c;
+	mig__xfer_send(x, &f);
+}
+
+/* ------------------------------------------------------------------ signatures */
+
+static int send_signature(struct mig__xfer *x, size_t domain, const char *croot,
+			  const mig__file_entry *fe, uint8_t *buf)
+{
+	int fd = mig__files_open_read(croot, x->user, fe->path);
+	if (fd < 0)
+		return 0; /* the cache changed under us: just no basis for it */
+	mig__sig_params p;
+	mig__delta_params(fe->size, &p);
+	mig__bytes sig = {0};
+	int rc = mig__delta_signature(fd, UINT64_MAX, &p, &sig);
+	close(fd);
+	if (rc) {
+		mig__bytes_free(&sig);
+		return 0;
+	}
+	if (x->fault == MIG__FAULT_FILE_BAD_SIGNATURE && sig.len >= MIG__SIG_HEADER_LEN) {
+		x->fault = MIG__FAULT_NONE; /* tests: a hostile destination */
+		sig.data[4] = 0x7f;
+		sig.data[5] = sig.data[6] = sig.data[7] = 0xff;
+	}
+	Migwire__FileStream fs = MIGWIRE__FILE_STREAM__INIT;
+	fs.mid = x->mid;
+	fs.stream = ++x->next_stream;
+	fs.kind = MIGWIRE__STREAM_KIND__STREAM_SIGNATURE;
+	fs.domain = x->dd[domain].d->name;
+	fs.path = fe->path;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
+	f.file_stream = &fs;
+	rc = mig__xfer_send(x, &f);
+	for (size_t off = 0; !rc && (off < sig.len || off == 0); off += XFER_CHUNK_BYTES) {
+		size_t n = sig.len - off > XFER_CHUNK_BYTES ? XFER_CHUNK_BYTES : sig.len - off;
+		memcpy(buf, sig.data + off, n);
+		rc = mig__xfer_send_chunk(x, fs.stream, buf, n, off + n >= sig.len, false);
+		if (!sig.len)
+			break;
+	}
+	mig__bytes_free(&sig);
+	return rc;
+}
+
+static void signatures_task(void *arg)
+{
+	struct mig__xfer *x = arg;
+	uint8_t *buf = mig__malloc(XFER_CHUNK_BYTES);
+	for (size_t i = 0; buf && i < x->ndd && !atomic_load(&x->cancelled); i++) {
+		char *croot = cache_root(x->dd[i].d);
+		mig__file_list list = {0};
+		char why[MIG__REASON_MAX];
+		/* A cache that cannot be read is no basis, not an error. */
+		if (croot && mig__files_scan(croot, x->user, &list, why, sizeof(why)) == 0)
+			for (size_t k = 0; k < list.count; k++)
+				if (send_signature(x, i, croot, &list.entries[k], buf) != 0)
+					break;
+		mig__file_list_free(&list);
+		mig__free(croot);
+	}
+	mig__free(buf);
+	send_round_done(x, 0);
+}
+
+int mig__xdst_start(mig_engine *e, struct mig_migration *m)
+{
+	struct mig__xfer *x = mig__xfer_new(e, m, false);
+	if (!x)
+		return MIG_ENOMEM;
+	x->dd = mig__calloc(e->nfdomains, sizeof(*x->dd));
+	if (!x->dd) {
+		mig__xfer_end(e, m, false);
+		return MIG_ENOMEM;
+	}
+	x->ndd = e->nfdomains;
+	for (size_t i = 0; i < e->nfdomains; i++)
+		x->dd[i].d = &e->fdomains[i];
+	if (mig__strand_post(x->strand, signatures_task, NULL, x) != 0) {
+		mig__xfer_end(e, m, false);
+		return MIG_ENOMEM;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ streams */
+
+struct stream_job {
+	struct mig__xfer *x;
+	uint32_t id;
+	int kind;
+	size_t domain;
+	char *path;
+	uint64_t offset;
+};
+
+static void stream_job_free(void *arg)
+{
+	struct stream_job *j = arg;
+	mig__free(j->path);
+	mig__free(j);
+}
+
+static struct dst_stream *find_stream(struct mig__xfer *x, uint32_t id)
+{
+	for (struct dst_stream *s = x->streams; s; s = s->next)
+		if (s->id == id)
+			return s;
+	return NULL;
+}
+
+static void open_stream_task(void *arg)
+{
+	struct stream_job *j = arg;
+	struct mig__xfer *x = j->x;
+	struct dst_domain *dd = &x->dd[j->domain];
+	const char *root = dd->d->root;
+	struct dst_stream *s = mig__calloc(1, sizeof(*s));
+	if (!s || !(s->path = mig__strdup(j->path))) {
+		mig__free(s);
+		fail(x, MIG_ENOMEM, "out of memory");
+		goto out;
+	}
+	s->id = j->id;
+	s->kind = j->kind;
+	s->domain = j->domain;
+	s->offset = j->offset;
+	s->basis_fd = s->out_fd = -1;
+	s->next = x->streams;
+	x->streams = s;
+	if (x->failed)
+		goto out;
+	struct dst_file *f = find_file(dd, j->path, false);
+	if (j->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
+		if (!f || !f->hash || f->size != j->offset) {
+			fail(x, MIG_EPROTO, "%s/%s: tail at %llu does not continue the staged file",
+			     dd->d->name, j->path, (unsigned long long)j->offset);
+			goto out;
+		}
+		s->out_fd = mig__files_open_staging_append(root, x->mid, j->path);
+		if (s->out_fd < 0)
+			fail(x, MIG_EIO, "%s/%s: cannot open the staged file", dd->d->name, j->path);
+		goto out;
+	}
+	/* A delta: its basis is the staged file of an earlier round, else the
+	 * copy in the departed-user cache, else nothing. */
+	if (f && f->hash) {
+		s->basis_fd = mig__files_open_staging_read(root, x->mid, j->path);
+	} else {
+		char *croot = cache_root(dd->d);
+		s->basis_fd = croot ? mig__files_open_read(croot, x->user, j->path) : -1;
+		mig__free(croot);
+	}
+	if (s->basis_fd < 0)
+		s->basis_fd = -1;
+	snprintf(s->tmp, sizeof(s->tmp), "%u", s->id);
+	s->out_fd = mig__files_open_staging_tmp(root, x->mid, s->tmp);
+	if (s->out_fd < 0) {
+		fail(x, MIG_EIO, "%s/%s: cannot create a staging file", dd->d->name, j->path);
+		goto out;
+	}
+	if (mig__patch_new(s->basis_fd, s->out_fd, &s->patch) != 0)
+		fail(x, MIG_ENOMEM, "out of memory");
+out:
+	stream_job_free(j);
+}
+
+struct chunk_job {
+	struct mig__xfer *x;
+	uint32_t stream;
+	bool last;
+	Migwire__Chunk chunk; /* data points into `bytes` */
+	uint8_t bytes[];
+};
+
+/* The stream is complete: move the patch output into place, and record the
+ * file's digest and size for verification. */
+static void finish_stream(struct mig__xfer *x, struct dst_stream *s)
+{
+	struct dst_domain *dd = &x->dd[s->domain];
+	const char *root = dd->d->root;
+	char why[MIG__REASON_MAX] = "";
+	struct dst_file *f = find_file(dd, s->path, true);
+	if (!f) {
+		fail(x, MIG_ENOMEM, "out of memory");
+		return;
+	}
+	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
+		f->size = s->offset + s->written;
+		return;
+	}
+	int rc = mig__patch_finish(s->patch, why, sizeof(why));
+	if (rc) {
+		fail(x, rc, "%s/%s: %s", dd->d->name, s->path, why);
+		return;
+	}
+	stream_close(s);
+	if (mig__files_staging_commit_tmp(root, x->mid, s->tmp, s->path) != 0) {
+		fail(x, MIG_EIO, "%s/%s: cannot place the staged file", dd->d->name, s->path);
+		return;
+	}
+	int fd = mig__files_open_staging_read(root, x->mid, s->path);
+	struct stat st;
+	mig__sha256_free(f->hash);
+	f->hash = NULL;
+	if (fd < 0 || fstat(fd, &st) != 0 || mig__sha256_file(fd, UINT64_MAX, &f->hash) != 0) {
+		fail(x, MIG_EIO, "%s/%s: cannot read the staged file back", dd->d->name, s->path);
+	} else {
+		f->size = (uint64_t)st.st_size;
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+static void chunk_task(void *arg)
+{
+	struct chunk_job *j = arg;
+	struct mig__xfer *x = j->x;
+	char why[MIG__REASON_MAX] = "";
+	struct dst_stream *s = find_stream(x, j->stream);
+	x->uncredited += j->chunk.has_raw_len ? j->chunk.raw_len : j->chunk.data.len;
+	if (!s) {
+		fail(x, MIG_EPROTO, "chunk for an unknown stream %u", j->stream);
+		goto out;
+	}
+	if (x->failed || s->out_fd < 0)
+		goto out;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	int rc = mig__xfer_chunk_data(&j->chunk, &data, &len, why, sizeof(why));
+	if (rc) {
+		fail(x, rc, "%s: %s", s->path, why);
+		goto out;
+	}
+	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
+		struct dst_file *f = find_file(&x->dd[s->domain], s->path, false);
+		size_t done = 0;
+		while (done < len) {
+			ssize_t n = pwrite(s->out_fd, data + done, len - done,
+					   (off_t)(s->offset + s->written + done));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0) {
+				fail(x, MIG_EIO, "%s: %s", s->path, strerror(errno));
+				break;
+			}
+			done += (size_t)n;
+		}
+		if (f && f->hash)
+			mig__sha256_update(f->hash, data, done);
+		s->written += done;
+	} else {
+		rc = mig__patch_feed(s->patch, data, len, why, sizeof(why));
+		if (rc)
+			fail(x, rc, "%s/%s: %s", x->dd[s->domain].d->name, s->path, why);
+	}
+	mig__free(data);
+	if (j->last && !x->failed)
+		finish_stream(x, s);
+out:
+	if (j->last && s) {
+		stream_close(s);
+		for (struct dst_stream **pp = &x->streams; *pp; pp = &(*pp)->next)
+			if (*pp == s) {
+				*pp = s->next;
+				stream_free(s);
+				break;
+			}
+	}
+	send_credit(x, j->last);
+	mig__free(j);
+}
+
+struct round_end_job {
+	struct mig__xfer *x;
+	uint32_t round;
+	size_t n;
+	char *deleted[];
+};
+
+static void round_end_free(void *arg)
+{
+	struct round_end_job *j = arg;
+	for (size_t i = 0; i < j->n; i++)
+		mig__free(j->deleted[i]);
+	mig__free(j);
+}
+
+static void round_end_task(void *arg)
+{
+	struct round_end_job *j = arg;
+	struct mig__xfer *x = j->x;
+	for (size_t i = 0; i < j->n && !x->failed; i++) {
+		char *slash = strchr(j->deleted[i], '/');
+		*slash = '\0';
+		for (size_t d = 0; d < x->ndd; d++) {
+			if (strcmp(x->dd[d].d->name, j->deleted[i]) != 0)
+				continue;
+			struct dst_file *f = find_file(&x->dd[d], slash + 1, false);
+			if (f) {
+				mig__files_staging_unlink(x->dd[d].d->root, x->mid, slash + 1);
+				remove_file(&x->dd[d], f);
+			}
+		}
+	}
+	send_credit(x, true);
+	send_round_done(x, j->round);
+	round_end_free(j);
+}
+
+static size_t domain_index(struct mig__xfer *x, const char *name)
+{
+	for (size_t i = 0; i < x->ndd; i++)
+		if (strcmp(x->dd[i].d->name, name) == 0)
+			return i;
+	return SIZE_MAX;
+}
+
+void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f)
+{
+	struct mig__xfer *x = m->xfer;
+	int rc = 0;
+	if (m->phase == MIG__DST_ACCEPTED)
+		m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
+	switch (f->body_case) {
+	case MIGWIRE__FRAME__BODY_FILE_STREAM: {
+		const Migwire__FileStream *fs = f->file_stream;
+		size_t d = domain_index(x, fs->domain);
+		if (d == SIZE_MAX || fs->kind == MIGWIRE__STREAM_KIND__STREAM_SIGNATURE) {
+			mig__transport_close(e->transport, m->conn, 1008, "unexpected file stream");
+			return;
+		}
+		struct stream_job *j = mig__calloc(1, sizeof(*j));
+		if (!j || !(j->path = mig__strdup(fs->path))) {
+			mig__free(j);
+			rc = MIG_ENOMEM;
+			break;
+		}
+		j->x = x;
+		j->id = fs->stream;
+		j->kind = fs->kind;
+		j->domain = d;
+		j->offset = fs->offset;
+		rc = mig__strand_post(x->strand, open_stream_task, stream_job_free, j);
+		if (rc)
+			stream_job_free(j);
+		break;
+	}
+	case MIGWIRE__FRAME__BODY_CHUNK: {
+		const Migwire__Chunk *c = f->chunk;
+		struct chunk_job *j = mig__malloc(sizeof(*j) + c->data.len);
+		if (!j) {
+			rc = MIG_ENOMEM;
+			break;
+		}
+		j->x = x;
+		j->stream = c->stream;
+		j->last = c->has_last && c->last;
+		j->chunk = *c;
+		j->chunk.data.data = j->bytes;
+		if (c->data.len)
+			memcpy(j->bytes, c->data.data, c->data.len);
+		rc = mig__strand_post(x->strand, chunk_task, mig__free, j);
+		if (rc)
+			mig__free(j);
+		break;
+	}
+	case MIGWIRE__FRAME__BODY_ROUND_END: {
+		const Migwire__RoundEnd *re = f->round_end;
+		struct round_end_job *j = mig__calloc(1, sizeof(*j) + re->n_deleted * sizeof(char *));
+		if (!j) {
+			rc = MIG_ENOMEM;
+			break;
+		}
+		j->x = x;
+		j->round = re->round;
+		for (size_t i = 0; i < re->n_deleted; i++, j->n++)
+			if (!(j->deleted[i] = mig__strdup(re->deleted[i]))) {
+				rc = MIG_ENOMEM;
+				break;
+			}
+		if (!rc)
+			rc = mig__strand_post(x->strand, round_end_task, round_end_free, j);
+		if (rc)
+			round_end_free(j);
+		break;
+	}
+	default:
+		mig__transport_close(e->transport, m->conn, 1008, "unexpected frame");
+		return;
+	}
+	if (rc)
+		mig__engine_log(e, MIG_LOG_ERROR, "migration %s: out of memory in file transfer",
+				m->mid);
+}
+
+/* ------------------------------------------------------------------ verify, install */
+
+struct verify_job {
+	struct mig__xfer *x;
+	size_t n;
+	struct verify_entry {
+		size_t domain;
+		char *path;
+		uint64_t size;
+		uint8_t sha[32];
+	} entries[];
+};
+
+static void verify_free(void *arg)
+{
+	struct verify_job *j = arg;
+	for (size_t i = 0; i < j->n; i++)
+		mig__free(j->entries[i].path);
+	mig__free(j);
+}
+
+static void verified(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why)
+{
+	m->bytes_sent += atomic_exchange(&m->xfer->wire_sent, 0);
+	mig__dst_files_verified(e, m, value, why);
+}
+
+static void verify_task(void *arg)
+{
+	struct verify_job *j = arg;
+	struct mig__xfer *x = j->x;
+	int err = x->failed;
+	char why[MIG__REASON_MAX];
+	mig__strlcpy(why, x->failed_why, sizeof(why));
+	size_t expected = 0;
+	for (size_t i = 0; i < j->n && !err; i++) {
+		struct verify_entry *v = &j->entries[i];
+		struct dst_domain *dd = &x->dd[v->domain];
+		struct dst_file *f = find_file(dd, v->path, false);
+		uint8_t got[32];
+		if (!f || !f->hash) {
+			err = MIG_EPROTO;
+			snprintf(why, sizeof(why), "%s/%s: never arrived", dd->d->name, v->path);
+		} else if (mig__sha256_peek(f->hash, got) != 0 || memcmp(got, v->sha, 32) != 0 ||
+			   f->size != v->size) {
+			err = MIG_EPROTO;
+			snprintf(why, sizeof(why), "%s/%s: digest mismatch after patching",
+				 dd->d->name, v->path);
+		}
+		expected++;
+	}
+	size_t staged = 0;
+	for (size_t d = 0; d < x->ndd; d++)
+		staged += x->dd[d].n;
+	if (!err && staged != expected) {
+		err = MIG_EPROTO;
+		snprintf(why, sizeof(why), "%zu files staged, the manifest lists %zu", staged,
+			 expected);
+	}
+	mig__xfer_complete(x, verified, err, 0, err ? why : "");
+	verify_free(j);
+}
+
+void mig__xdst_verify(mig_engine *e, struct mig_migration *m, const Migwire__Prepare *p)
+{
+	struct mig__xfer *x = m->xfer;
+	size_t n = 0;
+	for (size_t i = 0; i < p->n_files; i++)
+		n += p->files[i]->n_files;
+	struct verify_job *j = mig__calloc(1, sizeof(*j) + n * sizeof(j->entries[0]));
+	int err = j ? 0 : MIG_ENOMEM;
+	const char *why = "out of memory";
+	for (size_t i = 0; j && i < p->n_files && !err; i++) {
+		size_t d = domain_index(x, p->files[i]->domain);
+		if (d == SIZE_MAX) {
+			err = MIG_ENODOMAIN;
+			why = "PREPARE names a file domain not registered here";
+			break;
+		}
+		for (size_t k = 0; k < p->files[i]->n_files; k++) {
+			const Migwire__FileEntry *fe = p->files[i]->files[k];
+			struct verify_entry *v = &j->entries[j->n];
+			v->domain = d;
+			v->size = fe->size;
+			memcpy(v->sha, fe->sha256.data, 32);
+			if (!(v->path = mig__strdup(fe->path))) {
+				err = MIG_ENOMEM;
+				break;
+			}
+			j->n++;
+		}
+	}
+	if (!err) {
+		j->x = x;
+		err = mig__strand_post(x->strand, verify_task, verify_free, j);
+	}
+	if (err) {
+		if (j)
+			verify_free(j);
+		mig__dst_files_verified(e, m, err, why);
+	}
+}
+
+static void installed(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why)
+{
+	if (value)
+		mig__engine_log(e, MIG_LOG_ERROR, "migration %s: installing files: %s", m->mid, why);
+	mig__dst_files_installed(e, m);
+}
+
+static void install_task(void *arg)
+{
+	struct mig__xfer *x = arg;
+	int err = 0;
+	char why[MIG__REASON_MAX] = "";
+	for (size_t d = 0; d < x->ndd; d++) {
+		const char *root = x->dd[d].d->root;
+		int rc = mig__files_install(root, x->user, x->mid);
+		mig__files_staging_remove(root, x->mid); /* leftovers: the .tmp folder */
+		if (rc && !err) {
+			err = rc;
+			snprintf(why, sizeof(why), "%s: %s", x->dd[d].d->name, mig_strerror(rc));
+		}
+		/* The cached copy is older than what was just installed. */
+		char *croot = cache_root(x->dd[d].d);
+		if (croot)
+			mig__files_remove_user(croot, x->user);
+		mig__free(croot);
+	}
+	mig__xfer_complete(x, installed, err, 0, why);
+}
+
+void mig__xdst_install(mig_engine *e, struct mig_migration *m)
+{
+	struct mig__xfer *x = m->xfer;
+	if (mig__strand_post(x->strand, install_task, NULL, x) != 0) {
+		/* Without memory for the task, install here rather than lose it. */
+		install_task(x);
+		return;
+	}
+	MIG__UNUSED(e);
+}
+
+void mig__xfer_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f, size_t bytes)
+{
+	MIG__UNUSED(bytes);
+	if (!m->xfer)
+		return;
+	if (m->outgoing)
+		mig__xsrc_on_frame(e, m, f);
+	else
+		mig__xdst_on_frame(e, m, f);
+}

@@ -1,0 +1,165 @@
+/* Private to xfer.c, xfer_src.c and xfer_dst.c. */
+#ifndef MIG_XFER_INT_H
+#define MIG_XFER_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "delta.h"
+#include "digest.h"
+#include "files.h"
+#include "workers.h"
+#include "xfer.h"
+
+/* Chunk payloads; the frame cap must hold one with room to spare. */
+#define XFER_CHUNK_BYTES (256u * 1024)
+/* Unacknowledged chunk bytes the source may have in flight. */
+#define XFER_WINDOW_BYTES (8u * 1024 * 1024)
+/* A signature larger than this is refused (a 1 TiB file's is ~12 MiB). */
+#define XFER_SIG_MAX (64u * 1024 * 1024)
+#define XFER_MAX_ROUNDS 16
+
+/* ---- source ---- */
+struct src_file {
+	char *path;
+	uint64_t size;
+	int64_t mtime_ns;
+	uint64_t ino;
+	uint64_t dev;
+	uint32_t mode;
+	bool present;       /* in the latest scan */
+	bool sent;          /* the destination holds the version described below */
+	mig__bytes sig;     /* signature of what the destination holds */
+	uint64_t sent_size;
+	int64_t sent_mtime_ns;
+	uint64_t sent_ino;
+	uint64_t last_cost; /* bytes the last send of this file took */
+	mig__sha256 *sha;   /* digest of the version the destination holds */
+};
+
+struct src_domain {
+	mig__fdomain *d;
+	struct src_file *files;
+	size_t n;
+	size_t cap;
+};
+
+/* A signature stream being received from the destination (dispatch). */
+struct sig_stream {
+	struct sig_stream *next;
+	uint32_t id;
+	size_t domain;
+	char *path;
+	mig__bytes bytes;
+};
+
+/* ---- destination ---- */
+struct dst_file {
+	char *path;
+	uint8_t sha[32];
+	mig__sha256 *hash; /* running digest of the staged file */
+	uint64_t size;
+};
+
+struct dst_domain {
+	mig__fdomain *d;
+	struct dst_file *files;
+	size_t n;
+	size_t cap;
+};
+
+struct dst_stream {
+	struct dst_stream *next;
+	uint32_t id;
+	int kind;
+	size_t domain;
+	char *path;
+	char tmp[48];      /* staging name of a delta's output until complete */
+	uint64_t offset;   /* TAIL: where the bytes go */
+	int basis_fd;
+	int out_fd;
+	mig__patch *patch;
+	uint64_t written;
+};
+
+struct mig__xfer {
+	mig_engine *e;
+	struct mig_migration *m; /* a reference */
+	mig__strand *strand;
+	bool outgoing;
+	uint64_t conn;
+	char mid[MIG__MID_LEN + 1];
+	char *user;
+	atomic_bool cancelled;
+	atomic_uint_least64_t wire_sent;  /* frame bytes the workers sent */
+	enum mig__fault_point fault;      /* tests: a file fault to inject, once */
+
+	/* Flow control of chunk payload bytes, source side. */
+	pthread_mutex_t fc_lock;
+	pthread_cond_t fc_cond;
+	uint64_t inflight;
+
+	/* Compression (workers). */
+	int compression;
+	atomic_uint_least64_t link_bytes_per_s; /* measured from credits; 0 = unknown */
+	unsigned incompressible_run;
+	unsigned skip_compress;
+	uint8_t *zbuf;
+	size_t zcap;
+
+	/* Source. Domains and files: dispatch until round 1 starts, then the
+	 * strand's; manifests are built by the final round's task. */
+	struct src_domain *sd;
+	size_t nsd;
+	struct sig_stream *sigs;       /* dispatch */
+	uint64_t sig_bytes;            /* dispatch */
+	uint32_t next_stream;          /* strand */
+	unsigned round;                /* dispatch: the round in flight (0 = signatures) */
+	unsigned worker_round;         /* strand: the round its task is sending */
+	uint64_t round_started_us;
+	atomic_uint_least64_t round_sent_bytes; /* strand writes; read after RoundDone */
+	uint64_t prev_estimate;
+	double throughput;             /* chunk bytes per second, last round */
+	uint64_t credited_bytes;
+	uint64_t first_chunk_us;
+	Migwire__FileManifest *manifests;
+	Migwire__FileManifest **manifest_ptrs;
+	Migwire__FileEntry *entries;
+	Migwire__FileEntry **entry_ptrs;
+	uint8_t *digests;              /* 32 bytes per entry */
+	size_t nmanifests;
+
+	/* Destination: strand only. */
+	struct dst_domain *dd;
+	size_t ndd;
+	struct dst_stream *streams;
+	int failed;                    /* first error, reported in RoundDone */
+	char failed_why[MIG__REASON_MAX];
+	uint64_t uncredited;
+};
+
+/* xfer.c */
+struct mig__xfer *mig__xfer_new(mig_engine *e, struct mig_migration *m, bool outgoing);
+/* Posts a completion that runs `fn(e, m, value, why)` in dispatch. */
+typedef void (*mig__xfer_done_fn)(mig_engine *e, struct mig_migration *m, int value,
+				  uint64_t aux, const char *why);
+void mig__xfer_complete(struct mig__xfer *x, mig__xfer_done_fn fn, int value, uint64_t aux,
+			const char *why);
+/* Encodes and sends a frame from a worker; returns 0 or MIG_E*. */
+int mig__xfer_send(struct mig__xfer *x, const mig__frame *f);
+/* Sends one chunk of a stream, compressing it when that pays, waiting for
+ * flow-control credit when `flow` is set. MIG_ECANCELED once cancelled. */
+int mig__xfer_send_chunk(struct mig__xfer *x, uint32_t stream, const uint8_t *data, size_t len,
+			 bool last, bool flow);
+/* Decompresses a chunk into `out` (allocated). */
+int mig__xfer_chunk_data(const Migwire__Chunk *c, uint8_t **out, size_t *len, char *why,
+			 size_t why_len);
+void mig__xfer_credit(struct mig__xfer *x, uint64_t bytes);
+
+/* xfer_src.c / xfer_dst.c */
+void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f);
+void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f);
+void mig__xsrc_free(struct mig__xfer *x);
+void mig__xdst_free(struct mig__xfer *x);
+
+#endif

@@ -1,0 +1,712 @@
+/* File transfer, source side: receive the destination's signatures, run
+ * pre-copy rounds while the user is served, then the final round after the
+ * pause, and build the manifests PREPARE carries.
+ *
+ * A round costs what changed, not what exists: a file whose size, mtime and
+ * inode are as they were when last sent is skipped without being read; in an
+ * append-only domain a grown file sends only its new tail. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "handoff_int.h"
+#include "xfer_int.h"
+
+/* ------------------------------------------------------------------ file table */
+
+static struct src_file *find_file(struct src_domain *sd, const char *path, bool create)
+{
+	/* Files are kept sorted by path (scans are sorted), so lookups during a
+	 * scan merge are cheap; signatures arrive sorted too. */
+	size_t lo = 0, hi = sd->n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(sd->files[mid].path, path);
+		if (c == 0)
+			return &sd->files[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (!create)
+		return NULL;
+	if (sd->n == sd->cap) {
+		size_t cap = sd->cap ? sd->cap * 2 : 16;
+		struct src_file *p = mig__realloc(sd->files, cap * sizeof(*p));
+		if (!p)
+			return NULL;
+		sd->files = p;
+		sd->cap = cap;
+	}
+	char *copy = mig__strdup(path);
+	if (!copy)
+		return NULL;
+	memmove(&sd->files[lo + 1], &sd->files[lo], (sd->n - lo) * sizeof(*sd->files));
+	sd->n++;
+	struct src_file *f = &sd->files[lo];
+	memset(f, 0, sizeof(*f));
+	f->path = copy;
+	return f;
+}
+
+static void file_forget_sent(struct src_file *f)
+{
+	f->sent = false;
+	mig__bytes_free(&f->sig);
+	mig__sha256_free(f->sha);
+	f->sha = NULL;
+}
+
+static void file_free(struct src_file *f)
+{
+	file_forget_sent(f);
+	mig__free(f->path);
+}
+
+void mig__xsrc_free(struct mig__xfer *x)
+{
+	for (size_t i = 0; i < x->nsd; i++) {
+		for (size_t k = 0; k < x->sd[i].n; k++)
+			file_free(&x->sd[i].files[k]);
+		mig__free(x->sd[i].files);
+	}
+	mig__free(x->sd);
+	struct sig_stream *s = x->sigs;
+	while (s) {
+		struct sig_stream *next = s->next;
+		mig__free(s->path);
+		mig__bytes_free(&s->bytes);
+		mig__free(s);
+		s = next;
+	}
+	mig__free(x->manifests);
+	mig__free(x->manifest_ptrs);
+	mig__free(x->entries);
+	mig__free(x->entry_ptrs);
+	mig__free(x->digests);
+}
+
+/* ------------------------------------------------------------------ sending a file */
+
+struct sink_ctx {
+	struct mig__xfer *x;
+	uint32_t stream;
+	uint8_t *buf;
+	size_t len;
+	uint64_t total;
+	int error;
+};
+
+/* Test faults that act on the data stream (see engine_int.h). */
+static int inject_fault(struct sink_ctx *s)
+{
+	struct mig__xfer *x = s->x;
+	if (x->fault == MIG__FAULT_FILE_CORRUPT_CHUNK && s->len > 64) {
+		x->fault = MIG__FAULT_NONE;
+		for (size_t i = s->len / 2; i < s->len / 2 + 16; i++)
+			s->buf[i] ^= 0x5a;
+	} else if (x->fault == MIG__FAULT_FILE_TRUNCATE && s->total > 0) {
+		x->fault = MIG__FAULT_NONE;
+		mig__transport_close(x->e->transport, x->conn, 1001, "fault injected");
+		return MIG_ECLOSED;
+	}
+	return 0;
+}
+
+static int flush_sink(struct sink_ctx *s, bool last)
+{
+	if (!s->len && !last)
+		return 0;
+	if (s->x->fault) {
+		int rc = inject_fault(s);
+		if (rc)
+			return rc;
+	}
+	int rc = mig__xfer_send_chunk(s->x, s->stream, s->buf, s->len, last, true);
+	atomic_fetch_add(&s->x->round_sent_bytes, s->len);
+	s->total += s->len;
+	s->len = 0;
+	return rc;
+}
+
+static int sink(const uint8_t *data, size_t len, void *ud)
+{
+	struct sink_ctx *s = ud;
+	while (len) {
+		size_t n = XFER_CHUNK_BYTES - s->len;
+		if (n > len)
+			n = len;
+		memcpy(s->buf + s->len, data, n);
+		s->len += n;
+		data += n;
+		len -= n;
+		if (s->len == XFER_CHUNK_BYTES && (s->error = flush_sink(s, false)) != 0)
+			return 1;
+	}
+	return 0;
+}
+
+static int open_stream(struct mig__xfer *x, size_t domain, struct src_file *f, int kind,
+		       uint64_t offset, uint32_t *id)
+{
+	if (x->fault == MIG__FAULT_FILE_DOTDOT) {
+		/* A hostile source: the destination must refuse the frame. */
+		x->fault = MIG__FAULT_NONE;
+		Migwire__FileStream evil = MIGWIRE__FILE_STREAM__INIT;
+		evil.mid = x->mid;
+		evil.stream = ++x->next_stream;
+		evil.kind = MIGWIRE__STREAM_KIND__STREAM_DELTA;
+		evil.domain = x->sd[domain].d->name;
+		evil.path = "../evil";
+		mig__frame fr = MIGWIRE__FRAME__INIT;
+		fr.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
+		fr.file_stream = &evil;
+		mig__xfer_send(x, &fr);
+	}
+	Migwire__FileStream fs = MIGWIRE__FILE_STREAM__INIT;
+	fs.mid = x->mid;
+	fs.stream = *id = ++x->next_stream;
+	fs.kind = (Migwire__StreamKind)kind;
+	fs.domain = x->sd[domain].d->name;
+	fs.path = f->path;
+	fs.has_round = true;
+	fs.round = x->worker_round;
+	if (kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
+		fs.has_offset = true;
+		fs.offset = offset;
+	}
+	fs.has_mode = true;
+	fs.mode = f->mode;
+	mig__frame fr = MIGWIRE__FRAME__INIT;
+	fr.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
+	fr.file_stream = &fs;
+	return mig__xfer_send(x, &fr);
+}
+
+/* Appends bytes [sent_size, size) and extends the digest. */
+static int send_tail(struct mig__xfer *x, size_t domain, struct src_file *f, int fd,
+		     struct sink_ctx *s, uint64_t limit, char *why, size_t why_len)
+{
+	int rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_TAIL, f->sent_size, &s->stream);
+	uint64_t off = f->sent_size;
+	while (!rc && off < limit) {
+		size_t want = XFER_CHUNK_BYTES;
+		if (limit - off < want)
+			want = (size_t)(limit - off);
+		ssize_t n = pread(fd, s->buf, want, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			snprintf(why, why_len, "%s: read failed: %s", f->path,
+				 n < 0 ? strerror(errno) : "file shrank");
+			return MIG_EIO;
+		}
+		mig__sha256_update(f->sha, s->buf, (size_t)n);
+		s->len = (size_t)n;
+		off += (uint64_t)n;
+		rc = flush_sink(s, off == limit);
+	}
+	if (!rc && f->sent_size == limit)
+		rc = flush_sink(s, true); /* touched but not grown: an empty tail */
+	f->sent_size = limit;
+	/* The signature described the old length; a later non-append change
+	 * is sent whole rather than against a stale signature. */
+	mig__bytes_free(&f->sig);
+	return rc;
+}
+
+/* Sends a delta of the file against what the destination holds (its
+ * signature, or nothing), then computes the signature and digest of exactly
+ * the bytes sent, for the next round. */
+static int send_delta(struct mig__xfer *x, size_t domain, struct src_file *f, int fd,
+		      struct sink_ctx *s, uint64_t limit, char *why, size_t why_len)
+{
+	mig__sig *sig = NULL;
+	if (f->sig.len) {
+		int rc = mig__delta_load_signature(f->sig.data, f->sig.len, &sig, why, why_len);
+		if (rc)
+			return rc;
+	}
+	int rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_DELTA, 0, &s->stream);
+	if (!rc)
+		rc = mig__delta_generate(fd, limit, sig, XFER_CHUNK_BYTES, sink, s);
+	mig__delta_sig_free(sig);
+	if (rc == MIG_ECANCELED && s->error)
+		rc = s->error;
+	if (!rc)
+		rc = flush_sink(s, true);
+	if (rc) {
+		if (rc == MIG_EIO)
+			snprintf(why, why_len, "%s: read failed", f->path);
+		return rc;
+	}
+	/* Second pass over the same byte range for the next round's basis. */
+	mig__bytes_free(&f->sig);
+	mig__sha256_free(f->sha);
+	f->sha = NULL;
+	mig__sig_params p;
+	mig__delta_params(limit, &p);
+	if (lseek(fd, 0, SEEK_SET) < 0 || mig__delta_signature(fd, limit, &p, &f->sig) != 0 ||
+	    mig__sha256_file(fd, limit, &f->sha) != 0) {
+		snprintf(why, why_len, "%s: cannot compute its signature", f->path);
+		return MIG_EIO;
+	}
+	f->sent_size = limit;
+	return 0;
+}
+
+static int send_file(struct mig__xfer *x, size_t domain, struct src_file *f, struct sink_ctx *s,
+		     char *why, size_t why_len)
+{
+	struct src_domain *sd = &x->sd[domain];
+	int fd = mig__files_open_read(sd->d->root, x->user, f->path);
+	if (fd < 0) {
+		snprintf(why, why_len, "%s/%s: cannot open", sd->d->name, f->path);
+		return fd;
+	}
+	struct stat st0, st1;
+	if (fstat(fd, &st0) != 0) {
+		close(fd);
+		return MIG_EIO;
+	}
+	uint64_t limit = (uint64_t)st0.st_size;
+	bool tail = sd->d->append_only && f->sent && f->sha && f->sent_ino == (uint64_t)st0.st_ino &&
+		    limit >= f->sent_size;
+	int rc = tail ? send_tail(x, domain, f, fd, s, limit, why, why_len)
+		      : send_delta(x, domain, f, fd, s, limit, why, why_len);
+	if (!rc && fstat(fd, &st1) == 0) {
+		bool changed = st1.st_size != st0.st_size ||
+			       st1.st_mtim.tv_sec != st0.st_mtim.tv_sec ||
+			       st1.st_mtim.tv_nsec != st0.st_mtim.tv_nsec;
+		f->sent = true;
+		f->sent_ino = (uint64_t)st0.st_ino;
+		f->sent_mtime_ns = (int64_t)st0.st_mtim.tv_sec * 1000000000 + st0.st_mtim.tv_nsec;
+		f->mode = st0.st_mode & 07777;
+		f->last_cost = s->total;
+		if (changed && !sd->d->append_only) {
+			/* Written to while we read it: what we hold as its
+			 * signature may not match what was sent, so the next
+			 * round sends it whole. The final round happens with
+			 * the user paused, so it always ends consistent. */
+			mig__bytes_free(&f->sig);
+			f->sent_mtime_ns = -1;
+		}
+	}
+	close(fd);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ rounds */
+
+/* Updates the table from a fresh scan; returns the bytes the next round is
+ * predicted to cost (sum over files that changed since last sent). */
+static int scan_all(struct mig__xfer *x, uint64_t *estimate, char *why, size_t why_len)
+{
+	*estimate = 0;
+	for (size_t i = 0; i < x->nsd; i++) {
+		struct src_domain *sd = &x->sd[i];
+		mig__file_list list = {0};
+		int rc = mig__files_scan(sd->d->root, x->user, &list, why, why_len);
+		if (rc)
+			return rc;
+		for (size_t k = 0; k < sd->n; k++)
+			sd->files[k].present = false;
+		for (size_t k = 0; k < list.count; k++) {
+			mig__file_entry *fe = &list.entries[k];
+			struct src_file *f = find_file(sd, fe->path, true);
+			if (!f) {
+				mig__file_list_free(&list);
+				return MIG_ENOMEM;
+			}
+			f->present = true;
+			f->size = fe->size;
+			f->mtime_ns = fe->mtime_ns;
+			f->ino = fe->ino;
+			f->dev = fe->dev;
+			f->mode = fe->mode;
+			if (!f->sent)
+				*estimate += fe->size;
+			else if (f->sent_size != fe->size || f->sent_mtime_ns != fe->mtime_ns ||
+				 f->sent_ino != fe->ino)
+				*estimate += sd->d->append_only && fe->size > f->sent_size
+						     ? fe->size - f->sent_size
+						     : (f->last_cost > fe->size ? fe->size : f->last_cost) + 1;
+		}
+		mig__file_list_free(&list);
+	}
+	return 0;
+}
+
+static bool needs_send(const struct src_domain *sd, const struct src_file *f)
+{
+	MIG__UNUSED(sd);
+	return f->present && (!f->sent || f->sent_size != f->size || f->sent_mtime_ns != f->mtime_ns ||
+			      f->sent_ino != f->ino);
+}
+
+/* Sends one round; `final` rounds also build the manifests. */
+static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len)
+{
+	struct sink_ctx s = {.x = x};
+	s.buf = mig__malloc(XFER_CHUNK_BYTES);
+	if (!s.buf)
+		return MIG_ENOMEM;
+	int rc = 0;
+	char **deleted = NULL;
+	size_t ndeleted = 0, cap_deleted = 0;
+	for (size_t i = 0; i < x->nsd && !rc; i++) {
+		struct src_domain *sd = &x->sd[i];
+		for (size_t k = 0; k < sd->n && !rc; k++) {
+			struct src_file *f = &sd->files[k];
+			if (needs_send(sd, f)) {
+				rc = send_file(x, i, f, &s, why, why_len);
+			} else if (!f->present && f->sent) {
+				if (ndeleted == cap_deleted) {
+					cap_deleted = cap_deleted ? 2 * cap_deleted : 16;
+					char **p = mig__realloc(deleted, cap_deleted * sizeof(*p));
+					if (!p) {
+						rc = MIG_ENOMEM;
+						break;
+					}
+					deleted = p;
+				}
+				deleted[ndeleted] = mig__asprintf("%s/%s", sd->d->name, f->path);
+				if (!deleted[ndeleted]) {
+					rc = MIG_ENOMEM;
+					break;
+				}
+				ndeleted++;
+				file_forget_sent(f);
+			}
+		}
+	}
+	if (!rc) {
+		Migwire__RoundEnd re = MIGWIRE__ROUND_END__INIT;
+		re.mid = x->mid;
+		re.round = x->worker_round;
+		re.n_deleted = ndeleted;
+		re.deleted = deleted;
+		re.has_final = final;
+		re.final = final;
+		mig__frame fr = MIGWIRE__FRAME__INIT;
+		fr.body_case = MIGWIRE__FRAME__BODY_ROUND_END;
+		fr.round_end = &re;
+		rc = mig__xfer_send(x, &fr);
+	}
+	for (size_t i = 0; i < ndeleted; i++)
+		mig__free(deleted[i]);
+	mig__free(deleted);
+	mig__free(s.buf);
+	return rc;
+}
+
+static int build_manifests(struct mig__xfer *x)
+{
+	size_t total = 0;
+	for (size_t i = 0; i < x->nsd; i++)
+		for (size_t k = 0; k < x->sd[i].n; k++)
+			total += x->sd[i].files[k].present;
+	x->manifests = mig__calloc(x->nsd ? x->nsd : 1, sizeof(*x->manifests));
+	x->manifest_ptrs = mig__calloc(x->nsd ? x->nsd : 1, sizeof(*x->manifest_ptrs));
+	x->entries = mig__calloc(total ? total : 1, sizeof(*x->entries));
+	x->entry_ptrs = mig__calloc(total ? total : 1, sizeof(*x->entry_ptrs));
+	/* Digests live inside the entries' own storage: 32 bytes each. */
+	uint8_t *digests = x->digests = mig__calloc(total ? total : 1, 32);
+	if (!x->manifests || !x->manifest_ptrs || !x->entries || !x->entry_ptrs || !digests)
+		return MIG_ENOMEM;
+	size_t e = 0;
+	for (size_t i = 0; i < x->nsd; i++) {
+		Migwire__FileManifest *fm = &x->manifests[i];
+		migwire__file_manifest__init(fm);
+		fm->domain = x->sd[i].d->name;
+		fm->files = &x->entry_ptrs[e];
+		for (size_t k = 0; k < x->sd[i].n; k++) {
+			struct src_file *f = &x->sd[i].files[k];
+			if (!f->present)
+				continue;
+			Migwire__FileEntry *fe = &x->entries[e];
+			migwire__file_entry__init(fe);
+			fe->path = f->path;
+			fe->size = f->sent_size;
+			fe->sha256.data = digests + 32 * e;
+			fe->sha256.len = 32;
+			if (!f->sha || mig__sha256_peek(f->sha, fe->sha256.data) != 0)
+				return MIG_ESYSTEM;
+			x->entry_ptrs[e] = fe;
+			fm->n_files++;
+			e++;
+		}
+		x->manifest_ptrs[i] = fm;
+	}
+	x->nmanifests = x->nsd;
+	return 0;
+}
+
+struct round_job {
+	struct mig__xfer *x;
+	unsigned round;
+	bool final;
+	uint64_t alpha_us;
+	unsigned max_rounds;
+	double throughput;
+};
+
+static void round_sent(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why);
+static void round_stop(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why);
+static void record_round(struct mig_migration *m, int round, uint64_t bytes)
+{
+	if (round >= 1 && round <= 16)
+		m->round_bytes[round - 1] = bytes;
+	m->rounds = (unsigned)round;
+	m->bytes_sent += mig__xfer_collect_sent(m);
+}
+
+static void round_failed(mig_engine *e, struct mig_migration *m, int value, uint64_t aux,
+			 const char *why)
+{
+	mig__src_files_failed(e, m, value, why);
+}
+static void final_sent(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why)
+{
+	MIG__UNUSED(why);
+	record_round(m, value, aux);
+	mig__src_final_sent(e, m);
+}
+
+static void round_task(void *arg)
+{
+	struct round_job *j = arg;
+	struct mig__xfer *x = j->x;
+	char why[MIG__REASON_MAX] = "";
+	uint64_t estimate = 0;
+	x->worker_round = j->round;
+	atomic_store(&x->round_sent_bytes, 0);
+	int rc = atomic_load(&x->cancelled) ? MIG_ECANCELED : scan_all(x, &estimate, why, sizeof(why));
+	if (!rc && !j->final && j->round > 1) {
+		/* The stop rule: the final round would be short, or rounds
+		 * stopped shrinking, or the cap is reached. */
+		double predicted_us = j->throughput > 0 ? (double)estimate / j->throughput * 1e6 : 0;
+		bool stop = predicted_us < (double)j->alpha_us || estimate >= x->prev_estimate ||
+			    j->round >= j->max_rounds;
+		x->prev_estimate = estimate;
+		if (stop) {
+			mig__xfer_complete(x, round_stop, 0, 0, "");
+			mig__free(j);
+			return;
+		}
+	}
+	x->prev_estimate = estimate;
+	if (!rc)
+		rc = send_round(x, j->final, why, sizeof(why));
+	if (!rc && j->final)
+		rc = build_manifests(x);
+	if (rc) {
+		if (!why[0])
+			snprintf(why, sizeof(why), "file round %u: %s", j->round, mig_strerror(rc));
+		mig__xfer_complete(x, round_failed, rc, 0, why);
+	} else {
+		mig__xfer_complete(x, j->final ? final_sent : round_sent, (int)j->round,
+				   atomic_load(&x->round_sent_bytes), "");
+	}
+	mig__free(j);
+}
+
+static void post_round(mig_engine *e, struct mig_migration *m, bool final)
+{
+	struct mig__xfer *x = m->xfer;
+	struct round_job *j = mig__calloc(1, sizeof(*j));
+	if (!j) {
+		mig__src_files_failed(e, m, MIG_ENOMEM, "out of memory");
+		return;
+	}
+	j->round = ++x->round;
+	j->x = x;
+	j->final = final;
+	j->alpha_us = (uint64_t)e->precopy_alpha_ms * 1000u;
+	j->max_rounds = e->precopy_max_rounds;
+	j->throughput = x->throughput;
+	x->round_started_us = mig__now_us();
+	m->deadline_us = 0; /* our own work: no peer deadline while it runs */
+	if (mig__strand_post(x->strand, round_task, mig__free, j) != 0) {
+		mig__free(j);
+		mig__src_files_failed(e, m, MIG_ENOMEM, "out of memory");
+	}
+}
+
+static void round_sent(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why)
+{
+	MIG__UNUSED(why);
+	record_round(m, value, aux);
+	/* Waiting for the destination's RoundDone now (unless it came first). */
+	if ((unsigned)value == m->xfer->round)
+		m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
+}
+
+static void round_stop(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why)
+{
+	MIG__UNUSED(value);
+	MIG__UNUSED(why);
+	m->xfer->round--; /* that round was not sent; the final one takes its number */
+	mig__src_precopy_done(e, m);
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+int mig__xsrc_start(mig_engine *e, struct mig_migration *m)
+{
+	struct mig__xfer *x = mig__xfer_new(e, m, true);
+	if (!x)
+		return MIG_ENOMEM;
+	x->sd = mig__calloc(e->nfdomains, sizeof(*x->sd));
+	if (!x->sd) {
+		mig__xfer_end(e, m, false);
+		return MIG_ENOMEM;
+	}
+	x->nsd = e->nfdomains;
+	for (size_t i = 0; i < e->nfdomains; i++)
+		x->sd[i].d = &e->fdomains[i];
+	m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
+	return 0;
+}
+
+void mig__xsrc_final(mig_engine *e, struct mig_migration *m)
+{
+	post_round(e, m, true);
+}
+
+void mig__xsrc_manifests(struct mig_migration *m, Migwire__FileManifest ***out, size_t *n)
+{
+	struct mig__xfer *x = m->xfer;
+	*out = x ? x->manifest_ptrs : NULL;
+	*n = x ? x->nmanifests : 0;
+}
+
+static size_t domain_index(struct mig__xfer *x, const char *name)
+{
+	for (size_t i = 0; i < x->nsd; i++)
+		if (strcmp(x->sd[i].d->name, name) == 0)
+			return i;
+	return SIZE_MAX;
+}
+
+static struct sig_stream *find_sig_stream(struct mig__xfer *x, uint32_t id)
+{
+	for (struct sig_stream *s = x->sigs; s; s = s->next)
+		if (s->id == id)
+			return s;
+	return NULL;
+}
+
+/* A complete signature: checked, then kept as the basis for round 1. */
+static int accept_signature(struct mig__xfer *x, struct sig_stream *s, char *why, size_t why_len)
+{
+	int rc = mig__delta_check_signature(s->bytes.data, s->bytes.len, XFER_SIG_MAX, why, why_len);
+	if (rc)
+		return rc;
+	struct src_file *f = find_file(&x->sd[s->domain], s->path, true);
+	if (!f)
+		return MIG_ENOMEM;
+	mig__bytes_free(&f->sig);
+	f->sig = s->bytes;
+	memset(&s->bytes, 0, sizeof(s->bytes));
+	return 0;
+}
+
+void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f)
+{
+	struct mig__xfer *x = m->xfer;
+	char why[MIG__REASON_MAX] = "";
+	int rc = 0;
+	switch (f->body_case) {
+	case MIGWIRE__FRAME__BODY_FILE_STREAM: {
+		const Migwire__FileStream *fs = f->file_stream;
+		size_t d = domain_index(x, fs->domain);
+		if (x->round != 0 || fs->kind != MIGWIRE__STREAM_KIND__STREAM_SIGNATURE ||
+		    d == SIZE_MAX || find_sig_stream(x, fs->stream)) {
+			rc = MIG_EPROTO;
+			snprintf(why, sizeof(why), "unexpected file stream from the destination");
+			break;
+		}
+		struct sig_stream *s = mig__calloc(1, sizeof(*s));
+		if (!s || !(s->path = mig__strdup(fs->path))) {
+			mig__free(s);
+			rc = MIG_ENOMEM;
+			break;
+		}
+		s->id = fs->stream;
+		s->domain = d;
+		s->next = x->sigs;
+		x->sigs = s;
+		break;
+	}
+	case MIGWIRE__FRAME__BODY_CHUNK: {
+		const Migwire__Chunk *c = f->chunk;
+		struct sig_stream *s = find_sig_stream(x, c->stream);
+		if (!s) {
+			rc = MIG_EPROTO;
+			snprintf(why, sizeof(why), "chunk for an unknown stream %u", c->stream);
+			break;
+		}
+		uint8_t *data = NULL;
+		size_t len = 0;
+		rc = mig__xfer_chunk_data(c, &data, &len, why, sizeof(why));
+		if (!rc && (x->sig_bytes += len) > XFER_SIG_MAX) {
+			rc = MIG_ETOOBIG;
+			snprintf(why, sizeof(why), "signatures larger than %u bytes", XFER_SIG_MAX);
+		}
+		if (!rc)
+			rc = mig__bytes_append(&s->bytes, data, len);
+		mig__free(data);
+		if (!rc && c->has_last && c->last)
+			rc = accept_signature(x, s, why, sizeof(why));
+		break;
+	}
+	case MIGWIRE__FRAME__BODY_CREDIT:
+		mig__xfer_credit(x, f->credit->bytes);
+		x->credited_bytes += f->credit->bytes;
+		if (!x->first_chunk_us)
+			x->first_chunk_us = x->round_started_us;
+		if (mig__now_us() > x->first_chunk_us + 1000)
+			atomic_store(&x->link_bytes_per_s,
+				     (uint64_t)((double)x->credited_bytes * 1e6 /
+						(double)(mig__now_us() - x->first_chunk_us)));
+		if (m->deadline_us)
+			m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
+		return;
+	case MIGWIRE__FRAME__BODY_ROUND_DONE: {
+		const Migwire__RoundDone *rd = f->round_done;
+		if (rd->has_code && rd->code) {
+			snprintf(why, sizeof(why), "destination: %s", rd->reason ? rd->reason : "");
+			rc = rd->code;
+			break;
+		}
+		if (rd->round != x->round)
+			return; /* the final round's answer, or a stray */
+		if (x->round == 0) {
+			if (e->precopy_max_rounds <= 1) {
+				mig__src_precopy_done(e, m);
+				return;
+			}
+			post_round(e, m, false);
+			return;
+		}
+		uint64_t took = mig__now_us() - x->round_started_us;
+		x->throughput =
+			took ? (double)atomic_load(&x->round_sent_bytes) * 1e6 / (double)took : 0;
+		if (m->phase == MIG__SRC_PRECOPY)
+			post_round(e, m, false);
+		return;
+	}
+	default:
+		rc = MIG_EPROTO;
+		snprintf(why, sizeof(why), "unexpected %s from the destination", mig__wire_body_name(f));
+		break;
+	}
+	if (rc)
+		mig__src_files_failed(e, m, rc, why[0] ? why : mig_strerror(rc));
+}
