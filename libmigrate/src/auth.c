@@ -6,6 +6,7 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/params.h>
 #include <openssl/rand.h>
 
@@ -120,4 +121,69 @@ bool mig__auth_verify(const void *secret, size_t secret_len, char role,
 	bool ok = CRYPTO_memcmp(expected, mac, MIG__AUTH_MAC_LEN) == 0;
 	OPENSSL_cleanse(expected, sizeof(expected));
 	return ok;
+}
+
+/* ------------------------------------------------------------------ session tokens */
+
+static int session_key(const void *secret, size_t secret_len, uint8_t key[MIG__AUTH_MAC_LEN])
+{
+	static const char label[] = MIG__AUTH_SESSION_LABEL;
+	if (!secret || !secret_len) {
+		secret = label;
+		secret_len = sizeof(label) - 1;
+	}
+	int rc = MIG_ESYSTEM;
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	if (!ctx)
+		goto out;
+	char digest[] = "SHA256";
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
+		OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)secret, secret_len),
+		OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)label,
+						  sizeof(label) - 1),
+		OSSL_PARAM_construct_end(),
+	};
+	if (EVP_KDF_derive(ctx, key, MIG__AUTH_MAC_LEN, params) == 1)
+		rc = 0;
+out:
+	EVP_KDF_CTX_free(ctx);
+	EVP_KDF_free(kdf);
+	return rc;
+}
+
+int mig__auth_session_mac(const void *secret, size_t secret_len, const void *data, size_t len,
+			  uint8_t mac[MIG__AUTH_MAC_LEN])
+{
+	uint8_t key[MIG__AUTH_MAC_LEN];
+	int rc = session_key(secret, secret_len, key);
+	if (rc)
+		return rc;
+	rc = MIG_ESYSTEM;
+	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	EVP_MAC_CTX *ctx = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
+	if (!ctx)
+		goto out;
+	char digest[] = "SHA256";
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+		OSSL_PARAM_construct_end(),
+	};
+	size_t out_len = 0;
+	if (EVP_MAC_init(ctx, key, sizeof(key), params) && EVP_MAC_update(ctx, data, len) &&
+	    EVP_MAC_final(ctx, mac, &out_len, MIG__AUTH_MAC_LEN) && out_len == MIG__AUTH_MAC_LEN)
+		rc = 0;
+out:
+	EVP_MAC_CTX_free(ctx);
+	EVP_MAC_free(hmac);
+	OPENSSL_cleanse(key, sizeof(key));
+	if (rc)
+		OPENSSL_cleanse(mac, MIG__AUTH_MAC_LEN);
+	return rc;
+}
+
+bool mig__auth_mac_equal(const uint8_t *a, const uint8_t *b)
+{
+	return CRYPTO_memcmp(a, b, MIG__AUTH_MAC_LEN) == 0;
 }

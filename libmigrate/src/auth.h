@@ -41,4 +41,16 @@ bool mig__auth_verify(const void *secret, size_t secret_len, char role,
 		      const mig__auth_transcript *t, const uint8_t *mac,
 		      size_t mac_len);
 
+/* Session tokens (token.c holds the layout): HMAC-SHA256 over `data` keyed
+ * with HKDF-SHA256(IKM = cluster secret, no salt, info
+ * "libmigrate-session-v1"), so a token's key is never the handshake's. An
+ * empty secret (allow_insecure) uses the label as IKM: such tokens are
+ * forgeable, like everything else on an insecure engine. 0 or MIG_ESYSTEM. */
+#define MIG__AUTH_SESSION_LABEL "libmigrate-session-v1"
+int mig__auth_session_mac(const void *secret, size_t secret_len, const void *data,
+			  size_t len, uint8_t mac[MIG__AUTH_MAC_LEN]);
+
+/* Constant-time comparison of two MACs. */
+bool mig__auth_mac_equal(const uint8_t *a, const uint8_t *b);
+
 #endif

@@ -45,5 +45,8 @@ void mig__strlcpy(char *dst, const char *src, size_t size);
 bool mig__valid_user(const char *user);
 bool mig__valid_domain_name(const char *name);
 bool mig__valid_mid(const char *mid);
+/* "scheme://rest": scheme [a-z][a-z0-9+.-]*, 1..MIG__URL_MAX printable bytes
+ * without spaces (an app's own client endpoint; any scheme). */
+bool mig__valid_app_url(const char *url);
 
 #endif

@@ -1,5 +1,7 @@
 /* The control channel, engine side: orchestrators ask for migrations, list
- * users and subscribe to events. Runs inside dispatch with the engine lock. */
+ * users, subscribe to events, read the status and cancel migrations. Runs
+ * inside dispatch with the engine lock. */
+#include <stdio.h>
 #include <string.h>
 
 #include "control_int.h"
@@ -24,7 +26,10 @@ void mig__event_to_wire(const mig_event *ev, Migwire__Event *w)
 	w->has_downtime_us = true;
 	w->downtime_us = ev->downtime_us;
 	w->has_time_us = true;
-	w->time_us = mig__wall_us();
+	w->time_us = ev->time_us ? ev->time_us : mig__wall_us();
+	w->phase = (char *)(ev->phase ? ev->phase : "");
+	w->has_rounds = true;
+	w->rounds = ev->rounds;
 }
 
 void mig__event_from_wire(const Migwire__Event *w, mig_event *ev)
@@ -40,6 +45,9 @@ void mig__event_from_wire(const Migwire__Event *w, mig_event *ev)
 	ev->bytes_received = w->bytes_received;
 	ev->duration_us = w->duration_us;
 	ev->downtime_us = w->downtime_us;
+	ev->rounds = w->rounds;
+	ev->phase = w->phase ? w->phase : "";
+	ev->time_us = w->time_us;
 }
 
 static void reply(mig_engine *e, uint64_t conn, uint32_t request_id, int code, const char *reason,
@@ -89,6 +97,149 @@ static void list_users(mig_engine *e, uint64_t conn, uint32_t request_id)
 	mig__free(ptrs);
 }
 
+/* StatusRequest: identity, users by state, migrations in flight, totals. */
+static void status(mig_engine *e, uint64_t conn, uint32_t request_id)
+{
+	size_t nm = 0;
+	for (struct mig_migration *m = e->migrations; m; m = m->next)
+		nm += m->phase != MIG__DONE;
+	Migwire__MigrationStatus *ms = mig__calloc(nm ? nm : 1, sizeof(*ms));
+	Migwire__MigrationStatus **mp = mig__calloc(nm ? nm : 1, sizeof(*mp));
+	if (!ms || !mp) {
+		mig__free(ms);
+		mig__free(mp);
+		reply(e, conn, request_id, MIG_ENOMEM, "out of memory", NULL);
+		return;
+	}
+	uint64_t now = mig__now_us(), wall = mig__wall_us();
+	size_t i = 0;
+	for (struct mig_migration *m = e->migrations; m && i < nm; m = m->next) {
+		if (m->phase == MIG__DONE)
+			continue;
+		Migwire__MigrationStatus *s = &ms[i];
+		migwire__migration_status__init(s);
+		s->mid = m->mid;
+		s->user = m->user;
+		s->peer_url = m->peer_url;
+		s->role = m->outgoing ? MIGWIRE__MIGRATION_ROLE__ROLE_SOURCE
+				      : MIGWIRE__MIGRATION_ROLE__ROLE_DESTINATION;
+		s->phase = (char *)mig__phase_name(m);
+		s->has_rounds = true;
+		s->rounds = m->rounds;
+		s->has_bytes_sent = true;
+		s->bytes_sent = m->bytes_sent;
+		s->has_bytes_received = true;
+		s->bytes_received = m->bytes_received;
+		s->has_duration_us = true;
+		s->duration_us = now > m->started_us ? now - m->started_us : 0;
+		s->has_started_us = true;
+		s->started_us = wall - s->duration_us;
+		s->has_parked = true;
+		s->parked = m->parked;
+		mp[i] = s;
+		i++;
+	}
+	uint32_t counts[MIG_USER_PARKED + 1] = {0};
+	for (size_t b = 0; b < e->users.nbuckets; b++)
+		for (mig__user *u = e->users.buckets[b]; u; u = u->next)
+			if ((unsigned)u->state <= MIG_USER_PARKED)
+				counts[u->state]++;
+	Migwire__UserCount uc[MIG_USER_PARKED + 1];
+	Migwire__UserCount *ucp[MIG_USER_PARKED + 1];
+	size_t nu = 0;
+	for (int st = 0; st <= MIG_USER_PARKED; st++) {
+		if (!counts[st])
+			continue;
+		migwire__user_count__init(&uc[nu]);
+		uc[nu].state = (Migwire__UserState)st;
+		uc[nu].count = counts[st];
+		ucp[nu] = &uc[nu];
+		nu++;
+	}
+	Migwire__StatusReply r = MIGWIRE__STATUS_REPLY__INIT;
+	r.request_id = request_id;
+	r.engine_id = e->engine_id;
+	r.url = e->advertised_url;
+	r.protocol_version = MIG_PROTOCOL_VERSION;
+	r.library_version = (char *)mig_version();
+	r.n_users = nu;
+	r.users = ucp;
+	r.n_migrations = i;
+	r.migrations = mp;
+	r.has_committed_out = r.has_aborted_out = r.has_committed_in = r.has_aborted_in = true;
+	r.committed_out = e->metrics.committed[0];
+	r.aborted_out = e->metrics.aborted[0];
+	r.committed_in = e->metrics.committed[1];
+	r.aborted_in = e->metrics.aborted[1];
+	r.has_bytes_sent = r.has_bytes_received = true;
+	mig__metrics_bytes(e, &r.bytes_sent, &r.bytes_received);
+	r.has_uptime_us = true;
+	r.uptime_us = now - e->metrics.started_mono_us;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_STATUS;
+	f.status = &r;
+	if (mig__engine_send(e, conn, &f, NULL, false) == MIG_ETOOBIG)
+		reply(e, conn, request_id, MIG_ETOOBIG, "status over the frame cap", NULL);
+	mig__free(ms);
+	mig__free(mp);
+}
+
+/* CancelRequest: like mig_migration_cancel(), for a migration named by its
+ * id or by the user it moves. The end arrives as the migration's ABORTED. */
+static void cancel(mig_engine *e, uint64_t conn, const Migwire__CancelRequest *r)
+{
+	char why[MIG__REASON_MAX];
+	struct mig_migration *m = NULL;
+	if (r->mid && *r->mid) {
+		m = mig__handoff_find(e, r->mid);
+		if (!m) {
+			/* A user id may look like a migration id. */
+			mig__user *u = mig__users_find(&e->users, r->mid);
+			m = u ? u->migration : NULL;
+		}
+		if (!m) {
+			snprintf(why, sizeof(why), "no migration %s on this engine", r->mid);
+			reply(e, conn, r->request_id, MIG_EUNKNOWN, why, NULL);
+			return;
+		}
+	} else {
+		mig__user *u = mig__users_find(&e->users, r->user);
+		if (!u) {
+			snprintf(why, sizeof(why), "no user %s on this engine", r->user);
+			reply(e, conn, r->request_id, MIG_ENOUSER, why, NULL);
+			return;
+		}
+		m = u->migration;
+		if (!m) {
+			snprintf(why, sizeof(why), "user %s is not migrating", r->user);
+			reply(e, conn, r->request_id, MIG_ESTATE, why, NULL);
+			return;
+		}
+	}
+	if (!m->outgoing) {
+		snprintf(why, sizeof(why),
+			 "migration %s brings user %s here; cancel it at its source %s", m->mid,
+			 m->user, m->peer_url);
+		reply(e, conn, r->request_id, MIG_ESTATE, why, NULL);
+		return;
+	}
+	if (m->state != MIG_MIGRATION_RUNNING || m->phase == MIG__DONE) {
+		snprintf(why, sizeof(why), "migration %s of user %s has ended", m->mid, m->user);
+		reply(e, conn, r->request_id, MIG_ESTATE, why, NULL);
+		return;
+	}
+	if (m->phase == MIG__SRC_COMMIT) {
+		snprintf(why, sizeof(why),
+			 "migration %s of user %s is past the commit decision; it completes", m->mid,
+			 m->user);
+		reply(e, conn, r->request_id, MIG_ESTATE, why, NULL);
+		return;
+	}
+	m->cancel_requested = true; /* the tick at the end of this dispatch acts */
+	snprintf(why, sizeof(why), "canceling migration %s of user %s", m->mid, m->user);
+	reply(e, conn, r->request_id, 0, why, NULL);
+}
+
 void mig__control_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f)
 {
 	mig__conn_rec *c = mig__engine_conn(e, conn);
@@ -110,6 +261,12 @@ void mig__control_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f)
 		if (c)
 			c->subscribed = true;
 		reply(e, conn, f->subscribe->request_id, 0, "", NULL);
+		return;
+	case MIGWIRE__FRAME__BODY_STATUS_REQUEST:
+		status(e, conn, f->status_request->request_id);
+		return;
+	case MIGWIRE__FRAME__BODY_CANCEL:
+		cancel(e, conn, f->cancel);
 		return;
 	default:
 		mig__engine_log(e, MIG_LOG_WARN, "control connection %llu: unexpected %s frame",

@@ -250,6 +250,128 @@ MIG_EXPORT int mig_ctl_users(mig_ctl *c, void (*fn)(const char *, mig_user_state
 	}
 }
 
+/* Sends a request and waits for the frame answering it: a `kind` frame
+ * whose request id is `id`, or a Reply with that id. Returns 0 with *out
+ * set (the caller frees it), or a negative MIG_E*. */
+static int await_answer(mig_ctl *c, Migwire__Frame__BodyCase kind, uint32_t id, mig__frame **out)
+{
+	uint64_t deadline = deadline_after(c->timeout_ms);
+	for (;;) {
+		mig__frame *in = NULL;
+		int rc = next_frame(c, deadline, &in);
+		if (rc)
+			return rc;
+		bool ours = in->body_case == MIGWIRE__FRAME__BODY_REPLY ? in->reply->request_id == id
+			    : in->body_case == kind && kind == MIGWIRE__FRAME__BODY_STATUS
+				    ? in->status->request_id == id
+				    : false;
+		if (ours) {
+			*out = in;
+			return 0;
+		}
+		mig__wire_free(in); /* an event for a subscription: not ours */
+	}
+}
+
+MIG_EXPORT int mig_ctl_status(mig_ctl *c, mig_ctl_status_fn fn, void *ud)
+{
+	if (!c || !fn)
+		return MIG_EINVAL;
+	c->last_error[0] = '\0';
+	Migwire__StatusRequest r = MIGWIRE__STATUS_REQUEST__INIT;
+	r.request_id = ++c->next_request;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_STATUS_REQUEST;
+	f.status_request = &r;
+	int rc = send_frame(c, &f);
+	mig__frame *in = NULL;
+	if (!rc)
+		rc = await_answer(c, MIGWIRE__FRAME__BODY_STATUS, r.request_id, &in);
+	if (rc)
+		return rc;
+	if (in->body_case == MIGWIRE__FRAME__BODY_REPLY) {
+		rc = reply_code(c, in->reply);
+		mig__wire_free(in);
+		return rc ? rc : MIG_EPROTO;
+	}
+	const Migwire__StatusReply *sr = in->status;
+	mig_ctl_migration *ms = mig__calloc(sr->n_migrations ? sr->n_migrations : 1, sizeof(*ms));
+	if (!ms) {
+		mig__wire_free(in);
+		return MIG_ENOMEM;
+	}
+	for (size_t i = 0; i < sr->n_migrations; i++) {
+		const Migwire__MigrationStatus *w = sr->migrations[i];
+		ms[i].mid = w->mid;
+		ms[i].user = w->user;
+		ms[i].peer_url = w->peer_url ? w->peer_url : "";
+		ms[i].outgoing = w->role == MIGWIRE__MIGRATION_ROLE__ROLE_SOURCE;
+		ms[i].phase = w->phase;
+		ms[i].rounds = w->rounds;
+		ms[i].bytes_sent = w->bytes_sent;
+		ms[i].bytes_received = w->bytes_received;
+		ms[i].started_us = w->started_us;
+		ms[i].duration_us = w->duration_us;
+		ms[i].parked = w->parked;
+	}
+	mig_ctl_engine_status st;
+	memset(&st, 0, sizeof(st));
+	st.engine_id = sr->engine_id;
+	st.url = sr->url ? sr->url : "";
+	st.protocol_version = sr->protocol_version;
+	st.library_version = sr->library_version ? sr->library_version : "";
+	for (size_t i = 0; i < sr->n_users; i++) {
+		unsigned state = (unsigned)sr->users[i]->state;
+		if (state < MIG__ARRAY_LEN(st.users_by_state))
+			st.users_by_state[state] += sr->users[i]->count;
+		st.users += sr->users[i]->count;
+	}
+	st.migrations = ms;
+	st.nmigrations = sr->n_migrations;
+	st.committed_out = sr->committed_out;
+	st.aborted_out = sr->aborted_out;
+	st.committed_in = sr->committed_in;
+	st.aborted_in = sr->aborted_in;
+	st.bytes_sent = sr->bytes_sent;
+	st.bytes_received = sr->bytes_received;
+	st.uptime_us = sr->uptime_us;
+	fn(&st, ud);
+	mig__free(ms);
+	mig__wire_free(in);
+	return 0;
+}
+
+MIG_EXPORT int mig_ctl_cancel(mig_ctl *c, const char *what)
+{
+	if (!c || !what)
+		return MIG_EINVAL;
+	c->last_error[0] = '\0';
+	Migwire__CancelRequest r = MIGWIRE__CANCEL_REQUEST__INIT;
+	r.request_id = ++c->next_request;
+	/* A migration id if it looks like one (the engine also tries it as a
+	 * user id when no migration has it), else a user id. */
+	if (mig__valid_mid(what))
+		r.mid = (char *)what;
+	else if (mig__valid_user(what))
+		r.user = (char *)what;
+	else
+		return MIG_EINVAL;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_CANCEL;
+	f.cancel = &r;
+	int rc = send_frame(c, &f);
+	mig__frame *in = NULL;
+	if (!rc)
+		rc = await_answer(c, MIGWIRE__FRAME__BODY_REPLY, r.request_id, &in);
+	if (rc)
+		return rc;
+	rc = in->reply->code;
+	set_error(c, "%s", in->reply->reason && in->reply->reason[0] ? in->reply->reason
+									 : mig_strerror(rc));
+	mig__wire_free(in);
+	return rc;
+}
+
 MIG_EXPORT int mig_ctl_migrate(mig_ctl *c, const char *user, const char *url,
 			       unsigned timeout_ms,
 			       void (*on_event)(const mig_event *, void *), void *ud,
@@ -298,7 +420,7 @@ MIG_EXPORT int mig_ctl_migrate(mig_ctl *c, const char *user, const char *url,
 				if (final) {
 					*final = ev;
 					final->mid = final->user = final->peer_url = NULL;
-					final->reason = NULL;
+					final->reason = final->phase = NULL;
 				}
 			}
 			mig__wire_free(in);

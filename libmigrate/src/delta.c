@@ -109,90 +109,59 @@ static ssize_t read_full(int fd, uint8_t *buf, size_t len, bool positional, uint
  * (source -> destination). With N = size, B = block_len, S = strong_len and k
  * changed runs, the signature is 12 + ceil(N/B) * (4 + S) bytes and each
  * changed run costs its own length plus, on average, about one block of
- * unchanged literal data around it (every block it overlaps is sent). So
+ * unchanged literal data around it, so
  *   cost(B) ~ N (4 + S) / B + k B + changed bytes,
- * minimised at B = sqrt(N (4 + S) / k). We design for k = 64 scattered runs
- * (the 1 % workload below):
+ * minimised at B = sqrt(N (4 + S) / k).
  *
- *   block_len  = sqrt(N * (4 + S) / 64), rounded to the nearest multiple of
- *                64, clamped to [MIG__SIG_MIN_BLOCK_LEN, MIG__SIG_MAX_BLOCK_LEN]
- *                (for 64 MiB: 3520; rsync and librsync's default use ~sqrt(N),
- *                8192 for 64 MiB, which sends more unchanged data per change).
+ * strong_len: the engine checks a SHA-256 of every file right after it is
+ * patched (RoundEnd carries the source's digests) and has the source resend
+ * a file whole when they differ, as rsync does after a false block match.
+ * A false match therefore costs bytes, never correctness, which lets the
+ * strong sum be short like rsync's: rsync's own estimate of the bits needed,
+ * b = 10 + 2 log2(N) - log2(B) ~ 10 + 1.5 log2(N), less the 32 bits of the
+ * weak sum, plus one byte of margin, and never under 4 bytes: 4 bytes up to
+ * 32 GiB, 5 up to 1 TiB.
  *
- *   strong_len = clamp(2 + ceil((P + L) / 8), 8, 32) bytes, where
- *                P = bitlen(N + 2^24) bounds log2 of the positions compared
- *                and L = max(ceil(bitlen(N) / 2) + 3, bitlen(N / 4 MiB) + 1)
- *                bounds log2 of the number of blocks. This is librsync's own
- *                minimum (rs_sig_args with strong_len -1) computed from
- *                upper bounds so it never decreases as N grows, floored at 8
- *                bytes. The engine checks a SHA-256 of every patched file,
- *                so a collision would be detected, never installed.
- *                8 bytes below 1008 MiB, 9 below 32 GiB, 10 below 1 TiB, then 11.
+ * block_len: k is not known in advance (a folder of 8 MiB files with a 1 %
+ * change has ~8 runs per file; one 64 MiB file has 64), so B is chosen for
+ * k = 12, rounded to a multiple of 64 and clamped to
+ * [MIG__SIG_MIN_BLOCK_LEN, MIG__SIG_MAX_BLOCK_LEN]: 2368 for 8 MiB, 6720 for
+ * 64 MiB, 26752 for 1 GiB.
  *
- *   size    0..4 KiB  1 MiB  64 MiB  256 MiB  1 GiB  16 GiB  1 TiB   64 TiB
- *   block      64      448    3520    7104   14784   59072  507648  4 MiB
- *   strong      8        8       8       8       9       9      11     12
- *
- * Both are non-decreasing in N.
- *
- * Measured (librsync 2.3.2, RabinKarp + BLAKE2): 64 MiB random basis, target
- * with 64 runs of 10 KiB (1 %) rewritten at scattered offsets, one per
- * 1 MiB stripe. rsync 3.x `-a -I --no-whole-file --stats`, same files:
- * sent 1,220,483 + received 57,379 = 1,277,862 bytes (1.90 %); a second
- * seed 1,204,107 + 57,379 = 1,261,486.
- *
- *   block  strong  signature    delta      total   vs rsync
- *    1024     8      786,444   721,675  1,508,119   118.0 %
- *    2048     8      393,228   787,211  1,180,439    92.4 %
- *    2560     8      314,592   819,979  1,134,571    88.8 %
- *    3072     8      262,164   860,939  1,123,103    87.9 %
- *    3328     8      241,992   862,731  1,104,723    86.5 %
- *    3520     8      228,804   880,779  1,109,583    86.8 %   <- chosen
- *    3584     8      224,712   886,027  1,110,739    86.9 %
- *    3840     8      209,736   907,019  1,116,755    87.4 %
- *    4096     8      196,620   922,379  1,118,999    87.6 %
- *    5120     8      157,308   983,819  1,141,127    89.3 %
- *    6144     8      131,088 1,088,267  1,219,355    95.4 %
- *    8192     8       98,316 1,188,619  1,286,935   100.7 %
- *    3584     6      187,262   886,027  1,073,289    84.0 %  (too weak)
- *    3584    12      299,612   886,027  1,185,639    92.8 %
- *    3584    16      374,512   886,027  1,260,539    98.6 %
- *    8192    32      294,924 1,188,619  1,483,543   116.1 %  (librsync default)
- *
- * Second seed, chosen 3520/8: 228,804 + 887,819 = 1,116,623 (88.5 %).
- *
- * Same workload shape (1 % in 64 runs) at other sizes, chosen parameters
- * against rsync: 1 MiB (448/8) 69,513 vs 82,043 bytes (84.7 %; 256: 76,685,
- * 704: 79,077); 256 MiB (7104/8) 3,573,083 vs 3,899,538 (91.6 %; 4096:
- * 3,711,959, 10240: 3,664,043); 1 GiB (14784/9) 12,817,480 vs 13,108,911
- * (97.8 %; 32768/9: 13,174,502). */
-void mig__delta_params(uint64_t size, mig__sig_params *p)
+ * Measured against rsync -a -I --no-whole-file --stats in the same run
+ * (test_files, and docs/BENCHMARKS.md for the table): 64 MiB in 8 files of
+ * 8 MiB, 64 runs of 10 KiB changed: see the test's output line. With the
+ * earlier 12-byte records (S = 8, B for k = 64) the same folder cost 1.27 x
+ * rsync's bytes, since each 8 MiB file then had 8x more blocks than needed.
+ */
+static uint64_t block_for(uint64_t size, unsigned strong, uint64_t k)
 {
-	const uint64_t pos_span = (uint64_t)1 << 24;
-	uint64_t pos = size > UINT64_MAX - pos_span ? UINT64_MAX : size + pos_span;
-	unsigned pos_bits = bitlen64(pos);
-	unsigned blk_bits = (bitlen64(size) + 1) / 2 + 3;
-	unsigned big = bitlen64(size / MIG__SIG_MAX_BLOCK_LEN) + 1;
-	if (big > blk_bits)
-		blk_bits = big;
-	unsigned strong = 2 + (pos_bits + blk_bits + 7) / 8;
-	if (strong < 8)
-		strong = 8;
-	if (strong > RS_MAX_STRONG_SUM_LENGTH)
-		strong = RS_MAX_STRONG_SUM_LENGTH;
-
 	uint64_t block;
 	if (size >= (uint64_t)1 << 50) {
 		block = MIG__SIG_MAX_BLOCK_LEN; /* the formula is far above it */
 	} else {
-		uint64_t r = isqrt64(size * (4 + strong) / 64);
+		uint64_t r = isqrt64(size * (4 + strong) / k);
 		block = (r + 32) / 64 * 64;
 	}
 	if (block < MIG__SIG_MIN_BLOCK_LEN)
 		block = MIG__SIG_MIN_BLOCK_LEN;
 	if (block > MIG__SIG_MAX_BLOCK_LEN)
 		block = MIG__SIG_MAX_BLOCK_LEN;
-	p->block_len = (uint32_t)block;
+	return block;
+}
+
+void mig__delta_params(uint64_t size, mig__sig_params *p)
+{
+	const uint64_t k = 12;
+	/* rsync's bits, 10 + 2 log2(N) - log2(B), with B ~ sqrt(N): about
+	 * 10 + 1.5 log2(N), rounded up, so it never decreases with the size. */
+	unsigned bits = 10 + (3 * bitlen64(size ? size : 1) + 1) / 2;
+	unsigned strong = bits > 32 ? (bits - 32 + 7) / 8 + 1 : 1;
+	if (strong < 4)
+		strong = 4;
+	if (strong > RS_MAX_STRONG_SUM_LENGTH)
+		strong = RS_MAX_STRONG_SUM_LENGTH;
+	p->block_len = (uint32_t)block_for(size, strong, k);
 	p->strong_len = strong;
 }
 
@@ -243,6 +212,7 @@ int mig__delta_signature(int fd, uint64_t limit, const mig__sig_params *p, mig__
 	    p->strong_len > RS_MAX_STRONG_SUM_LENGTH)
 		return MIG_EINVAL;
 	rs_init();
+	size_t orig_len = out->len; /* restored on failure */
 	uint8_t *in = mig__malloc(IO_BUF_LEN);
 	uint8_t *obuf = mig__malloc(IO_BUF_LEN);
 	rs_job_t *job = NULL;
@@ -299,6 +269,8 @@ int mig__delta_signature(int fd, uint64_t limit, const mig__sig_params *p, mig__
 	}
 	rc = 0;
 out:
+	if (rc)
+		out->len = orig_len;
 	if (job)
 		rs_job_free(job);
 	mig__free(in);

@@ -111,6 +111,14 @@ static int dup_opt(char **dst, const char *src)
 	return *dst ? 0 : MIG_ENOMEM;
 }
 
+static void conn_rec_free(mig__conn_rec *c)
+{
+	mig__free(c->url);
+	mig__free(c->peer_engine_id);
+	mig__free(c->session_user);
+	mig__free(c);
+}
+
 static void engine_release(mig_engine *e)
 {
 	/* Transfers first: cancel them so workers blocked on flow control
@@ -137,10 +145,11 @@ static void engine_release(mig_engine *e)
 	mig__conn_rec *c = e->conns;
 	while (c) {
 		mig__conn_rec *next = c->next;
-		mig__free(c->url);
-		mig__free(c);
+		conn_rec_free(c);
 		c = next;
 	}
+	mig__session_destroy(e);
+	mig__free(e->app_url);
 	mig__pending_log *l = e->logs_head;
 	while (l) {
 		mig__pending_log *next = l->next;
@@ -223,6 +232,9 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 	if (o->compression < MIG_COMPRESSION_AUTO || o->compression > MIG_COMPRESSION_ON ||
 	    o->worker_threads > 64)
 		return MIG_EINVAL;
+	if ((o->app_url && !mig__valid_app_url(o->app_url)) ||
+	    o->session_token_ttl_s > MIG__SESSION_TTL_MAX_S)
+		return MIG_EINVAL;
 	if (o->advertised_url) {
 		bool tls;
 		char host[256], path[256];
@@ -286,6 +298,13 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 	e->on_log = o->on_log;
 	e->log_level = o->log_level;
 	e->user_data = o->user_data;
+	e->session_ttl_s = o->session_token_ttl_s ? o->session_token_ttl_s
+						  : MIG__SESSION_TTL_DEFAULT_S;
+	if ((rc = dup_opt(&e->app_url, o->app_url)) || (rc = mig__session_init(e)))
+		goto fail;
+	e->metrics_off = o->metrics_off != 0;
+	e->metrics.started_mono_us = mig__now_us();
+	e->metrics.started_wall_us = mig__wall_us();
 	if ((rc = mig__users_init(&e->users)) != 0)
 		goto fail;
 	if ((rc = make_fds(e)) != 0)
@@ -327,10 +346,15 @@ MIG_EXPORT int mig_engine_start(mig_engine *e)
 	cfg.engine_id = e->engine_id;
 	cfg.max_frame = e->max_frame;
 	cfg.accept_channels = (1u << MIGWIRE__CHANNEL__CHANNEL_PEER) |
-			      (1u << MIGWIRE__CHANNEL__CHANNEL_CONTROL);
+			      (1u << MIGWIRE__CHANNEL__CHANNEL_CONTROL) |
+			      (1u << MIGWIRE__CHANNEL__CHANNEL_SESSION);
 	cfg.events = &e->events;
 	cfg.log_level = e->on_log ? e->log_level : MIG_LOG_ERROR;
 	cfg.name = e->engine_id;
+	if (!e->metrics_off) {
+		cfg.render_metrics = mig__metrics_render;
+		cfg.metrics_ctx = e;
+	}
 
 	/* The advertised URL goes into every peer Hello; when not given it is
 	 * derived from the port the kernel chose, before the I/O thread runs. */
@@ -623,8 +647,7 @@ static void conn_remove(mig_engine *e, uint64_t id)
 		if ((*pp)->id == id) {
 			mig__conn_rec *c = *pp;
 			*pp = c->next;
-			mig__free(c->url);
-			mig__free(c);
+			conn_rec_free(c);
 			return;
 		}
 	}
@@ -708,6 +731,8 @@ static void on_transport_event(mig_engine *e, mig__tev *ev)
 			break;
 		}
 		c->up = true;
+		if (!c->peer_engine_id)
+			c->peer_engine_id = mig__strdup(ev->peer_engine_id ? ev->peer_engine_id : "");
 		mig__engine_log(e, MIG_LOG_DEBUG, "%s connection %llu up (%s %s)",
 				ev->inbound ? "inbound" : "outbound",
 				(unsigned long long)ev->conn, ev->peer_engine_id, c->url);
@@ -727,6 +752,8 @@ static void on_transport_event(mig_engine *e, mig__tev *ev)
 			mig__handoff_on_frame(e, ev->conn, ev->frame, ev->frame_bytes);
 		else if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_CONTROL)
 			mig__control_on_frame(e, ev->conn, ev->frame);
+		else if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_SESSION)
+			mig__session_on_frame(e, ev->conn, ev->frame);
 		break;
 	case MIG__TEV_LOG:
 		queue_log(e, (mig_log_level)ev->level, ev->line);
@@ -776,6 +803,11 @@ MIG_EXPORT int mig_engine_dispatch(mig_engine *e)
 	}
 	now = mig__now_us();
 	uint64_t deadline = e->started ? mig__handoff_tick(e, now) : 0;
+	if (e->started) {
+		uint64_t sd = mig__session_tick(e, mig__now_us());
+		if (sd && (!deadline || sd < deadline))
+			deadline = sd;
+	}
 	arm_timer(e, deadline, mig__now_us());
 	pthread_mutex_unlock(&e->lock);
 	if (e->on_log)
@@ -827,6 +859,9 @@ void mig__migration_unref(struct mig_migration *m)
 		return;
 	mig__free(m->user);
 	mig__free(m->peer_url);
+	mig__free(m->peer_engine_id);
+	mig__free(m->peer_app_url);
+	mig__free(m->peer_session_url);
 	mig__free(m);
 }
 

@@ -15,6 +15,7 @@
 
 #include "common.h"
 #include "evq.h"
+#include "token.h"
 #include "transport.h"
 #include "wire.h"
 
@@ -90,6 +91,7 @@ enum mig__fault_point {
 	MIG__FAULT_FILE_TRUNCATE,      /* source cuts the link halfway through a stream */
 	MIG__FAULT_FILE_DOTDOT,        /* source sends a stream for "../evil" */
 	MIG__FAULT_FILE_BAD_SIGNATURE, /* destination sends block length 2^31-1 */
+	MIG__FAULT_FILE_CORRUPT_DATA,  /* source flips bytes inside its first chunk's data */
 };
 
 enum mig__fault_action {
@@ -139,7 +141,44 @@ struct mig_migration {
 	 * final file round. */
 	mig_buf *light;
 	size_t nlight;
+	/* Source, session channel: the destination's engine id (from the peer
+	 * handshake), its app's client URL and its session URL (from ACCEPT),
+	 * for the redirect sent to the user's clients after COMMITTED. */
+	char *peer_engine_id;
+	char *peer_app_url;
+	char *peer_session_url;
+	/* Source: a PROGRESS event is owed (phase change, round, data flowing);
+	 * sent from the tick at most every MIG__PROGRESS_INTERVAL_US. */
+	bool progress_pending;
+	uint64_t progress_last_us;
+	/* What the last PROGRESS said: an identical one is not sent again. */
+	enum mig__phase progress_phase;
+	unsigned progress_rounds;
+	uint64_t progress_bytes;
 };
+
+#define MIG__PROGRESS_INTERVAL_US 100000u
+
+/* Downtime histogram buckets (seconds); +Inf is implicit. */
+#define MIG__DOWNTIME_BUCKETS 8
+
+/* Counters for status and /metrics, guarded by the engine lock. Index
+ * [0] is the source role, [1] the destination. */
+typedef struct mig__metrics {
+	uint64_t started[2];
+	uint64_t committed[2];
+	uint64_t aborted[2];
+	uint64_t file_rounds;
+	uint64_t downtime_le[MIG__DOWNTIME_BUCKETS]; /* per bucket, not cumulative */
+	uint64_t downtime_count;
+	uint64_t downtime_sum_us;
+	/* Bytes of migrations no longer in the list (forgotten outcomes);
+	 * totals add those of the list. */
+	uint64_t forgotten_sent;
+	uint64_t forgotten_received;
+	uint64_t started_mono_us;
+	uint64_t started_wall_us;
+} mig__metrics;
 
 typedef struct mig__conn_rec {
 	struct mig__conn_rec *next;
@@ -149,6 +188,11 @@ typedef struct mig__conn_rec {
 	bool up;
 	bool subscribed; /* control: receives every event */
 	char *url;       /* outbound: the URL; inbound peer: advertised URL */
+	char *peer_engine_id; /* from the handshake ("" if none) */
+	/* Session channel: the user the client attached as (NULL until then). */
+	char *session_user;
+	uint64_t session_renew_us; /* when to send a fresh resume token */
+	bool session_closing; /* refused or redirected: closes after the reply */
 } mig__conn_rec;
 
 typedef struct mig__pending_log {
@@ -211,9 +255,17 @@ struct mig_engine {
 	mig__pending_log *logs_tail;
 	char last_error[256];
 	/* Faults (tests). */
+	/* Session channel (session.c). */
+	char *app_url;              /* option: the app's client endpoint */
+	unsigned session_ttl_s;     /* option: lifetime of minted tokens */
+	mig__nonce_cache used_nonces; /* tokens accepted here, until expiry */
+	uint64_t nonce_prune_us;    /* next prune of used_nonces */
+	uint64_t session_next_us;   /* earliest session_renew_us (0 = none) */
 	enum mig__fault_point fault_point;
 	enum mig__fault_action fault_action;
 	unsigned fault_count; /* how many more times to fire */
+	mig__metrics metrics;
+	bool metrics_off; /* option: no GET /metrics */
 };
 
 /* engine.c */
@@ -260,11 +312,37 @@ void mig__handoff_on_conn_down(mig_engine *e, uint64_t conn, int error,
 uint64_t mig__handoff_tick(mig_engine *e, uint64_t now);
 struct mig_migration *mig__handoff_find(mig_engine *e, const char *mid);
 
+/* session.c: the session channel (clients' reconnect helpers). */
+#define MIG__SESSION_TTL_DEFAULT_S 600u
+#define MIG__SESSION_TTL_MAX_S 3600u
+#define MIG__SESSION_NONCES_MAX 100000u
+int mig__session_init(mig_engine *e);
+void mig__session_destroy(mig_engine *e);
+void mig__session_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f);
+/* Source, after COMMITTED: sends every client attached as m->user a
+ * Redirect to the destination (a fresh token for it) and closes them. */
+void mig__session_redirect(mig_engine *e, struct mig_migration *m);
+/* Sends fresh resume tokens and forgets expired nonces. Returns the next
+ * deadline (0 = none). */
+uint64_t mig__session_tick(mig_engine *e, uint64_t now);
+
 /* control.c */
 void mig__control_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f);
 /* Called for every event: sends it to subscribers and to the control
  * request that started the migration; answers that request at the end. */
 void mig__control_publish(mig_engine *e, const mig_event *ev,
 			  struct mig_migration *m);
+
+/* metrics.c (with the engine lock) */
+/* Counts an event about to be emitted. */
+void mig__metrics_on_event(mig_engine *e, mig_event_type type, const struct mig_migration *m);
+/* Bytes sent and received by every migration since the engine started. */
+void mig__metrics_bytes(mig_engine *e, uint64_t *sent, uint64_t *received);
+/* The source's phase name ("begin", "precopy", ...) or the destination's
+ * ("accepted", ...). */
+const char *mig__phase_name(const struct mig_migration *m);
+/* Without the lock (it takes it): the Prometheus text for GET /metrics,
+ * allocated with mig__malloc; NULL on no memory. ctx is the engine. */
+char *mig__metrics_render(void *ctx, size_t *len);
 
 #endif

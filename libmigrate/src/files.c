@@ -29,9 +29,9 @@
 
 #include "files.h"
 
-#define FILES_MAX_DEPTH 64          /* components in a scanned or staged path */
-#define FILES_CHUNK (256u * 1024)   /* read size for digests and copies */
-#define FILES_FD_DEPTH 32           /* removal holds a descriptor per level up to here */
+#define FILES_MAX_DEPTH 64        /* components in a scanned or staged path */
+#define FILES_CHUNK (256u * 1024) /* read size for digests and copies */
+#define FILES_FD_DEPTH 32         /* removal holds a descriptor per level up to here */
 #define FILES_RESERVED ".mig-"
 #define FILES_RESERVED_LEN (sizeof(FILES_RESERVED) - 1)
 
@@ -50,12 +50,12 @@ static int err_of(int e)
 	switch (e) {
 	case ENOMEM:
 		return MIG_ENOMEM;
-	case ELOOP:        /* a symlink in the way */
-	case EXDEV:        /* resolution would leave the root */
-	case ENOTDIR:      /* a file where the path needs a directory */
-	case EISDIR:       /* a directory where the path needs a file */
+	case ELOOP:   /* a symlink in the way */
+	case EXDEV:   /* resolution would leave the root */
+	case ENOTDIR: /* a file where the path needs a directory */
+	case EISDIR:  /* a directory where the path needs a file */
 	case ENAMETOOLONG:
-	case EINVAL:       /* not a regular file, or a path rule */
+	case EINVAL: /* not a regular file, or a path rule */
 		return MIG_EINVAL;
 	default:
 		return MIG_EIO;
@@ -115,8 +115,7 @@ bool mig__path_valid(const char *rel)
 static bool user_ok(const char *user)
 {
 	return mig__valid_user(user) && !strchr(user, '/') && strcmp(user, ".") != 0 &&
-	       strcmp(user, "..") != 0 &&
-	       strncmp(user, FILES_RESERVED, FILES_RESERVED_LEN) != 0;
+	       strcmp(user, "..") != 0 && strncmp(user, FILES_RESERVED, FILES_RESERVED_LEN) != 0;
 }
 
 static bool root_ok(const char *root)
@@ -353,9 +352,10 @@ static unsigned char entry_type(int dirfd, const struct dirent *de)
 	struct stat st;
 	if (fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return DT_UNKNOWN;
-	return S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG
-	       : S_ISLNK(st.st_mode)                                 ? DT_LNK
-									       : DT_FIFO;
+	return S_ISDIR(st.st_mode)   ? DT_DIR
+	       : S_ISREG(st.st_mode) ? DT_REG
+	       : S_ISLNK(st.st_mode) ? DT_LNK
+				     : DT_FIFO;
 }
 
 static bool dot_or_dotdot(const char *n)
@@ -432,8 +432,10 @@ static int remove_deep(int parent, const char *name, dev_t dev)
 		}
 		char *sub = NULL;
 		struct dirent *de;
-		errno = 0;
-		while ((de = readdir(d))) {
+		for (;;) {
+			errno = 0;
+			if (!(de = readdir(d)))
+				break;
 			if (dot_or_dotdot(de->d_name))
 				continue;
 			if (de->d_type != DT_DIR) {
@@ -498,7 +500,8 @@ static int remove_deep(int parent, const char *name, dev_t dev)
 			struct stat ust;
 			if (up < 0)
 				goto out;
-			if (fstat(up, &ust) < 0 || ust.st_dev != dev || ust.st_ino != st[n - 2].ino) {
+			if (fstat(up, &ust) < 0 || ust.st_dev != dev ||
+			    ust.st_ino != st[n - 2].ino) {
 				close(up);
 				errno = ESTALE;
 				goto out;
@@ -548,14 +551,16 @@ static int empty_dir(int fd, dev_t dev, int depth)
 	}
 	int rc = 0;
 	struct dirent *de;
-	errno = 0;
-	while ((de = readdir(d))) {
+	for (;;) {
+		errno = 0;
+		if (!(de = readdir(d)))
+			break;
 		const char *name = de->d_name;
 		if (dot_or_dotdot(name))
 			continue;
 		if (de->d_type != DT_DIR) {
 			if (unlinkat(fd, name, 0) == 0 || errno == ENOENT)
-				goto next;
+				continue;
 			if (errno != EISDIR) {
 				rc = -1;
 				break;
@@ -575,8 +580,6 @@ static int empty_dir(int fd, dev_t dev, int depth)
 		}
 		if (rc)
 			break;
-next:
-		errno = 0;
 	}
 	if (!rc && !de && errno)
 		rc = -1;
@@ -641,11 +644,13 @@ typedef struct scan_ctx {
 	size_t why_len;
 	char path[MIG__PATH_MAX + 1]; /* of the directory being read, "" at the top */
 	size_t len;
+	int err; /* errno of a failure */
 } scan_ctx;
 
 /* Writes "<user>/<path>: <what>" into why, control characters as '?'. */
 static int scan_refuse(scan_ctx *c, int rc, const char *name, const char *what)
 {
+	c->err = EINVAL;
 	if (!c->why || !c->why_len)
 		return rc;
 	snprintf(c->why, c->why_len, "%s%s%s%s%s: %s", c->user, c->len ? "/" : "", c->path,
@@ -661,6 +666,7 @@ static int scan_errno(scan_ctx *c, const char *name, int e)
 	char buf[128];
 	const char *msg = strerror_r(e, buf, sizeof(buf));
 	scan_refuse(c, 0, name, msg);
+	c->err = e;
 	return err_io(e);
 }
 
@@ -671,14 +677,18 @@ static int scan_add(scan_ctx *c, const struct stat *st)
 	if (c->list.count == c->cap) {
 		size_t ncap = c->cap ? 2 * c->cap : 64;
 		mig__file_entry *e = mig__realloc(c->list.entries, ncap * sizeof(*e));
-		if (!e)
+		if (!e) {
+			c->err = ENOMEM;
 			return MIG_ENOMEM;
+		}
 		c->list.entries = e;
 		c->cap = ncap;
 	}
 	char *p = mig__strndup(c->path, c->len);
-	if (!p)
+	if (!p) {
+		c->err = ENOMEM;
 		return MIG_ENOMEM;
+	}
 	c->list.entries[c->list.count++] = (mig__file_entry){
 		.path = p,
 		.size = (uint64_t)st->st_size,
@@ -722,7 +732,8 @@ static int scan_dir(scan_ctx *c, int fd, size_t depth)
 			break;
 		}
 		if (!strncmp(name, FILES_RESERVED, FILES_RESERVED_LEN)) {
-			rc = scan_refuse(c, MIG_EINVAL, name, "names starting with .mig- are reserved");
+			rc = scan_refuse(c, MIG_EINVAL, name,
+					 "names starting with .mig- are reserved");
 			break;
 		}
 		struct stat st;
@@ -738,7 +749,7 @@ static int scan_dir(scan_ctx *c, int fd, size_t depth)
 		}
 		if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
 			rc = scan_refuse(c, MIG_EINVAL, name,
-					 S_ISFIFO(st.st_mode)	? "FIFOs are not moved"
+					 S_ISFIFO(st.st_mode)   ? "FIFOs are not moved"
 					 : S_ISSOCK(st.st_mode) ? "sockets are not moved"
 								: "device files are not moved");
 			break;
@@ -755,9 +766,12 @@ static int scan_dir(scan_ctx *c, int fd, size_t depth)
 		}
 		if (S_ISREG(st.st_mode)) {
 			rc = scan_add(c, &st);
-			if (rc == MIG_EINVAL && c->why && c->why_len)
-				snprintf(c->why, c->why_len, "%s: more than %d files", c->user,
-					 MIG__MAX_FILES);
+			if (rc == MIG_EINVAL) {
+				c->err = EINVAL;
+				if (c->why && c->why_len)
+					snprintf(c->why, c->why_len, "%s: more than %d files",
+						 c->user, MIG__MAX_FILES);
+			}
 		} else {
 			int cfd = beneath_open(dirfd(d), name, O_RDONLY | O_DIRECTORY, 0);
 			if (cfd >= 0)
@@ -828,13 +842,9 @@ int mig__files_scan(const char *root, const char *user, mig__file_list *out, cha
 		goto done;
 	}
 	rc = scan_dir(c, ufd, 0);
-	if (rc == MIG_EINVAL)
-		errno = EINVAL;
-	else if (rc == MIG_ENOMEM)
-		errno = ENOMEM;
 done:
 	if (rc) {
-		int keep = errno;
+		int keep = c->err ? c->err : errno;
 		mig__file_list_free(&c->list);
 		errno = keep;
 	} else {
@@ -919,8 +929,8 @@ out:
 
 /* Opens the root and the (created) staging directory holding rel:
  * *rfd the root (O_PATH), *pfd the parent, *base rel's last component. */
-static int staging_parent(const char *root, const char *mid, const char *rel, bool create,
-			  int *rfd, int *pfd, const char **base)
+static int staging_parent(const char *root, const char *mid, const char *rel, bool create, int *rfd,
+			  int *pfd, const char **base)
 {
 	char prefix[PBUF], parent[PBUF];
 	*rfd = *pfd = -1;
@@ -1059,8 +1069,7 @@ out:
 	return rc;
 }
 
-int mig__files_stage_existing(const char *root, const char *user, const char *mid,
-			      const char *rel)
+int mig__files_stage_existing(const char *root, const char *user, const char *mid, const char *rel)
 {
 	char upath[PBUF], uparent[PBUF];
 	const char *ubase;
@@ -1199,8 +1208,10 @@ static int sync_tree(int fd, int depth, bool start_only)
 	}
 	int rc = 0;
 	struct dirent *de;
-	errno = 0;
-	while ((de = readdir(d))) {
+	for (;;) {
+		errno = 0;
+		if (!(de = readdir(d)))
+			break;
 		if (dot_or_dotdot(de->d_name))
 			continue;
 		unsigned char t = entry_type(fd, de);
@@ -1211,7 +1222,8 @@ static int sync_tree(int fd, int depth, bool start_only)
 				rc = -1;
 				break;
 			}
-			cfd = openat(fd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			cfd = openat(fd, de->d_name,
+				     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (cfd < 0 || sync_tree(cfd, depth + 1, start_only) < 0) {
 				rc = -1;
 				break;
@@ -1237,7 +1249,6 @@ static int sync_tree(int fd, int depth, bool start_only)
 			rc = -1;
 			break;
 		}
-		errno = 0;
 	}
 	if (!rc && !de && errno)
 		rc = -1;

@@ -55,6 +55,8 @@ void mig__handoff_set_phase(struct mig_migration *m, enum mig__phase phase, uint
 	m->phase_started_us = mig__now_us();
 	m->deadline_us = deadline;
 	m->retries = 0;
+	if (m->outgoing)
+		m->progress_pending = true; /* PROGRESS with the new phase, from the tick */
 }
 
 uint64_t mig__handoff_timeout_us(const mig_engine *e)
@@ -104,15 +106,20 @@ void mig__handoff_emit(mig_engine *e, mig_event_type type, struct mig_migration 
 		.duration_us = (m->ended_us ? m->ended_us : mig__now_us()) - m->started_us,
 		.downtime_us = m->downtime_us,
 		.rounds = m->rounds,
+		.phase = m->outgoing ? mig__phase_name(m) : "",
+		.time_us = mig__wall_us(),
 	};
+	mig__metrics_on_event(e, type, m);
 	mig__control_publish(e, &ev, m);
-	mig__engine_log(e, MIG_LOG_INFO, "migration %s user %s: %s%s%s", mid, user,
+	mig__engine_log(e, type == MIG_EVENT_PROGRESS ? MIG_LOG_DEBUG : MIG_LOG_INFO,
+			"migration %s user %s: %s%s%s", mid, user,
 			type == MIG_EVENT_STARTED     ? "started"
 			: type == MIG_EVENT_PREPARED  ? "prepared"
 			: type == MIG_EVENT_COMMITTED ? "committed"
 			: type == MIG_EVENT_ABORTED   ? "aborted"
 			: type == MIG_EVENT_INCOMING  ? "incoming"
 			: type == MIG_EVENT_ACTIVATED ? "activated"
+			: type == MIG_EVENT_PROGRESS  ? ev.phase
 						      : "dropped",
 			reason[0] ? ": " : "", reason);
 	if (e->on_event) {
@@ -316,6 +323,8 @@ static void prune(mig_engine *e, uint64_t now)
 		if (old) {
 			*pp = m->next;
 			e->nmigrations--;
+			e->metrics.forgotten_sent += m->bytes_sent;
+			e->metrics.forgotten_received += m->bytes_received;
 			m->engine = NULL;
 			mig__migration_unref(m);
 		} else {
@@ -324,6 +333,40 @@ static void prune(mig_engine *e, uint64_t now)
 			pp = &m->next;
 		}
 	}
+}
+
+/* Sends the PROGRESS events owed, each migration at most once per
+ * MIG__PROGRESS_INTERVAL_US; returns when the next one is due (0 = none). */
+static uint64_t flush_progress(mig_engine *e)
+{
+	uint64_t next = 0;
+	for (struct mig_migration *m = e->migrations; m; m = m->next) {
+		if (!m->progress_pending)
+			continue;
+		if (m->phase == MIG__DONE || !m->outgoing) {
+			m->progress_pending = false; /* the final event said it all */
+			continue;
+		}
+		uint64_t now = mig__now_us();
+		uint64_t due = m->progress_last_us ? m->progress_last_us + MIG__PROGRESS_INTERVAL_US : 0;
+		if (now < due) {
+			if (!next || due < next)
+				next = due;
+			continue;
+		}
+		m->progress_pending = false;
+		/* File data the workers sent so far, for a bar that moves. */
+		m->bytes_sent += mig__xfer_collect_sent(m);
+		if (m->progress_last_us && m->progress_phase == m->phase &&
+		    m->progress_rounds == m->rounds && m->progress_bytes == m->bytes_sent)
+			continue; /* nothing new to say */
+		m->progress_last_us = now;
+		m->progress_phase = m->phase;
+		m->progress_rounds = m->rounds;
+		m->progress_bytes = m->bytes_sent;
+		mig__handoff_emit(e, MIG_EVENT_PROGRESS, m);
+	}
+	return next;
 }
 
 uint64_t mig__handoff_tick(mig_engine *e, uint64_t now)
@@ -336,8 +379,8 @@ uint64_t mig__handoff_tick(mig_engine *e, uint64_t now)
 		else
 			mig__dst_tick(e, m, mig__now_us());
 	}
+	uint64_t next = flush_progress(e);
 	prune(e, now);
-	uint64_t next = 0;
 	for (struct mig_migration *m = e->migrations; m; m = m->next)
 		if (m->phase != MIG__DONE && m->deadline_us &&
 		    (!next || m->deadline_us < next))

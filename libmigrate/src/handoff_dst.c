@@ -47,6 +47,8 @@ static void send_simple(mig_engine *e, struct mig_migration *m, uint64_t conn,
 	switch (which) {
 	case MIGWIRE__FRAME__BODY_ACCEPT:
 		a.mid = m->mid;
+		a.app_url = e->app_url; /* session channel: for the clients' redirect */
+		a.session_url = e->advertised_url;
 		f.accept = &a;
 		break;
 	case MIGWIRE__FRAME__BODY_PREPARED:

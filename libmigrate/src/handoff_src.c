@@ -117,6 +117,7 @@ static void src_committed(mig_engine *e, struct mig_migration *m)
 	mig__xfer_end(e, m, false);
 	free_light(m);
 	mig__handoff_finish(e, m, MIG_MIGRATION_COMMITTED, 0, "");
+	mig__session_redirect(e, m); /* the user's clients go to the destination */
 	mig__users_remove(&e->users, user);
 	if (e->nfdomains)
 		mig__xfer_release_user(e, user);
@@ -324,6 +325,19 @@ static void send_commit(mig_engine *e, struct mig_migration *m)
 			 (m->retries == 1 ? mig__handoff_timeout_us(e) / 4 : 0);
 }
 
+/* Session channel: who the destination is, for the redirect of the user's
+ * clients after COMMITTED. The engine id is the one its handshake gave. */
+static void remember_destination(mig_engine *e, struct mig_migration *m, const Migwire__Accept *a)
+{
+	mig__conn_rec *c = mig__engine_conn(e, m->conn);
+	mig__free(m->peer_engine_id);
+	mig__free(m->peer_app_url);
+	mig__free(m->peer_session_url);
+	m->peer_engine_id = c && c->peer_engine_id ? mig__strdup(c->peer_engine_id) : NULL;
+	m->peer_app_url = a->app_url && *a->app_url ? mig__strdup(a->app_url) : NULL;
+	m->peer_session_url = a->session_url && *a->session_url ? mig__strdup(a->session_url) : NULL;
+}
+
 static int remote_code(int code, int fallback)
 {
 	/* Codes from the peer are MIG_E* values; anything this build does not
@@ -342,6 +356,7 @@ void mig__src_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame 
 			src_abort(e, m, MIG_ECANCELED, "canceled", true);
 			return;
 		}
+		remember_destination(e, m, f->accept);
 		on_accept(e, m);
 		return;
 	case MIGWIRE__FRAME__BODY_REJECT:

@@ -55,6 +55,7 @@ struct conn {
 	size_t rx_cap;
 	bool rx_discard; /* a text message: being refused */
 	bool challenged; /* client: Challenge received, Hello sent */
+	bool attach_seen; /* server, session channel: the Attach frame arrived */
 	/* Outgoing messages, oldest first; the head may be partly written.
 	 * Handshake frames have their own queue so that the owner's messages,
 	 * which may be queued while connecting, go out only once authenticated. */
@@ -374,6 +375,16 @@ static bool secure(const mig__transport *t)
 	return t->cfg.secret_len > 0;
 }
 
+/* Whether the handshake on `c` proves the cluster secret. The session
+ * channel's clients do not know it: there the MACs are empty and the client
+ * authenticates with a session token in its first frame, Attach (checked
+ * below in on_message, and by the engine). Peer and control channels are
+ * always as strict as secure() says. */
+static bool handshake_mac(const mig__transport *t, const struct conn *c)
+{
+	return secure(t) && c->channel != MIGWIRE__CHANNEL__CHANNEL_SESSION;
+}
+
 static void server_send_challenge(mig__transport *t, struct conn *c)
 {
 	if (mig__random(c->server_nonce, sizeof(c->server_nonce)) != 0) {
@@ -424,7 +435,7 @@ static void client_on_challenge(mig__transport *t, struct conn *c, const Migwire
 	h.client_nonce.len = sizeof(c->client_nonce);
 	h.engine_id = t->engine_id;
 	h.advertised_url = (char *)(adv ? adv : "");
-	if (secure(t)) {
+	if (handshake_mac(t, c)) {
 		mig__auth_transcript tr;
 		transcript_of(t, c, t->engine_id, h.advertised_url, &tr);
 		if (mig__auth_mac(t->secret, t->cfg.secret_len, 'C', &tr, mac) != 0) {
@@ -459,7 +470,7 @@ static void server_on_hello(mig__transport *t, struct conn *c, const Migwire__He
 	const char *peer_url = h->advertised_url ? h->advertised_url : "";
 	mig__auth_transcript tr;
 	transcript_of(t, c, peer_id, peer_url, &tr);
-	if (secure(t)) {
+	if (handshake_mac(t, c)) {
 		if (!mig__auth_verify(t->secret, t->cfg.secret_len, 'C', &tr, h->mac.data,
 				      h->mac.len)) {
 			tlog(t, MIG_LOG_WARN, "%s: refused %s connection %llu: authentication failed",
@@ -471,7 +482,7 @@ static void server_on_hello(mig__transport *t, struct conn *c, const Migwire__He
 	}
 	uint8_t mac[MIG__AUTH_MAC_LEN];
 	Migwire__Welcome w = MIGWIRE__WELCOME__INIT;
-	if (secure(t)) {
+	if (handshake_mac(t, c)) {
 		if (mig__auth_mac(t->secret, t->cfg.secret_len, 'S', &tr, mac) != 0) {
 			refuse(c, MIG_ESYSTEM, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "hmac failed");
 			return;
@@ -490,13 +501,16 @@ static void server_on_hello(mig__transport *t, struct conn *c, const Migwire__He
 	f.welcome = &w;
 	send_frame(t, c, &f);
 	c->state = CONN_UP;
-	lws_set_timeout(c->wsi, NO_PENDING_TIMEOUT, 0);
+	/* A session client is not authenticated until its Attach arrives: the
+	 * handshake deadline keeps running until then. */
+	if (c->channel != MIGWIRE__CHANNEL__CHANNEL_SESSION)
+		lws_set_timeout(c->wsi, NO_PENDING_TIMEOUT, 0);
 	post_up(t, c);
 }
 
 static void client_on_welcome(mig__transport *t, struct conn *c, const Migwire__Welcome *w)
 {
-	if (secure(t)) {
+	if (handshake_mac(t, c)) {
 		const char *adv =
 			c->channel == MIGWIRE__CHANNEL__CHANNEL_PEER ? t->advertised_url : "";
 		mig__auth_transcript tr;
@@ -561,6 +575,17 @@ static void on_message(mig__transport *t, struct conn *c)
 		return;
 	default:
 		break;
+	}
+	if (c->inbound && c->channel == MIGWIRE__CHANNEL__CHANNEL_SESSION && !c->attach_seen) {
+		/* The session channel's authentication: only a token gets in. */
+		if (f->body_case != MIGWIRE__FRAME__BODY_ATTACH) {
+			mig__wire_free(f);
+			refuse(c, MIG_EAUTH, LWS_CLOSE_STATUS_POLICY_VIOLATION,
+			       "attach required before any other frame");
+			return;
+		}
+		c->attach_seen = true;
+		lws_set_timeout(c->wsi, NO_PENDING_TIMEOUT, 0);
 	}
 	mig__tev *ev = mig__calloc(1, sizeof(*ev));
 	if (!ev) {
@@ -900,6 +925,93 @@ static const char *connect_error(mig__transport *t, struct conn *c, const char *
 	return buf;
 }
 
+/* ------------------------------------------------------------------ HTTP */
+
+/* Plain HTTP on the listening port (protocols[0], whose per-session data
+ * this is): GET /metrics answers the owner's rendering, anything else 404.
+ * One request at a time per connection; the body goes out in pieces. */
+struct http_reply {
+	char *body;
+	size_t len;
+	size_t sent;
+};
+
+#define HTTP_PIECE_BYTES 4096u
+
+static void http_reply_free(struct http_reply *r)
+{
+	if (!r)
+		return;
+	mig__free(r->body);
+	r->body = NULL;
+	r->len = r->sent = 0;
+}
+
+/* Ends the transaction: keep-alive goes on, else the connection closes. */
+static int http_done(struct lws *wsi)
+{
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int http_status(struct lws *wsi, unsigned status)
+{
+	if (lws_return_http_status(wsi, status, NULL))
+		return -1;
+	return http_done(wsi);
+}
+
+static int on_http(mig__transport *t, struct lws *wsi, struct http_reply *r, const char *path)
+{
+	if (!r)
+		return -1;
+	http_reply_free(r);
+	if (!t->cfg.render_metrics || !path || strcmp(path, "/metrics") != 0)
+		return http_status(wsi, HTTP_STATUS_NOT_FOUND);
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
+		return http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED);
+	size_t len = 0;
+	char *body = t->cfg.render_metrics(t->cfg.metrics_ctx, &len);
+	if (!body)
+		return http_status(wsi, HTTP_STATUS_INTERNAL_SERVER_ERROR);
+	uint8_t head[LWS_PRE + 512];
+	uint8_t *start = head + LWS_PRE, *p = start, *end = head + sizeof(head) - 1;
+	if (lws_add_http_common_headers(wsi, HTTP_STATUS_OK, "text/plain; version=0.0.4; charset=utf-8",
+					len, &p, end) ||
+	    lws_finalize_write_http_header(wsi, start, &p, end)) {
+		mig__free(body);
+		return -1;
+	}
+	r->body = body;
+	r->len = len;
+	r->sent = 0;
+	lws_callback_on_writable(wsi);
+	return 0;
+}
+
+static int on_http_writeable(struct lws *wsi, struct http_reply *r)
+{
+	if (!r || !r->body)
+		return 0;
+	uint8_t piece[LWS_PRE + HTTP_PIECE_BYTES];
+	size_t n = r->len - r->sent;
+	if (n > HTTP_PIECE_BYTES)
+		n = HTTP_PIECE_BYTES;
+	bool last = r->sent + n == r->len;
+	memcpy(piece + LWS_PRE, r->body + r->sent, n);
+	if (lws_write(wsi, piece + LWS_PRE, n, last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) !=
+	    (int)n) {
+		http_reply_free(r);
+		return -1;
+	}
+	r->sent += n;
+	if (!last) {
+		lws_callback_on_writable(wsi);
+		return 0;
+	}
+	http_reply_free(r);
+	return http_done(wsi);
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
 		    size_t len)
 {
@@ -1026,7 +1138,21 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_WSI_DESTROY:
 		if (c && c->state != CONN_DEAD)
 			conn_gone(t, c);
+		if (channel == 0)
+			http_reply_free(user); /* an HTTP reply cut short */
 		return 0;
+
+	case LWS_CALLBACK_HTTP:
+		return t ? on_http(t, wsi, user, in) : -1;
+
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+		return on_http_writeable(wsi, user);
+
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		if (channel == 0)
+			http_reply_free(user);
+		break;
 
 	default:
 		break;
@@ -1109,9 +1235,10 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 	if (!t->cfg.max_frame)
 		t->cfg.max_frame = MIG__DEFAULT_MAX_FRAME;
 
-	/* protocols[0] catches plain HTTP and WebSockets without a known
-	 * subprotocol (closed at ESTABLISHED). */
-	t->protocols[0] = (struct lws_protocols){"http", callback, 0, 0, 0, NULL, 0};
+	/* protocols[0] catches plain HTTP (GET /metrics, on_http) and
+	 * WebSockets without a known subprotocol (closed at ESTABLISHED). */
+	t->protocols[0] = (struct lws_protocols){"http", callback, sizeof(struct http_reply), 0, 0,
+						 NULL, 0};
 	for (int ch = 1; ch <= 3; ch++)
 		t->protocols[ch] = (struct lws_protocols){
 			protocol_names[ch], callback, 0, FRAGMENT_BYTES, (unsigned)ch, NULL,

@@ -70,6 +70,11 @@ typedef struct mig__transport_cfg {
 	mig__evq *events;           /* where events go */
 	mig_log_level log_level;    /* most verbose MIG__TEV_LOG to post */
 	const char *name;           /* for log lines: "engine" or "ctl" */
+	/* GET /metrics on a listening transport: called on the I/O thread,
+	 * returns the body (mig__malloc'd, the transport frees it) or NULL.
+	 * NULL callback: every HTTP request gets 404. */
+	char *(*render_metrics)(void *ctx, size_t *len);
+	void *metrics_ctx;
 } mig__transport_cfg;
 
 /* Creates the lws context (binding the port if listening). */

@@ -71,6 +71,30 @@ bool mig__valid_mid(const char *mid)
 	return true;
 }
 
+bool mig__valid_app_url(const char *url)
+{
+	if (!url)
+		return false;
+	size_t n = strnlen(url, MIG__URL_MAX + 1);
+	if (n == 0 || n > MIG__URL_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f)
+			return false;
+	const char *sep = strstr(url, "://");
+	if (!sep || sep == url || !sep[3])
+		return false;
+	for (const char *p = url; p < sep; p++) {
+		char ch = *p;
+		bool ok = (ch >= 'a' && ch <= 'z') ||
+			  (p > url && ((ch >= '0' && ch <= '9') || ch == '+' || ch == '.' ||
+				       ch == '-'));
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
 static const struct {
 	int code;
 	const char *name;

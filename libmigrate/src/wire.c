@@ -5,11 +5,15 @@
 #include <string.h>
 
 #include "files.h"
+#include "token.h"
 #include "wire.h"
 
 /* Longest engine id and domain type name we accept from a peer. */
 #define WIRE_ENGINE_ID_MAX 128
 #define WIRE_TYPE_NAME_MAX 256
+/* Longest phase name, and how many user states a status may list. */
+#define WIRE_PHASE_MAX 32
+#define WIRE_USER_STATES 16
 
 /* Decode budget: bytes protobuf-c may hold at once while unpacking a message
  * of len bytes is DECODE_FACTOR * len + DECODE_SLACK. protobuf-c needs up to
@@ -193,6 +197,33 @@ static bool check_url(check *c, const char *field, const char *url, bool require
 		if (ch <= 0x20 || ch >= 0x7f)
 			return fail(c, "%s contains a space or control character", field);
 	}
+	return true;
+}
+
+/* The URL of an app's own client endpoint (session channel): any scheme
+ * ("https://", "tcp://", ...), printable, at most MIG__URL_MAX bytes. */
+static bool check_app_url(check *c, const char *field, const char *url)
+{
+	if (!url || !*url)
+		return true;
+	size_t n = strnlen(url, MIG__URL_MAX + 1);
+	if (n > MIG__URL_MAX)
+		return fail(c, "%s is longer than %d bytes", field, MIG__URL_MAX);
+	if (!mig__valid_app_url(url))
+		return fail(c, "%s is not a scheme://... URL without spaces", field);
+	return true;
+}
+
+static bool check_token(check *c, const char *field, const char *token, bool required)
+{
+	if (!token || !*token) {
+		if (required)
+			return fail(c, "%s is empty", field);
+		return true;
+	}
+	if (!mig__token_text_valid(token))
+		return fail(c, "%s is not a base64url token of at most %d characters", field,
+			    MIG__TOKEN_B64_MAX);
 	return true;
 }
 
@@ -401,23 +432,44 @@ static bool check_chunk(check *c, const Migwire__Chunk *m)
 	return true;
 }
 
-/* Deleted entries are "domain/path". */
+/* "domain/path": a valid domain name, then a valid relative path. */
+static bool check_domain_path(check *c, const char *field, size_t i, const char *dp)
+{
+	const char *slash = strchr(dp, '/');
+	char domain[MIG__NAME_MAX + 1];
+	size_t dn = slash ? (size_t)(slash - dp) : 0;
+	if (!slash || dn == 0 || dn > MIG__NAME_MAX)
+		return fail(c, "%s[%zu] is not domain/path", field, i);
+	memcpy(domain, dp, dn);
+	domain[dn] = '\0';
+	return check_domain_name(c, field, i, domain) && check_path(c, field, i, slash + 1);
+}
+
 static bool check_round_end(check *c, const Migwire__RoundEnd *m)
 {
-	if (!check_mid(c, "mid", m->mid) || !check_count(c, "deleted", m->n_deleted, MIG__MAX_FILES))
+	if (!check_mid(c, "mid", m->mid) || !check_count(c, "deleted", m->n_deleted, MIG__MAX_FILES) ||
+	    !check_count(c, "sent", m->n_sent, MIG__MAX_FILES))
 		return false;
-	for (size_t i = 0; i < m->n_deleted; i++) {
-		const char *slash = strchr(m->deleted[i], '/');
-		char domain[MIG__NAME_MAX + 1];
-		size_t dn = slash ? (size_t)(slash - m->deleted[i]) : 0;
-		if (!slash || dn == 0 || dn > MIG__NAME_MAX)
-			return fail(c, "deleted[%zu] is not domain/path", i);
-		memcpy(domain, m->deleted[i], dn);
-		domain[dn] = '\0';
-		if (!check_domain_name(c, "deleted", i, domain) ||
-		    !check_path(c, "deleted", i, slash + 1))
+	for (size_t i = 0; i < m->n_deleted; i++)
+		if (!check_domain_path(c, "deleted", i, m->deleted[i]))
 			return false;
+	for (size_t i = 0; i < m->n_sent; i++) {
+		if (!check_domain_path(c, "sent", i, m->sent[i]->path))
+			return false;
+		if (m->sent[i]->sha256.len != 32)
+			return fail(c, "sent[%zu] sha256 must be 32 bytes", i);
 	}
+	return true;
+}
+
+static bool check_round_done(check *c, const Migwire__RoundDone *m)
+{
+	if (!check_mid(c, "mid", m->mid) || (m->has_code && !check_code(c, "code", m->code)) ||
+	    !check_reason(c, "reason", m->reason) || !check_count(c, "redo", m->n_redo, MIG__MAX_FILES))
+		return false;
+	for (size_t i = 0; i < m->n_redo; i++)
+		if (!check_domain_path(c, "redo", i, m->redo[i]))
+			return false;
 	return true;
 }
 
@@ -436,13 +488,69 @@ static bool check_users(check *c, const Migwire__ListUsersReply *m)
 	return true;
 }
 
+/* Phase names are short lowercase words ("precopy"); unknown ones are
+ * accepted so a newer engine may add phases. Absent or "" means none. */
+static bool check_phase(check *c, const char *field, const char *phase, bool required)
+{
+	if (!phase || !*phase) {
+		if (required)
+			return fail(c, "%s is empty", field);
+		return true;
+	}
+	size_t n = strnlen(phase, WIRE_PHASE_MAX + 1);
+	if (n > WIRE_PHASE_MAX)
+		return fail(c, "%s is longer than %d bytes", field, WIRE_PHASE_MAX);
+	for (size_t i = 0; i < n; i++)
+		if ((phase[i] < 'a' || phase[i] > 'z') && phase[i] != '_')
+			return fail(c, "%s is not a lowercase word", field);
+	return true;
+}
+
 static bool check_event(check *c, const Migwire__Event *m)
 {
 	return check_enum(c, "type", &migwire__event_type__descriptor, (int)m->type) &&
 	       check_mid(c, "mid", m->mid) && check_user(c, "user", m->user) &&
 	       check_url(c, "peer_url", m->peer_url, false) &&
 	       (!m->has_code || check_code(c, "code", m->code)) &&
-	       check_reason(c, "reason", m->reason);
+	       check_reason(c, "reason", m->reason) && check_phase(c, "phase", m->phase, false);
+}
+
+static bool check_status(check *c, const Migwire__StatusReply *m)
+{
+	if (!check_engine_id(c, "engine_id", m->engine_id, true) ||
+	    !check_url(c, "url", m->url, false) ||
+	    !check_engine_id(c, "library_version", m->library_version, false) ||
+	    !check_count(c, "users", m->n_users, WIRE_USER_STATES) ||
+	    !check_count(c, "migrations", m->n_migrations, MIG__MAX_USERS_LISTED))
+		return false;
+	for (size_t i = 0; i < m->n_users; i++)
+		if (!protobuf_c_enum_descriptor_get_value(&migwire__user_state__descriptor,
+							  (int)m->users[i]->state))
+			return fail(c, "users[%zu] state has unknown value %d", i,
+				    (int)m->users[i]->state);
+	for (size_t i = 0; i < m->n_migrations; i++) {
+		const Migwire__MigrationStatus *s = m->migrations[i];
+		if (!mig__valid_mid(s->mid))
+			return fail(c, "migrations[%zu] mid is not a valid migration id", i);
+		if (!mig__valid_user(s->user))
+			return fail(c, "migrations[%zu] user is not a valid user id", i);
+		if (!check_url(c, "migrations.peer_url", s->peer_url, false) ||
+		    !check_phase(c, "migrations.phase", s->phase, true))
+			return false;
+		if (!protobuf_c_enum_descriptor_get_value(&migwire__migration_role__descriptor,
+							  (int)s->role))
+			return fail(c, "migrations[%zu] role has unknown value %d", i, (int)s->role);
+	}
+	return true;
+}
+
+/* Exactly one of mid and user. */
+static bool check_cancel(check *c, const Migwire__CancelRequest *m)
+{
+	bool has_mid = m->mid && *m->mid, has_user = m->user && *m->user;
+	if (has_mid == has_user)
+		return fail(c, "exactly one of mid and user must be set");
+	return has_mid ? check_mid(c, "mid", m->mid) : check_user(c, "user", m->user);
 }
 
 static bool check_reply(check *c, const Migwire__Reply *m)
@@ -471,7 +579,9 @@ static bool check_frame(check *c, const mig__frame *f)
 	case MIGWIRE__FRAME__BODY_BEGIN:
 		return check_begin(c, f->begin);
 	case MIGWIRE__FRAME__BODY_ACCEPT:
-		return check_mid(c, "mid", f->accept->mid);
+		return check_mid(c, "mid", f->accept->mid) &&
+		       check_app_url(c, "app_url", f->accept->app_url) &&
+		       check_url(c, "session_url", f->accept->session_url, false);
 	case MIGWIRE__FRAME__BODY_REJECT:
 		return check_mid(c, "mid", f->reject->mid) &&
 		       check_code(c, "code", f->reject->code) &&
@@ -510,9 +620,7 @@ static bool check_frame(check *c, const mig__frame *f)
 	case MIGWIRE__FRAME__BODY_ROUND_END:
 		return check_round_end(c, f->round_end);
 	case MIGWIRE__FRAME__BODY_ROUND_DONE:
-		return check_mid(c, "mid", f->round_done->mid) &&
-		       (!f->round_done->has_code || check_code(c, "code", f->round_done->code)) &&
-		       check_reason(c, "reason", f->round_done->reason);
+		return check_round_done(c, f->round_done);
 	case MIGWIRE__FRAME__BODY_MIGRATE:
 		return check_user(c, "user", f->migrate->user) &&
 		       check_url(c, "destination_url", f->migrate->destination_url, true);
@@ -525,6 +633,32 @@ static bool check_frame(check *c, const mig__frame *f)
 		return check_event(c, f->event);
 	case MIGWIRE__FRAME__BODY_REPLY:
 		return check_reply(c, f->reply);
+	case MIGWIRE__FRAME__BODY_ATTACH:
+		return check_token(c, "token", f->attach->token, true) &&
+		       (!f->attach->user || !*f->attach->user ||
+			check_user(c, "user", f->attach->user));
+	case MIGWIRE__FRAME__BODY_ATTACH_REPLY:
+		return check_code(c, "code", f->attach_reply->code) &&
+		       check_reason(c, "reason", f->attach_reply->reason) &&
+		       (!f->attach_reply->user || !*f->attach_reply->user ||
+			check_user(c, "user", f->attach_reply->user)) &&
+		       check_engine_id(c, "engine_id", f->attach_reply->engine_id, false) &&
+		       check_app_url(c, "app_url", f->attach_reply->app_url) &&
+		       check_token(c, "resume_token", f->attach_reply->resume_token, false);
+	case MIGWIRE__FRAME__BODY_REDIRECT:
+		return check_user(c, "user", f->redirect->user) &&
+		       check_url(c, "session_url", f->redirect->session_url, true) &&
+		       check_token(c, "token", f->redirect->token, true) &&
+		       check_app_url(c, "app_url", f->redirect->app_url) &&
+		       check_engine_id(c, "engine_id", f->redirect->engine_id, false);
+	case MIGWIRE__FRAME__BODY_SESSION_RENEW:
+		return check_token(c, "token", f->session_renew->token, true);
+	case MIGWIRE__FRAME__BODY_STATUS_REQUEST:
+		return true;
+	case MIGWIRE__FRAME__BODY_STATUS:
+		return check_status(c, f->status);
+	case MIGWIRE__FRAME__BODY_CANCEL:
+		return check_cancel(c, f->cancel);
 	default:
 		return fail(c, "frame has unknown body %d", (int)f->body_case);
 	}
@@ -653,6 +787,20 @@ const char *mig__wire_body_name(const mig__frame *frame)
 		return "event";
 	case MIGWIRE__FRAME__BODY_REPLY:
 		return "reply";
+	case MIGWIRE__FRAME__BODY_ATTACH:
+		return "attach";
+	case MIGWIRE__FRAME__BODY_ATTACH_REPLY:
+		return "attach_reply";
+	case MIGWIRE__FRAME__BODY_REDIRECT:
+		return "redirect";
+	case MIGWIRE__FRAME__BODY_SESSION_RENEW:
+		return "session_renew";
+	case MIGWIRE__FRAME__BODY_STATUS_REQUEST:
+		return "status_request";
+	case MIGWIRE__FRAME__BODY_STATUS:
+		return "status";
+	case MIGWIRE__FRAME__BODY_CANCEL:
+		return "cancel";
 	default:
 		return "unknown";
 	}

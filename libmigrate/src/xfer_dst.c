@@ -103,11 +103,13 @@ static void fail(struct mig__xfer *x, int err, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void send_round_done(struct mig__xfer *x, uint32_t round)
+static void send_round_done(struct mig__xfer *x, uint32_t round, char **redo, size_t nredo)
 {
 	Migwire__RoundDone rd = MIGWIRE__ROUND_DONE__INIT;
 	rd.mid = x->mid;
 	rd.round = round;
+	rd.n_redo = nredo;
+	rd.redo = redo;
 	if (x->failed) {
 		rd.has_code = true;
 		rd.code = x->failed;
@@ -193,7 +195,7 @@ static void signatures_task(void *arg)
 		mig__free(croot);
 	}
 	mig__free(buf);
-	send_round_done(x, 0);
+	send_round_done(x, 0, NULL, 0);
 }
 
 int mig__xdst_start(mig_engine *e, struct mig_migration *m)
@@ -225,6 +227,7 @@ struct stream_job {
 	size_t domain;
 	char *path;
 	uint64_t offset;
+	uint64_t size; /* UINT64_MAX: not announced */
 };
 
 static void stream_job_free(void *arg)
@@ -294,6 +297,9 @@ static void open_stream_task(void *arg)
 	}
 	if (mig__patch_new(s->basis_fd, s->out_fd, &s->patch) != 0)
 		fail(x, MIG_ENOMEM, "out of memory");
+	else if (j->size != UINT64_MAX)
+		/* A few bytes of copy commands must not fill the disk. */
+		mig__patch_set_max_output(s->patch, j->size);
 out:
 	stream_job_free(j);
 }
@@ -404,9 +410,17 @@ out:
 	mig__free(j);
 }
 
+struct sent_entry {
+	char *path; /* "domain/path" */
+	uint64_t size;
+	uint8_t sha[32];
+};
+
 struct round_end_job {
 	struct mig__xfer *x;
 	uint32_t round;
+	struct sent_entry *sent;
+	size_t nsent;
 	size_t n;
 	char *deleted[];
 };
@@ -416,7 +430,51 @@ static void round_end_free(void *arg)
 	struct round_end_job *j = arg;
 	for (size_t i = 0; i < j->n; i++)
 		mig__free(j->deleted[i]);
+	for (size_t i = 0; i < j->nsent; i++)
+		mig__free(j->sent[i].path);
+	mig__free(j->sent);
 	mig__free(j);
+}
+
+/* Splits "domain/path" in place; returns the domain index or SIZE_MAX. */
+static size_t split_domain_path(struct mig__xfer *x, char *dp, char **path)
+{
+	char *slash = strchr(dp, '/');
+	*slash = '\0';
+	*path = slash + 1;
+	size_t found = SIZE_MAX;
+	for (size_t d = 0; d < x->ndd; d++)
+		if (strcmp(x->dd[d].d->name, dp) == 0)
+			found = d;
+	*slash = '/';
+	return found;
+}
+
+/* Checks each file the round sent against the source's digest. A mismatch
+ * (librsync matched a block by its checksums that was not the same data)
+ * is not an error: the staged file is dropped and the source asked to send
+ * it whole. Returns the number of such files, listed in redo. */
+static size_t check_sent(struct mig__xfer *x, struct round_end_job *j, char **redo)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < j->nsent; i++) {
+		char *path;
+		size_t d = split_domain_path(x, j->sent[i].path, &path);
+		if (d == SIZE_MAX)
+			continue;
+		struct dst_file *f = find_file(&x->dd[d], path, false);
+		uint8_t got[32];
+		bool ok = f && f->hash && f->size == j->sent[i].size &&
+			  mig__sha256_peek(f->hash, got) == 0 && memcmp(got, j->sent[i].sha, 32) == 0;
+		if (ok)
+			continue;
+		if (f) {
+			mig__files_staging_unlink(x->dd[d].d->root, x->mid, path);
+			remove_file(&x->dd[d], f);
+		}
+		redo[n++] = j->sent[i].path;
+	}
+	return n;
 }
 
 static void round_end_task(void *arg)
@@ -436,8 +494,15 @@ static void round_end_task(void *arg)
 			}
 		}
 	}
+	char **redo = mig__calloc(j->nsent ? j->nsent : 1, sizeof(*redo));
+	size_t nredo = 0;
+	if (!redo)
+		fail(x, MIG_ENOMEM, "out of memory");
+	else if (!x->failed)
+		nredo = check_sent(x, j, redo);
 	send_credit(x, true);
-	send_round_done(x, j->round);
+	send_round_done(x, j->round, redo, nredo);
+	mig__free(redo);
 	round_end_free(j);
 }
 
@@ -474,6 +539,7 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 		j->kind = fs->kind;
 		j->domain = d;
 		j->offset = fs->offset;
+		j->size = fs->has_size ? fs->size : UINT64_MAX;
 		rc = mig__strand_post(x->strand, open_stream_task, stream_job_free, j);
 		if (rc)
 			stream_job_free(j);
@@ -512,6 +578,15 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 				rc = MIG_ENOMEM;
 				break;
 			}
+		j->sent = mig__calloc(re->n_sent ? re->n_sent : 1, sizeof(*j->sent));
+		if (!j->sent)
+			rc = MIG_ENOMEM;
+		for (size_t i = 0; !rc && i < re->n_sent; i++, j->nsent++) {
+			j->sent[i].size = re->sent[i]->size;
+			memcpy(j->sent[i].sha, re->sent[i]->sha256.data, 32);
+			if (!(j->sent[i].path = mig__strdup(re->sent[i]->path)))
+				rc = MIG_ENOMEM;
+		}
 		if (!rc)
 			rc = mig__strand_post(x->strand, round_end_task, round_end_free, j);
 		if (rc)

@@ -18,6 +18,8 @@
 /* A signature larger than this is refused (a 1 TiB file's is ~12 MiB). */
 #define XFER_SIG_MAX (64u * 1024 * 1024)
 #define XFER_MAX_ROUNDS 16
+/* Rounds that resend files after a checksum false match, at most. */
+#define XFER_MAX_REDO 3
 
 /* ---- source ---- */
 struct src_file {
@@ -119,6 +121,7 @@ struct mig__xfer {
 	uint64_t round_started_us;
 	atomic_uint_least64_t round_sent_bytes; /* strand writes; read after RoundDone */
 	uint64_t prev_estimate;
+	unsigned redo_rounds;
 	double throughput;             /* chunk bytes per second, last round */
 	uint64_t credited_bytes;
 	uint64_t first_chunk_us;

@@ -107,8 +107,18 @@ static int inject_fault(struct sink_ctx *s)
 {
 	struct mig__xfer *x = s->x;
 	if (x->fault == MIG__FAULT_FILE_CORRUPT_CHUNK && s->len > 64) {
+		/* Not a delta any more: its magic is gone. (Damage inside the
+		 * literal data would be caught by the digest and resent.) */
 		x->fault = MIG__FAULT_NONE;
-		for (size_t i = s->len / 2; i < s->len / 2 + 16; i++)
+		for (size_t i = 0; i < 16; i++)
+			s->buf[i] ^= 0x5a;
+	} else if (x->fault == MIG__FAULT_FILE_CORRUPT_DATA && s->len > 4096) {
+		/* Inside a literal: the patch succeeds with wrong bytes, as after
+		 * a checksum false match; the digest check must catch it. */
+		x->fault = MIG__FAULT_NONE;
+		/* 1000 bytes into a 64 KiB literal run: clear of the command
+		 * bytes between runs. */
+		for (size_t i = 1000; i < 1016; i++)
 			s->buf[i] ^= 0x5a;
 	} else if (x->fault == MIG__FAULT_FILE_TRUNCATE && s->total > 0) {
 		x->fault = MIG__FAULT_NONE;
@@ -152,7 +162,7 @@ static int sink(const uint8_t *data, size_t len, void *ud)
 }
 
 static int open_stream(struct mig__xfer *x, size_t domain, struct src_file *f, int kind,
-		       uint64_t offset, uint32_t *id)
+		       uint64_t offset, uint64_t size, uint32_t *id)
 {
 	if (x->fault == MIG__FAULT_FILE_DOTDOT) {
 		/* A hostile source: the destination must refuse the frame. */
@@ -182,6 +192,8 @@ static int open_stream(struct mig__xfer *x, size_t domain, struct src_file *f, i
 	}
 	fs.has_mode = true;
 	fs.mode = f->mode;
+	fs.has_size = true;
+	fs.size = size;
 	mig__frame fr = MIGWIRE__FRAME__INIT;
 	fr.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
 	fr.file_stream = &fs;
@@ -192,7 +204,8 @@ static int open_stream(struct mig__xfer *x, size_t domain, struct src_file *f, i
 static int send_tail(struct mig__xfer *x, size_t domain, struct src_file *f, int fd,
 		     struct sink_ctx *s, uint64_t limit, char *why, size_t why_len)
 {
-	int rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_TAIL, f->sent_size, &s->stream);
+	int rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_TAIL, f->sent_size, limit,
+			     &s->stream);
 	uint64_t off = f->sent_size;
 	while (!rc && off < limit) {
 		size_t want = XFER_CHUNK_BYTES;
@@ -232,7 +245,7 @@ static int send_delta(struct mig__xfer *x, size_t domain, struct src_file *f, in
 		if (rc)
 			return rc;
 	}
-	int rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_DELTA, 0, &s->stream);
+	int rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_DELTA, 0, limit, &s->stream);
 	if (!rc)
 		rc = mig__delta_generate(fd, limit, sig, XFER_CHUNK_BYTES, sink, s);
 	mig__delta_sig_free(sig);
@@ -349,6 +362,51 @@ static bool needs_send(const struct src_domain *sd, const struct src_file *f)
 			      f->sent_ino != f->ino);
 }
 
+/* The files a round sent, with their digests, for RoundEnd. */
+struct sent_list {
+	Migwire__FileEntry *entries;
+	Migwire__FileEntry **ptrs;
+	uint8_t *digests;
+	size_t n;
+	size_t cap;
+};
+
+static int sent_add(struct sent_list *l, const char *domain, const struct src_file *f)
+{
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 16;
+		Migwire__FileEntry *e = mig__realloc(l->entries, cap * sizeof(*e));
+		if (!e)
+			return MIG_ENOMEM;
+		l->entries = e;
+		uint8_t *d = mig__realloc(l->digests, cap * 32);
+		if (!d)
+			return MIG_ENOMEM;
+		l->digests = d;
+		l->cap = cap;
+	}
+	Migwire__FileEntry *e = &l->entries[l->n];
+	migwire__file_entry__init(e);
+	e->path = mig__asprintf("%s/%s", domain, f->path);
+	if (!e->path || !f->sha || mig__sha256_peek(f->sha, l->digests + 32 * l->n) != 0) {
+		mig__free(e->path);
+		return e->path ? MIG_ESYSTEM : MIG_ENOMEM;
+	}
+	e->size = f->sent_size;
+	e->sha256.len = 32;
+	l->n++;
+	return 0;
+}
+
+static void sent_free(struct sent_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		mig__free(l->entries[i].path);
+	mig__free(l->entries);
+	mig__free(l->ptrs);
+	mig__free(l->digests);
+}
+
 /* Sends one round; `final` rounds also build the manifests. */
 static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len)
 {
@@ -359,12 +417,16 @@ static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len
 	int rc = 0;
 	char **deleted = NULL;
 	size_t ndeleted = 0, cap_deleted = 0;
+	struct sent_list sent = {0};
 	for (size_t i = 0; i < x->nsd && !rc; i++) {
 		struct src_domain *sd = &x->sd[i];
 		for (size_t k = 0; k < sd->n && !rc; k++) {
 			struct src_file *f = &sd->files[k];
 			if (needs_send(sd, f)) {
+				s.total = 0;
 				rc = send_file(x, i, f, &s, why, why_len);
+				if (!rc)
+					rc = sent_add(&sent, sd->d->name, f);
 			} else if (!f->present && f->sent) {
 				if (ndeleted == cap_deleted) {
 					cap_deleted = cap_deleted ? 2 * cap_deleted : 16;
@@ -393,11 +455,24 @@ static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len
 		re.deleted = deleted;
 		re.has_final = final;
 		re.final = final;
+		/* Pointers into the arrays only now: they may have moved while
+		 * the list grew. */
+		sent.ptrs = mig__calloc(sent.n ? sent.n : 1, sizeof(*sent.ptrs));
+		if (!sent.ptrs)
+			rc = MIG_ENOMEM;
+		for (size_t i = 0; sent.ptrs && i < sent.n; i++) {
+			sent.entries[i].sha256.data = sent.digests + 32 * i;
+			sent.ptrs[i] = &sent.entries[i];
+		}
+		re.n_sent = sent.n;
+		re.sent = sent.ptrs;
 		mig__frame fr = MIGWIRE__FRAME__INIT;
 		fr.body_case = MIGWIRE__FRAME__BODY_ROUND_END;
 		fr.round_end = &re;
-		rc = mig__xfer_send(x, &fr);
+		if (!rc)
+			rc = mig__xfer_send(x, &fr);
 	}
+	sent_free(&sent);
 	for (size_t i = 0; i < ndeleted; i++)
 		mig__free(deleted[i]);
 	mig__free(deleted);
@@ -407,6 +482,18 @@ static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len
 
 static int build_manifests(struct mig__xfer *x)
 {
+	/* A resend after a false match builds them again. */
+	mig__free(x->manifests);
+	mig__free(x->manifest_ptrs);
+	mig__free(x->entries);
+	mig__free(x->entry_ptrs);
+	mig__free(x->digests);
+	x->manifests = NULL;
+	x->manifest_ptrs = NULL;
+	x->entries = NULL;
+	x->entry_ptrs = NULL;
+	x->digests = NULL;
+	x->nmanifests = 0;
 	size_t total = 0;
 	for (size_t i = 0; i < x->nsd; i++)
 		for (size_t k = 0; k < x->sd[i].n; k++)
@@ -464,6 +551,9 @@ static void record_round(struct mig_migration *m, int round, uint64_t bytes)
 		m->round_bytes[round - 1] = bytes;
 	m->rounds = (unsigned)round;
 	m->bytes_sent += mig__xfer_collect_sent(m);
+	m->progress_pending = true; /* a PROGRESS event, from the tick */
+	if (m->engine)
+		m->engine->metrics.file_rounds++;
 }
 
 static void round_failed(mig_engine *e, struct mig_migration *m, int value, uint64_t aux,
@@ -475,7 +565,8 @@ static void final_sent(mig_engine *e, struct mig_migration *m, int value, uint64
 {
 	MIG__UNUSED(why);
 	record_round(m, value, aux);
-	mig__src_final_sent(e, m);
+	/* PREPARE waits for the destination's RoundDone: every file checked. */
+	m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
 }
 
 static void round_task(void *arg)
@@ -553,6 +644,70 @@ static void round_stop(mig_engine *e, struct mig_migration *m, int value, uint64
 	MIG__UNUSED(why);
 	m->xfer->round--; /* that round was not sent; the final one takes its number */
 	mig__src_precopy_done(e, m);
+}
+
+struct redo_job {
+	struct mig__xfer *x;
+	size_t n;
+	char *paths[];
+};
+
+static void redo_free(void *arg)
+{
+	struct redo_job *j = arg;
+	for (size_t i = 0; i < j->n; i++)
+		mig__free(j->paths[i]);
+	mig__free(j);
+}
+
+/* Files the destination could not reproduce are sent whole next time. */
+static void redo_task(void *arg)
+{
+	struct redo_job *j = arg;
+	struct mig__xfer *x = j->x;
+	for (size_t i = 0; i < j->n; i++) {
+		char *slash = strchr(j->paths[i], '/');
+		*slash = '\0';
+		for (size_t d = 0; d < x->nsd; d++) {
+			if (strcmp(x->sd[d].d->name, j->paths[i]) != 0)
+				continue;
+			struct src_file *f = find_file(&x->sd[d], slash + 1, false);
+			if (f)
+				file_forget_sent(f);
+		}
+	}
+	redo_free(j);
+}
+
+static int post_redo(struct mig__xfer *x, const Migwire__RoundDone *rd)
+{
+	struct redo_job *j = mig__calloc(1, sizeof(*j) + rd->n_redo * sizeof(char *));
+	if (!j)
+		return MIG_ENOMEM;
+	j->x = x;
+	for (; j->n < rd->n_redo; j->n++)
+		if (!(j->paths[j->n] = mig__strdup(rd->redo[j->n]))) {
+			redo_free(j);
+			return MIG_ENOMEM;
+		}
+	int rc = mig__strand_post(x->strand, redo_task, redo_free, j);
+	if (rc)
+		redo_free(j);
+	return rc;
+}
+
+static void prepare_ready(mig_engine *e, struct mig_migration *m, int value, uint64_t aux,
+			  const char *why)
+{
+	mig__src_final_sent(e, m);
+}
+
+/* Runs after everything queued on the strand (the final round and its
+ * manifests), then lets dispatch send PREPARE. */
+static void ready_task(void *arg)
+{
+	struct mig__xfer *x = arg;
+	mig__xfer_complete(x, prepare_ready, 0, 0, "");
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -667,6 +822,7 @@ void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 		break;
 	}
 	case MIGWIRE__FRAME__BODY_CREDIT:
+		m->progress_pending = true; /* data is flowing: the tick reports it */
 		mig__xfer_credit(x, f->credit->bytes);
 		x->credited_bytes += f->credit->bytes;
 		if (!x->first_chunk_us)
@@ -686,7 +842,27 @@ void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 			break;
 		}
 		if (rd->round != x->round)
-			return; /* the final round's answer, or a stray */
+			return; /* a stray */
+		if (rd->n_redo) {
+			mig__engine_log(e, MIG_LOG_INFO,
+					"migration %s: %zu files to resend whole after round %u",
+					m->mid, rd->n_redo, rd->round);
+			if (++x->redo_rounds > XFER_MAX_REDO) {
+				rc = MIG_EPROTO;
+				snprintf(why, sizeof(why), "files still differ after %u resends",
+					 XFER_MAX_REDO);
+				break;
+			}
+			if ((rc = post_redo(x, rd)) != 0)
+				break;
+		}
+		if (m->phase == MIG__SRC_FINAL) {
+			if (rd->n_redo)
+				post_round(e, m, true); /* still paused: resend, whole */
+			else if (mig__strand_post(x->strand, ready_task, NULL, x) != 0)
+				rc = MIG_ENOMEM;
+			break;
+		}
 		if (x->round == 0) {
 			if (e->precopy_max_rounds <= 1) {
 				mig__src_precopy_done(e, m);

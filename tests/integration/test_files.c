@@ -106,6 +106,12 @@ static void on_drop(mig_engine *e, const char *user, void *ud)
 	a->dropped++;
 }
 
+static void dbg_event(mig_engine *e, const mig_event *ev, void *ud)
+{
+	if (ev->type == MIG_EVENT_ABORTED || ev->type == MIG_EVENT_DROPPED)
+		print_message("# event %d %s: %s\n", ev->type, mig_err_name(ev->error), ev->reason);
+}
+
 static mig_engine *make_engine(struct fapp *a, const char *id, int append_only,
 			       unsigned max_rounds)
 {
@@ -113,6 +119,7 @@ static mig_engine *make_engine(struct fapp *a, const char *id, int append_only,
 	test_engine_options(&o, id);
 	o.peer_timeout_ms = 10000;
 	o.precopy_max_rounds = max_rounds;
+	o.on_event = dbg_event;
 	mig_engine *e = NULL;
 	assert_int_equal(mig_engine_new(&e, &o), 0);
 	mig_hooks h = {.pause = on_pause, .resume = on_resume, .release = on_release,
@@ -545,6 +552,32 @@ static void test_truncated_stream(void **state)
 	bad_input_case("truncated", MIG__FAULT_FILE_TRUNCATE, 0, 0);
 }
 
+/* Wrong bytes that still patch cleanly (what a checksum false match
+ * produces) are caught by the per-file digest and the file is resent whole:
+ * the migration commits with the right bytes. */
+static void test_false_match_resent(void **state)
+{
+	struct fx f;
+	fx_init(&f, "redo");
+	char src[512], ref[512], dst[512], cmd[1200];
+	snprintf(src, sizeof(src), "%s/u8", f.a.root);
+	make_folder(src, 31);
+	snprintf(ref, sizeof(ref), "%s/ref", f.base);
+	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", src, ref);
+	assert_int_equal(system(cmd), 0);
+	f.ea = make_engine(&f.a, "A", 0, 0);
+	f.eb = make_engine(&f.b, "B", 0, 0);
+	assert_int_equal(mig_user_add(f.ea, "u8"), 0);
+	mig__engine_set_fault(f.ea, MIG__FAULT_FILE_CORRUPT_DATA, MIG__FAULT_DROP_BEFORE, 1);
+	mig_migration_stats st;
+	assert_int_equal(migrate(f.ea, f.eb, "u8", &st), 0);
+	snprintf(dst, sizeof(dst), "%s/u8", f.b.root);
+	assert_true(same_tree(ref, dst));
+	assert_int_equal(mig_user_get_state(f.eb, "u8"), MIG_USER_ACTIVE);
+	print_message("# false match: resent, %u rounds\n", st.rounds);
+	fx_free(&f);
+}
+
 static void test_symlink_outside_root(void **state)
 {
 	struct fx f;
@@ -639,6 +672,7 @@ int main(void)
 		cmocka_unit_test(test_corrupt_delta_chunk),
 		cmocka_unit_test(test_signature_block_len),
 		cmocka_unit_test(test_truncated_stream),
+		cmocka_unit_test(test_false_match_resent),
 		cmocka_unit_test(test_symlink_outside_root),
 		cmocka_unit_test(test_dotdot_path),
 		cmocka_unit_test(test_out_of_disk),

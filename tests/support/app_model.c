@@ -296,6 +296,8 @@ mig_engine *app_engine_new(struct app *a, const app_engine_cfg *cfg)
 	}
 	if (cfg->max_frame_bytes)
 		o.max_frame_bytes = cfg->max_frame_bytes;
+	o.app_url = cfg->app_url;
+	o.listen_port = cfg->listen_port;
 	if (cfg->peer_timeout_ms)
 		o.peer_timeout_ms = cfg->peer_timeout_ms;
 	o.on_event = on_event;

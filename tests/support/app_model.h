@@ -74,6 +74,10 @@ typedef struct app_engine_cfg {
 	/* Record log lines at this level and above (0: none recorded). */
 	mig_log_level log_level;
 	bool record_logs;
+	/* Session channel: the app's client URL (NULL: none), and a fixed
+	 * listening port (0: ephemeral). */
+	const char *app_url;
+	int listen_port;
 } app_engine_cfg;
 
 void app_init(struct app *a, const char *name);

@@ -257,18 +257,39 @@ static void test_path_rules(void **state)
 {
 	(void)state;
 	static const char *ok[] = {
-		"a", "a/b/c", ".hidden", "a/.b", "..a", "a..", "...", "a.b",
-		"x.mig-", "mig-x", ".mig", ".migx", "a\\b", "a b", "caf\xc3\xa9",
-		"dir/.mig/x", "-", "a/b.tmp",
+		"a",    "a/b/c", ".hidden",     "a/.b",       "..a",  "a..",
+		"...",  "a.b",   "x.mig-",      "mig-x",      ".mig", ".migx",
+		"a\\b", "a b",   "caf\xc3\xa9", "dir/.mig/x", "-",    "a/b.tmp",
 	};
 	for (size_t i = 0; i < MIG__ARRAY_LEN(ok); i++) {
 		if (!mig__path_valid(ok[i]))
 			fail_msg("refused %s", ok[i]);
 	}
 	static const char *bad[] = {
-		"", "/abs", "/", "../x", "..", ".", "./a", "a/.", "a/..", "a/../b", "a/./b",
-		"a//b", "a/", "//", ".mig-x", ".mig-", "a/.mig-staging/b", ".mig-staging",
-		"a/b/.mig-tmp", "a\nb", "a\x01", "\tb", "a\x7f", "a\x1f/b",
+		"",
+		"/abs",
+		"/",
+		"../x",
+		"..",
+		".",
+		"./a",
+		"a/.",
+		"a/..",
+		"a/../b",
+		"a/./b",
+		"a//b",
+		"a/",
+		"//",
+		".mig-x",
+		".mig-",
+		"a/.mig-staging/b",
+		".mig-staging",
+		"a/b/.mig-tmp",
+		"a\nb",
+		"a\x01",
+		"\tb",
+		"a\x7f",
+		"a\x1f/b",
 	};
 	for (size_t i = 0; i < MIG__ARRAY_LEN(bad); i++) {
 		if (mig__path_valid(bad[i]))
@@ -382,8 +403,7 @@ static void test_scan_missing_and_empty(void **state)
 	assert_int_equal(l.count, 0);
 	/* A missing root is an error, not an empty user. */
 	char why[256];
-	assert_int_equal(mig__files_scan(at(f->root, "nope"), "u", &l, why, sizeof(why)),
-			 MIG_EIO);
+	assert_int_equal(mig__files_scan(at(f->root, "nope"), "u", &l, why, sizeof(why)), MIG_EIO);
 	assert_int_equal(errno, ENOENT);
 	assert_non_null(strstr(why, "nope"));
 	assert_int_equal(mig__files_scan(f->root, "u", NULL, NULL, 0), MIG_EINVAL);
@@ -692,8 +712,7 @@ static void test_staging_symlinks(void **state)
 
 	/* A final symlink is replaced by a new file, its target untouched. */
 	put(at(f->other, "target"), "precious");
-	assert_int_equal(symlink(at(f->other, "target"), at(f->root, ".mig-staging/" MID "/l")),
-			 0);
+	assert_int_equal(symlink(at(f->other, "target"), at(f->root, ".mig-staging/" MID "/l")), 0);
 	write_staging(f->root, MID, "l", "new");
 	assert_true(S_ISREG(mode_of(at(f->root, ".mig-staging/" MID "/l"))));
 	assert_content(at(f->other, "target"), "precious");
@@ -752,8 +771,7 @@ static void test_staging_remove(void **state)
 	write_staging(f->root, MID, "a/b/c", "c");
 	write_staging(f->root, MID, "top", "t");
 	write_staging(f->root, MID2, "other-migration", "o");
-	assert_int_equal(symlink(at(f->other, "d"), at(f->root, ".mig-staging/" MID "/a/link")),
-			 0);
+	assert_int_equal(symlink(at(f->other, "d"), at(f->root, ".mig-staging/" MID "/a/link")), 0);
 	assert_int_equal(mkfifo(at(f->root, ".mig-staging/" MID "/fifo"), 0600), 0);
 	assert_int_equal(mig__files_staging_remove(f->root, MID), 0);
 	assert_false(exists(at(f->root, ".mig-staging/" MID)));
@@ -998,6 +1016,109 @@ static void test_sha256(void **state)
 	close(fd);
 }
 
+/* ---------------------------------------------------------------- patch output, tails, cache */
+
+static void test_staging_tmp(void **state)
+{
+	fx *f = *state;
+	int fd = mig__files_open_staging_tmp(f->root, MID, "7");
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "patched", 7), 7);
+	close(fd);
+	assert_int_equal(mode_of(at(f->root, ".mig-staging/" MID ".tmp/7")) & 07777, 0600);
+	assert_int_equal(mig__files_staging_commit_tmp(f->root, MID, "7", "a/b"), 0);
+	assert_content(at(f->root, ".mig-staging/" MID "/a/b"), "patched");
+	assert_false(exists(at(f->root, ".mig-staging/" MID ".tmp/7")));
+	assert_int_equal(mig__files_staging_commit_tmp(f->root, MID, "7", "a/b"), MIG_EIO);
+	assert_int_equal(errno, ENOENT);
+	static const char *bad[] = {"a/b", "..", ".", ".mig-x", "", "x/"};
+	for (size_t i = 0; i < MIG__ARRAY_LEN(bad); i++) {
+		assert_int_equal(mig__files_open_staging_tmp(f->root, MID, bad[i]), MIG_EINVAL);
+		assert_int_equal(mig__files_staging_commit_tmp(f->root, MID, bad[i], "c"),
+				 MIG_EINVAL);
+	}
+	assert_int_equal(mig__files_staging_commit_tmp(f->root, MID, "7", "../c"), MIG_EINVAL);
+	/* A symlinked tmp folder is refused, its target untouched. */
+	rm_rf(at(f->root, ".mig-staging/" MID ".tmp"));
+	assert_int_equal(symlink(f->other, at(f->root, ".mig-staging/" MID ".tmp")), 0);
+	assert_int_equal(mig__files_open_staging_tmp(f->root, MID, "8"), MIG_EINVAL);
+	assert_true(dir_empty(f->other));
+	unlink(at(f->root, ".mig-staging/" MID ".tmp"));
+	/* staging_remove takes both folders. */
+	fd = mig__files_open_staging_tmp(f->root, MID, "9");
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(mig__files_staging_remove(f->root, MID), 0);
+	assert_false(exists(at(f->root, ".mig-staging/" MID)));
+	assert_false(exists(at(f->root, ".mig-staging/" MID ".tmp")));
+}
+
+static void test_staging_append(void **state)
+{
+	fx *f = *state;
+	write_staging(f->root, MID, "log/a", "line1\n");
+	int fd = mig__files_open_staging_append(f->root, MID, "log/a");
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, "line2\n", 6, 6), 6);
+	close(fd);
+	assert_content(at(f->root, ".mig-staging/" MID "/log/a"), "line1\nline2\n");
+	assert_int_equal(mig__files_open_staging_append(f->root, MID, "log/none"), MIG_EIO);
+	assert_int_equal(errno, ENOENT);
+	assert_false(exists(at(f->root, ".mig-staging/" MID "/log/none"))); /* no create */
+	assert_int_equal(mig__files_open_staging_append(f->root, MID, "log"), MIG_EINVAL);
+	put(at(f->other, "t"), "target");
+	assert_int_equal(symlink(at(f->other, "t"), at(f->root, ".mig-staging/" MID "/log/l")), 0);
+	assert_int_equal(mig__files_open_staging_append(f->root, MID, "log/l"), MIG_EINVAL);
+	assert_content(at(f->other, "t"), "target");
+	assert_int_equal(mig__files_open_staging_append(f->root, MID, "../x"), MIG_EINVAL);
+}
+
+static void test_cache(void **state)
+{
+	fx *f = *state;
+	put(at(f->root, "u/old"), "first copy");
+	assert_int_equal(mig__files_cache_put(f->root, "u"), 0);
+	assert_false(exists(at(f->root, "u")));
+	assert_content(at(f->root, ".mig-cache/u/old"), "first copy");
+	/* A newer folder replaces the cached one. */
+	put(at(f->root, "u/new"), "second");
+	assert_int_equal(mig__files_cache_put(f->root, "u"), 0);
+	assert_false(exists(at(f->root, ".mig-cache/u/old")));
+	assert_content(at(f->root, ".mig-cache/u/new"), "second");
+	assert_int_equal(mig__files_cache_put(f->root, "nobody"), 0);
+	assert_int_equal(mig__files_cache_put(f->root, ".."), MIG_EINVAL);
+	assert_int_equal(mig__files_cache_put(f->root, "a/b"), MIG_EINVAL);
+	assert_int_equal(symlink(f->other, at(f->root, "s")), 0);
+	assert_int_equal(mig__files_cache_put(f->root, "s"), MIG_EINVAL);
+	assert_true(S_ISLNK(mode_of(at(f->root, "s"))));
+
+	/* Trimming drops the least recently cached first. */
+	char big[1000];
+	memset(big, 'b', sizeof(big));
+	put_bytes(at(f->root, "v/data"), big, sizeof(big));
+	assert_int_equal(mig__files_cache_put(f->root, "v"), 0);
+	put_bytes(at(f->root, "w/data"), big, sizeof(big));
+	assert_int_equal(mig__files_cache_put(f->root, "w"), 0);
+	struct timespec older[2] = {{1000000000, 0}, {1000000000, 0}};
+	struct timespec newer[2] = {{2000000000, 0}, {2000000000, 0}};
+	assert_int_equal(utimensat(AT_FDCWD, at(f->root, ".mig-cache/u"), older, 0), 0);
+	assert_int_equal(utimensat(AT_FDCWD, at(f->root, ".mig-cache/v"), older, 0), 0);
+	older[0].tv_sec = older[1].tv_sec = 1000000001;
+	assert_int_equal(utimensat(AT_FDCWD, at(f->root, ".mig-cache/u"), older, 0), 0);
+	assert_int_equal(utimensat(AT_FDCWD, at(f->root, ".mig-cache/w"), newer, 0), 0);
+	assert_int_equal(mig__files_cache_trim(f->root, 100000), 0); /* under the cap */
+	assert_true(exists(at(f->root, ".mig-cache/v")));
+	assert_int_equal(mig__files_cache_trim(f->root, 1500), 0);
+	assert_false(exists(at(f->root, ".mig-cache/v"))); /* oldest */
+	assert_true(exists(at(f->root, ".mig-cache/u")));
+	assert_true(exists(at(f->root, ".mig-cache/w")));
+	assert_int_equal(mig__files_cache_trim(f->root, 0), 0);
+	assert_false(exists(at(f->root, ".mig-cache/u")));
+	assert_false(exists(at(f->root, ".mig-cache/w")));
+	rm_rf(at(f->root, ".mig-cache"));
+	assert_int_equal(mig__files_cache_trim(f->root, 0), 0); /* no cache */
+}
+
 /* ---------------------------------------------------------------- full disk */
 
 static bool own_mount_ns(void)
@@ -1133,6 +1254,9 @@ int main(int argc, char **argv)
 		T(test_remove_user),
 		T(test_remove_deep),
 		T(test_sha256),
+		T(test_staging_tmp),
+		T(test_staging_append),
+		T(test_cache),
 		T(test_full_disk),
 	};
 	return cmocka_run_group_tests_name(name, tests, NULL, NULL);

@@ -119,6 +119,13 @@ static struct {
 	Migwire__Event event;
 	Migwire__Event reply_event;
 	Migwire__Reply reply;
+	Migwire__StatusRequest status_request;
+	Migwire__MigrationStatus mstatus[2];
+	Migwire__MigrationStatus *mstatus_p[2];
+	Migwire__UserCount ucount[17];
+	Migwire__UserCount *ucount_p[17];
+	Migwire__StatusReply status;
+	Migwire__CancelRequest cancel;
 } F;
 
 static const Migwire__Frame__BodyCase all_kinds[] = {
@@ -132,7 +139,8 @@ static const Migwire__Frame__BodyCase all_kinds[] = {
 	MIGWIRE__FRAME__BODY_OUTCOME,    MIGWIRE__FRAME__BODY_MIGRATE,
 	MIGWIRE__FRAME__BODY_LIST_USERS, MIGWIRE__FRAME__BODY_SUBSCRIBE,
 	MIGWIRE__FRAME__BODY_USERS,      MIGWIRE__FRAME__BODY_EVENT,
-	MIGWIRE__FRAME__BODY_REPLY,
+	MIGWIRE__FRAME__BODY_REPLY,      MIGWIRE__FRAME__BODY_STATUS_REQUEST,
+	MIGWIRE__FRAME__BODY_STATUS,     MIGWIRE__FRAME__BODY_CANCEL,
 };
 
 static void fixture_init(void)
@@ -270,6 +278,52 @@ static void fixture_init(void)
 	F.reply.code = MIG_EREJECTED;
 	F.reply.reason = "the destination refused";
 	F.reply.event = &F.reply_event;
+
+	migwire__status_request__init(&F.status_request);
+	F.status_request.request_id = 10;
+	static char *const phases[2] = {"precopy", "verifying"};
+	for (size_t i = 0; i < 2; i++) {
+		Migwire__MigrationStatus *m = &F.mstatus[i];
+		migwire__migration_status__init(m);
+		m->mid = i ? MID2 : MID;
+		m->user = i ? "bob" : "alice";
+		m->peer_url = "ws://dst:7000";
+		m->role = i ? MIGWIRE__MIGRATION_ROLE__ROLE_DESTINATION
+			    : MIGWIRE__MIGRATION_ROLE__ROLE_SOURCE;
+		m->phase = phases[i];
+		m->has_rounds = 1;
+		m->rounds = 2;
+		m->has_bytes_sent = 1;
+		m->bytes_sent = UINT64_C(1) << 33;
+		m->has_started_us = 1;
+		m->started_us = UINT64_C(1700000000000000);
+		m->has_parked = 1;
+		m->parked = i == 1;
+		F.mstatus_p[i] = m;
+	}
+	for (size_t i = 0; i < 17; i++) {
+		migwire__user_count__init(&F.ucount[i]);
+		F.ucount[i].state = (Migwire__UserState)(i % 6);
+		F.ucount[i].count = (uint32_t)(i + 1);
+		F.ucount_p[i] = &F.ucount[i];
+	}
+	migwire__status_reply__init(&F.status);
+	F.status.request_id = 10;
+	F.status.engine_id = "engine-a";
+	F.status.url = "ws://src:7000";
+	F.status.protocol_version = MIG_PROTOCOL_VERSION;
+	F.status.library_version = "0.1.0";
+	F.status.n_users = 2;
+	F.status.users = F.ucount_p + 1; /* ACTIVE 2, MIGRATING 3 */
+	F.status.n_migrations = 2;
+	F.status.migrations = F.mstatus_p;
+	F.status.has_committed_out = 1;
+	F.status.committed_out = 5;
+	F.status.has_bytes_sent = 1;
+	F.status.bytes_sent = UINT64_C(1) << 40;
+	migwire__cancel_request__init(&F.cancel);
+	F.cancel.request_id = 11;
+	F.cancel.mid = MID;
 }
 
 static int setup(void **state)
@@ -351,6 +405,15 @@ static Migwire__Frame frame_of(Migwire__Frame__BodyCase kind)
 		break;
 	case MIGWIRE__FRAME__BODY_REPLY:
 		f.reply = &F.reply;
+		break;
+	case MIGWIRE__FRAME__BODY_STATUS_REQUEST:
+		f.status_request = &F.status_request;
+		break;
+	case MIGWIRE__FRAME__BODY_STATUS:
+		f.status = &F.status;
+		break;
+	case MIGWIRE__FRAME__BODY_CANCEL:
+		f.cancel = &F.cancel;
 		break;
 	default:
 		f.body_case = MIGWIRE__FRAME__BODY__NOT_SET;
@@ -634,7 +697,7 @@ static void test_roundtrip_control(void **state)
 	F.users.n_users = 0;
 	mig__wire_free(roundtrip(MIGWIRE__FRAME__BODY_USERS));
 
-	for (int t = MIGWIRE__EVENT_TYPE__EVENT_STARTED; t <= MIGWIRE__EVENT_TYPE__EVENT_DROPPED;
+	for (int t = MIGWIRE__EVENT_TYPE__EVENT_STARTED; t <= MIGWIRE__EVENT_TYPE__EVENT_PROGRESS;
 	     t++) {
 		F.event.type = (Migwire__EventType)t;
 		d = roundtrip(MIGWIRE__FRAME__BODY_EVENT);
@@ -668,13 +731,146 @@ static void test_roundtrip_control(void **state)
 	mig__wire_free(d);
 }
 
+/* Status, cancel and the PROGRESS event's phase and rounds (50-52, 12-13). */
+static void test_roundtrip_status_cancel(void **state)
+{
+	mig__frame *d = roundtrip(MIGWIRE__FRAME__BODY_STATUS_REQUEST);
+	assert_int_equal(d->status_request->request_id, 10);
+	mig__wire_free(d);
+
+	d = roundtrip(MIGWIRE__FRAME__BODY_STATUS);
+	const Migwire__StatusReply *s = d->status;
+	assert_int_equal(s->request_id, 10);
+	assert_string_equal(s->engine_id, "engine-a");
+	assert_string_equal(s->url, "ws://src:7000");
+	assert_int_equal(s->protocol_version, MIG_PROTOCOL_VERSION);
+	assert_string_equal(s->library_version, "0.1.0");
+	assert_int_equal(s->n_users, 2);
+	assert_int_equal(s->users[0]->state, MIGWIRE__USER_STATE__USER_ACTIVE);
+	assert_int_equal(s->users[1]->count, 3);
+	assert_int_equal(s->n_migrations, 2);
+	assert_string_equal(s->migrations[0]->phase, "precopy");
+	assert_int_equal(s->migrations[0]->role, MIGWIRE__MIGRATION_ROLE__ROLE_SOURCE);
+	assert_int_equal(s->migrations[1]->role, MIGWIRE__MIGRATION_ROLE__ROLE_DESTINATION);
+	assert_true(s->migrations[1]->parked);
+	assert_int_equal(s->migrations[0]->bytes_sent, UINT64_C(1) << 33);
+	assert_int_equal(s->committed_out, 5);
+	assert_false(s->has_aborted_out);
+	mig__wire_free(d);
+	/* Only the required fields: no users, no migrations. */
+	F.status.n_users = F.status.n_migrations = 0;
+	F.status.url = NULL;
+	F.status.library_version = NULL;
+	mig__wire_free(roundtrip(MIGWIRE__FRAME__BODY_STATUS));
+
+	d = roundtrip(MIGWIRE__FRAME__BODY_CANCEL);
+	assert_int_equal(d->cancel->request_id, 11);
+	assert_string_equal(d->cancel->mid, MID);
+	assert_null(d->cancel->user);
+	mig__wire_free(d);
+	F.cancel.mid = NULL;
+	F.cancel.user = "alice";
+	d = roundtrip(MIGWIRE__FRAME__BODY_CANCEL);
+	assert_string_equal(d->cancel->user, "alice");
+	mig__wire_free(d);
+
+	F.event.type = MIGWIRE__EVENT_TYPE__EVENT_PROGRESS;
+	F.event.phase = "precopy";
+	F.event.has_rounds = 1;
+	F.event.rounds = 3;
+	d = roundtrip(MIGWIRE__FRAME__BODY_EVENT);
+	assert_string_equal(d->event->phase, "precopy");
+	assert_int_equal(d->event->rounds, 3);
+	mig__wire_free(d);
+	/* A phase this build does not know is fine: a newer engine's. */
+	F.event.phase = "post_copy";
+	expect_accept_kind(MIGWIRE__FRAME__BODY_EVENT);
+	F.event.phase = "";
+	expect_accept_kind(MIGWIRE__FRAME__BODY_EVENT);
+}
+
+static void test_reject_bad_status_cancel(void **state)
+{
+	/* Event phase: a lowercase word of at most 32 bytes. */
+	static const char *const bad_phase[] = {"Precopy", "pre copy", "pre-copy", "ph\n",
+						"abcdefghijklmnopqrstuvwxyzabcdefg"};
+	for (size_t i = 0; i < MIG__ARRAY_LEN(bad_phase); i++) {
+		fixture_init();
+		F.event.phase = (char *)bad_phase[i];
+		expect_reject_kind(MIGWIRE__FRAME__BODY_EVENT, "phase");
+		F.reply_event.phase = (char *)bad_phase[i];
+		expect_reject_kind(MIGWIRE__FRAME__BODY_REPLY, "phase");
+		fixture_init();
+		F.mstatus[1].phase = (char *)bad_phase[i];
+		expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "phase");
+	}
+	fixture_init();
+	F.event.phase = "abcdefghijklmnopqrstuvwxyzabcdef"; /* 32: the longest */
+	expect_accept_kind(MIGWIRE__FRAME__BODY_EVENT);
+
+	/* Status: every identifier and enum is checked. */
+	fixture_init();
+	F.status.engine_id = "";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "engine_id");
+	fixture_init();
+	F.status.engine_id = "engine\x01";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "engine_id");
+	fixture_init();
+	F.status.url = "http://src:7000";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "url");
+	fixture_init();
+	F.status.library_version = "0.1\n";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "library_version");
+	fixture_init();
+	F.mstatus[1].mid = "not-a-mid";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "mid");
+	fixture_init();
+	F.mstatus[0].user = "al ice";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "user");
+	fixture_init();
+	F.mstatus[0].peer_url = "ftp://x";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "peer_url");
+	fixture_init();
+	F.mstatus[0].phase = "";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "phase");
+	fixture_init();
+	F.mstatus[1].role = (Migwire__MigrationRole)2;
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "role");
+	fixture_init();
+	F.ucount[2].state = (Migwire__UserState)6;
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "state");
+	fixture_init();
+	F.status.n_users = 17;
+	F.status.users = F.ucount_p;
+	expect_reject_kind(MIGWIRE__FRAME__BODY_STATUS, "users");
+	F.status.n_users = 16;
+	expect_accept_kind(MIGWIRE__FRAME__BODY_STATUS);
+
+	/* Cancel: exactly one of mid and user, each valid. */
+	fixture_init();
+	F.cancel.user = "alice";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_CANCEL, "exactly one");
+	F.cancel.mid = NULL;
+	F.cancel.user = NULL;
+	expect_reject_kind(MIGWIRE__FRAME__BODY_CANCEL, "exactly one");
+	F.cancel.mid = "";
+	F.cancel.user = "";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_CANCEL, "exactly one");
+	F.cancel.mid = "0123456789ABCDEF0123456789ABCDEF";
+	F.cancel.user = NULL;
+	expect_reject_kind(MIGWIRE__FRAME__BODY_CANCEL, "mid");
+	F.cancel.mid = NULL;
+	F.cancel.user = "bad user";
+	expect_reject_kind(MIGWIRE__FRAME__BODY_CANCEL, "user");
+}
+
 static void test_body_names(void **state)
 {
 	static const char *const names[] = {
 		"challenge", "hello",         "welcome", "begin",   "accept",     "reject",
 		"prepare",   "prepared",      "failed",  "commit",  "committed",  "abort",
 		"aborted",   "outcome_query", "outcome", "migrate", "list_users", "subscribe",
-		"users",     "event",         "reply",
+		"users",     "event",         "reply",   "status_request", "status", "cancel",
 	};
 	assert_int_equal(MIG__ARRAY_LEN(names), MIG__ARRAY_LEN(all_kinds));
 	for (size_t i = 0; i < MIG__ARRAY_LEN(all_kinds); i++) {
@@ -1075,7 +1271,7 @@ static void test_reject_bad_enums(void **state)
 	F.entries[2].state = (Migwire__UserState)6;
 	expect_reject_kind(MIGWIRE__FRAME__BODY_USERS, "state");
 
-	F.event.type = (Migwire__EventType)7;
+	F.event.type = (Migwire__EventType)8;
 	expect_reject_kind(MIGWIRE__FRAME__BODY_EVENT, "type");
 	F.reply_event.type = (Migwire__EventType)-1;
 	expect_reject_kind(MIGWIRE__FRAME__BODY_REPLY, "type");
@@ -1210,10 +1406,20 @@ static bool t_user_ok(const char *s)
 	return true;
 }
 
+/* A session token's text: 1-600 base64url characters. */
+static bool t_token_ok(const char *s)
+{
+	static const char b64url[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	size_t n = s ? strlen(s) : 0;
+	return n > 0 && n <= 600 && strspn(s, b64url) == n;
+}
+
 static bool t_event_ok(const Migwire__Event *e)
 {
-	return e->type <= MIGWIRE__EVENT_TYPE__EVENT_DROPPED && t_mid_ok(e->mid) &&
-	       t_user_ok(e->user) && (!e->has_code || (e->code <= 0 && e->code >= -1000));
+	return e->type <= MIGWIRE__EVENT_TYPE__EVENT_PROGRESS && t_mid_ok(e->mid) &&
+	       t_user_ok(e->user) && (!e->has_code || (e->code <= 0 && e->code >= -1000)) &&
+	       (!e->phase || strspn(e->phase, "abcdefghijklmnopqrstuvwxyz_") == strlen(e->phase));
 }
 
 /* An oracle independent of wire.c for what a decoded frame must satisfy. */
@@ -1292,6 +1498,40 @@ static void assert_frame_sane(const mig__frame *f)
 		break;
 	case MIGWIRE__FRAME__BODY_REPLY:
 		ok = f->reply->code <= 0 && (!f->reply->event || t_event_ok(f->reply->event));
+		break;
+	case MIGWIRE__FRAME__BODY_STATUS_REQUEST:
+		ok = true;
+		break;
+	case MIGWIRE__FRAME__BODY_STATUS:
+		ok = f->status->engine_id && f->status->engine_id[0] && f->status->n_users <= 16;
+		for (size_t i = 0; ok && i < f->status->n_users; i++)
+			ok = f->status->users[i]->state <= MIGWIRE__USER_STATE__USER_PARKED;
+		for (size_t i = 0; ok && i < f->status->n_migrations; i++)
+			ok = t_mid_ok(f->status->migrations[i]->mid) &&
+			     t_user_ok(f->status->migrations[i]->user) &&
+			     f->status->migrations[i]->phase[0] &&
+			     f->status->migrations[i]->role <=
+				     MIGWIRE__MIGRATION_ROLE__ROLE_DESTINATION;
+		break;
+	case MIGWIRE__FRAME__BODY_CANCEL:
+		ok = (f->cancel->mid && f->cancel->mid[0]) ? t_mid_ok(f->cancel->mid)
+							   : t_user_ok(f->cancel->user);
+		break;
+	case MIGWIRE__FRAME__BODY_ATTACH:
+		ok = t_token_ok(f->attach->token) &&
+		     (!f->attach->user || !f->attach->user[0] || t_user_ok(f->attach->user));
+		break;
+	case MIGWIRE__FRAME__BODY_ATTACH_REPLY:
+		ok = f->attach_reply->code <= 0 && f->attach_reply->code >= -1000 &&
+		     (!f->attach_reply->resume_token || !f->attach_reply->resume_token[0] ||
+		      t_token_ok(f->attach_reply->resume_token));
+		break;
+	case MIGWIRE__FRAME__BODY_REDIRECT:
+		ok = t_user_ok(f->redirect->user) && t_token_ok(f->redirect->token) &&
+		     f->redirect->session_url && strncmp(f->redirect->session_url, "ws", 2) == 0;
+		break;
+	case MIGWIRE__FRAME__BODY_SESSION_RENEW:
+		ok = t_token_ok(f->session_renew->token);
 		break;
 	default:
 		ok = false;
@@ -1596,6 +1836,7 @@ int main(void)
 		T(test_roundtrip_handshake),
 		T(test_roundtrip_peer),
 		T(test_roundtrip_control),
+		T(test_roundtrip_status_cancel),
 		T(test_body_names),
 		T(test_encode_too_big),
 		T(test_encode_enomem),
@@ -1613,6 +1854,7 @@ int main(void)
 		T(test_reject_bad_macs),
 		T(test_reject_bad_enums),
 		T(test_reject_bad_codes),
+		T(test_reject_bad_status_cancel),
 		T(test_users_list_limit),
 		T(test_truncated),
 		T(test_random_garbage),

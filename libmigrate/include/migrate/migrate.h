@@ -141,6 +141,13 @@ typedef enum mig_event_type {
 	MIG_EVENT_INCOMING = 4,  /**< destination: accepted an incoming user */
 	MIG_EVENT_ACTIVATED = 5, /**< destination: the incoming user is active here */
 	MIG_EVENT_DROPPED = 6,   /**< destination: the incoming copy was discarded */
+	/**
+	 * source: progress of a running migration: its phase changed
+	 * (`phase`), or a file round went out, or file data is flowing
+	 * (`bytes_sent`, `rounds`). At most about 10 per second per
+	 * migration; the latest figures win, so some may be skipped.
+	 */
+	MIG_EVENT_PROGRESS = 7,
 } mig_event_type;
 
 /**
@@ -159,6 +166,14 @@ typedef struct mig_event {
 	uint64_t duration_us;    /**< since the migration started */
 	uint64_t downtime_us;    /**< pause -> commit (source) or 0 */
 	unsigned int rounds;     /**< file state: rounds so far */
+	/**
+	 * Source: the phase the migration is in: "begin" (asking the
+	 * destination), "precopy" (file rounds, user still served), "final"
+	 * (paused, last file round), "prepare" (state sent, waiting for the
+	 * destination), "commit" (COMMIT decided). "" on destination events.
+	 */
+	const char *phase;
+	uint64_t time_us;        /**< wall clock of the event, microseconds since the epoch */
 } mig_event;
 
 /**
@@ -252,6 +267,28 @@ typedef struct mig_engine_options {
 	int file_cache_off;
 	/** Threads for signatures, deltas, patches and digests; 0 means 2. */
 	unsigned int worker_threads;
+
+	/**
+	 * Set to 1 to turn off the Prometheus endpoint. By default the
+	 * engine answers `GET /metrics` on its own port with counters in the
+	 * Prometheus text format. The endpoint is NOT authenticated: it
+	 * shows counts, byte totals and the engine id, never user ids.
+	 */
+	int metrics_off;
+
+	/* ---- session channel (see mig_session_token, <migrate/client.h>) ---- */
+	/**
+	 * Where this engine's app serves its own clients (any scheme, e.g.
+	 * "wss://edge-1.example:443/app" or "tcp://10.0.0.5:9000"). Sent to
+	 * clients when they attach, and in the redirect that sends the clients
+	 * of a user migrated here. NULL: clients get no app URL.
+	 */
+	const char *app_url;
+	/**
+	 * Lifetime of the session tokens this engine mints; 0 means 600 s,
+	 * at most 3600. Engines remember used tokens until they expire.
+	 */
+	unsigned int session_token_ttl_s;
 } mig_engine_options;
 
 /** Compression of file data chunks (mig_engine_options.compression). */
@@ -538,6 +575,30 @@ MIG_EXPORT int mig_user_foreach(mig_engine *engine,
  * Thread: any. Callback-safe: yes.
  */
 MIG_EXPORT size_t mig_user_count(mig_engine *engine);
+
+/* ---------------------------------------------------------------- session channel */
+
+/** Bytes a session token needs, with its terminating NUL. */
+#define MIG_SESSION_TOKEN_MAX 600
+
+/**
+ * Mint a session token for a client of `user`: the app hands it to its client
+ * (in its own protocol), and the client's reconnect helper (<migrate/client.h>)
+ * attaches with it to this engine's session channel, at mig_engine_url().
+ * Once attached, the client is told where to go whenever the user migrates.
+ *
+ * A token is text (base64url), signed with a key derived from the cluster
+ * secret, names the user and this engine, expires after
+ * session_token_ttl_s and is accepted once.
+ * @param out     receives the token, NUL-terminated.
+ * @param out_len at least MIG_SESSION_TOKEN_MAX is always enough.
+ * @return 0, MIG_EINVAL (bad user id, out too small), MIG_ENOUSER (the user
+ *         is not served here: not ACTIVE, or leaving but still served),
+ *         MIG_ESYSTEM.
+ * Thread: any. Callback-safe: yes.
+ */
+MIG_EXPORT int mig_session_token(mig_engine *engine, const char *user, char *out,
+				 size_t out_len);
 
 /* ---------------------------------------------------------------- migrations */
 
