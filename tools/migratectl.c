@@ -34,14 +34,16 @@ enum {
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: migratectl --engine URL (--secret-file FILE | --insecure) [OPTIONS] COMMAND\n"
+		"usage: migratectl --engine URL (--secret-file FILE | --insecure) [OPTIONS] "
+		"COMMAND\n"
 		"\n"
 		"commands:\n"
 		"  users                   list the engine's users and their states\n"
 		"  status                  the engine's identity, users by state, migrations in\n"
 		"                          flight with their progress, and totals\n"
 		"  migrate USER --to URL   move USER to the engine at URL and wait for the end;\n"
-		"                          a progress bar on a terminal, one line per event otherwise\n"
+		"                          a progress bar on a terminal, one line per event "
+		"otherwise\n"
 		"  watch [--count N]       print the engine's events as they happen\n"
 		"  cancel MID|USER         cancel a migration (by id, or by the user it moves)\n"
 		"                          before its commit decision\n"
@@ -62,7 +64,8 @@ static void usage(FILE *out)
 		"     cancel: the cancel was requested)\n"
 		"  1  the migration aborted or failed; the user stays at the source\n"
 		"  2  usage error\n"
-		"  3  cannot connect to or authenticate with the engine, or the connection was lost\n"
+		"  3  cannot connect to or authenticate with the engine, or the connection was "
+		"lost\n"
 		"  4  timed out\n"
 		"  5  the engine refused the request: no such user or migration, or not allowed\n"
 		"     in its state (e.g. cancel after the commit decision)\n"
@@ -82,7 +85,8 @@ static int read_secret(const char *path, char *buf, size_t cap, size_t *len)
 	int err = ferror(f);
 	fclose(f);
 	if (err || n == cap) {
-		fprintf(stderr, "migratectl: %s: unreadable or longer than %zu bytes\n", path, cap - 1);
+		fprintf(stderr, "migratectl: %s: unreadable or longer than %zu bytes\n", path,
+			cap - 1);
 		return -1;
 	}
 	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
@@ -277,7 +281,8 @@ static void print_status_json(const mig_ctl_engine_status *s)
 	bool ufirst = true;
 	json_num_field(stdout, "total", s->users, &ufirst);
 	for (int st = MIG_USER_ACTIVE; st <= MIG_USER_PARKED; st++)
-		json_num_field(stdout, state_name((mig_user_state)st), s->users_by_state[st], &ufirst);
+		json_num_field(stdout, state_name((mig_user_state)st), s->users_by_state[st],
+			       &ufirst);
 	fputc('}', stdout);
 	json_key(stdout, "totals", &first);
 	bool tfirst = true;
@@ -327,7 +332,8 @@ static void print_status(const mig_ctl_engine_status *s, void *ud)
 	printf("totals    out: %" PRIu64 " committed, %" PRIu64 " aborted   in: %" PRIu64
 	       " committed, %" PRIu64 " aborted   %s sent, %s received\n",
 	       s->committed_out, s->aborted_out, s->committed_in, s->aborted_in,
-	       human_bytes(s->bytes_sent, a, sizeof(a)), human_bytes(s->bytes_received, b, sizeof(b)));
+	       human_bytes(s->bytes_sent, a, sizeof(a)),
+	       human_bytes(s->bytes_received, b, sizeof(b)));
 	if (!s->nmigrations) {
 		printf("migrations in flight: none\n");
 		return;
@@ -352,9 +358,13 @@ static void print_status(const mig_ctl_engine_status *s, void *ud)
 /* How a migration's events are shown: a bar redrawn on a terminal, plain
  * lines otherwise, or JSON. */
 struct progress {
-	enum { OUT_PLAIN, OUT_BAR, OUT_JSON } mode;
-	bool bar_drawn;    /* a bar is on the current line */
-	bool saw_final;    /* the COMMITTED / ABORTED event arrived */
+	enum {
+		OUT_PLAIN,
+		OUT_BAR,
+		OUT_JSON
+	} mode;
+	bool bar_drawn; /* a bar is on the current line */
+	bool saw_final; /* the COMMITTED / ABORTED event arrived */
 	uint64_t last_bytes;
 	uint64_t last_time_us;
 	double rate;       /* bytes per second, smoothed */
@@ -375,7 +385,7 @@ static double phase_fraction(const char *phase)
 	static const struct {
 		const char *name;
 		double at;
-	} steps[] = {{"begin", 0.05},  {"precopy", 0.15}, {"final", 0.75},
+	} steps[] = {{"begin", 0.05},   {"precopy", 0.15}, {"final", 0.75},
 		     {"prepare", 0.85}, {"commit", 0.95},  {"done", 1.0}};
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
 		if (phase && strcmp(phase, steps[i].name) == 0)
@@ -386,7 +396,8 @@ static double phase_fraction(const char *phase)
 /* A static copy of a phase name (the event's string does not outlive it). */
 static const char *known_phase(const char *phase)
 {
-	static const char *const names[] = {"begin", "precopy", "final", "prepare", "commit", "done"};
+	static const char *const names[] = {"begin",   "precopy", "final",
+					    "prepare", "commit",  "done"};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (phase && strcmp(phase, names[i]) == 0)
 			return names[i];
@@ -409,7 +420,9 @@ static void update_rate(struct progress *p, const mig_event *ev)
 
 static void draw_bar(struct progress *p, const mig_event *ev)
 {
-	const char *phase = ev->type == MIG_EVENT_COMMITTED ? "done" : p->phase ? p->phase : "begin";
+	const char *phase = ev->type == MIG_EVENT_COMMITTED ? "done"
+			    : p->phase                      ? p->phase
+							    : "begin";
 	int width = term_width();
 	int cells = 20;
 	int filled = (int)(phase_fraction(phase) * cells + 0.5);
@@ -423,9 +436,8 @@ static void draw_bar(struct progress *p, const mig_event *ev)
 	human_duration(ev->duration_us, elapsed, sizeof(elapsed));
 	/* During the file rounds, the round being sent; then the rounds sent. */
 	bool in_round = strcmp(phase, "precopy") == 0 || strcmp(phase, "final") == 0;
-	int n = snprintf(line, sizeof(line), "%.16s [%s] %-8s round %-2u %10s %10s/s %8s",
-			 ev->user, bar, phase, ev->rounds + (in_round ? 1u : 0u), bytes, rate,
-			 elapsed);
+	int n = snprintf(line, sizeof(line), "%.16s [%s] %-8s round %-2u %10s %10s/s %8s", ev->user,
+			 bar, phase, ev->rounds + (in_round ? 1u : 0u), bytes, rate, elapsed);
 	if (n >= width)
 		line[width - 1] = '\0';
 	/* \r and erase the line: the bar is redrawn in place. */
@@ -469,7 +481,8 @@ static void on_migrate_event(const mig_event *ev, void *ud)
 		printf("%s %s (migration %s)\n", event_name(ev->type), ev->user, ev->mid);
 		break;
 	case MIG_EVENT_PROGRESS:
-		printf("progress %s phase=%s round=%u bytes_sent=%" PRIu64 " (%s) elapsed_ms=%.1f\n",
+		printf("progress %s phase=%s round=%u bytes_sent=%" PRIu64
+		       " (%s) elapsed_ms=%.1f\n",
 		       ev->user, ev->phase, ev->rounds, ev->bytes_sent,
 		       human_bytes(ev->bytes_sent, bytes, sizeof(bytes)), ev->duration_us / 1000.0);
 		break;
@@ -540,18 +553,20 @@ static int do_migrate(mig_ctl *ctl, const char *user, const char *to, long timeo
 			fputs("}\n", stdout);
 		}
 	} else if (rc == 0) {
-		char a[32], b[32];
-		printf("committed %s -> %s: %s sent, %s received, %u file round%s, %.3f ms total, "
-		       "%.3f ms downtime\n",
+		char a[32], b[32], rounds[32] = "";
+		if (final.rounds)
+			snprintf(rounds, sizeof(rounds), ", %u file round%s", final.rounds,
+				 final.rounds == 1 ? "" : "s");
+		printf("committed %s -> %s: %s sent, %s received%s, %.3f ms total, %.3f ms "
+		       "downtime\n",
 		       user, to, human_bytes(final.bytes_sent, a, sizeof(a)),
-		       human_bytes(final.bytes_received, b, sizeof(b)), final.rounds,
-		       final.rounds == 1 ? "" : "s", final.duration_us / 1000.0,
-		       final.downtime_us / 1000.0);
+		       human_bytes(final.bytes_received, b, sizeof(b)), rounds,
+		       final.duration_us / 1000.0, final.downtime_us / 1000.0);
 	}
 	fflush(stdout);
 	if (rc) {
-		fprintf(stderr, "migratectl: migration of %s to %s failed: %s (%s)\n", user, to, why,
-			mig_err_name(rc));
+		fprintf(stderr, "migratectl: migration of %s to %s failed: %s (%s)\n", user, to,
+			why, mig_err_name(rc));
 		return exit_for(rc);
 	}
 	return 0;
@@ -589,7 +604,11 @@ static int print_event(const mig_event *ev, void *ud)
 
 /* ------------------------------------------------------------------ main */
 
-enum { OPT_JSON = 256, OPT_CERT, OPT_KEY };
+enum {
+	OPT_JSON = 256,
+	OPT_CERT,
+	OPT_KEY
+};
 
 static bool takes_argument(const char *cmd)
 {
@@ -733,23 +752,24 @@ int main(int argc, char **argv)
 		if (json)
 			fputs("]}\n", stdout);
 		if (rc < 0) {
-			fprintf(stderr, "migratectl: users: %s\n", mig_ctl_last_error(ctl)[0]
-									? mig_ctl_last_error(ctl)
-									: mig_strerror(rc));
+			fprintf(stderr, "migratectl: users: %s\n",
+				mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl)
+							   : mig_strerror(rc));
 			status = exit_for_request(rc);
 		}
 	} else if (strcmp(cmd, "status") == 0) {
 		bool j = json != 0;
 		rc = mig_ctl_status(ctl, print_status, &j);
 		if (rc) {
-			fprintf(stderr, "migratectl: status: %s\n", mig_ctl_last_error(ctl)[0]
-									  ? mig_ctl_last_error(ctl)
-									  : mig_strerror(rc));
+			fprintf(stderr, "migratectl: status: %s\n",
+				mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl)
+							   : mig_strerror(rc));
 			status = exit_for_request(rc);
 		}
 	} else if (strcmp(cmd, "cancel") == 0) {
 		rc = mig_ctl_cancel(ctl, arg);
-		const char *why = mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc);
+		const char *why =
+			mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc);
 		if (json) {
 			bool first = true;
 			json_str_field(stdout, "target", arg, &first);
@@ -764,7 +784,8 @@ int main(int argc, char **argv)
 			printf("%s\n", why);
 		}
 		if (rc) {
-			fprintf(stderr, "migratectl: cancel %s: %s (%s)\n", arg, why, mig_err_name(rc));
+			fprintf(stderr, "migratectl: cancel %s: %s (%s)\n", arg, why,
+				mig_err_name(rc));
 			status = exit_for_request(rc);
 		}
 	} else if (strcmp(cmd, "watch") == 0) {
@@ -772,7 +793,8 @@ int main(int argc, char **argv)
 		rc = mig_ctl_watch(ctl, (int)(timeout_s * 1000), print_event, &w);
 		if (rc && !(rc == MIG_ETIMEDOUT && count <= 0)) {
 			fprintf(stderr, "migratectl: watch: %s\n",
-				mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc));
+				mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl)
+							   : mig_strerror(rc));
 			status = exit_for_request(rc);
 		}
 	} else {

@@ -125,8 +125,9 @@ bool mig__auth_verify(const void *secret, size_t secret_len, char role,
 
 /* ------------------------------------------------------------------ session tokens */
 
-static int session_key(const void *secret, size_t secret_len, uint8_t key[MIG__AUTH_MAC_LEN])
+int mig__auth_session_key(const void *secret, size_t secret_len, mig__session_key *out)
 {
+	uint8_t *key = out->k;
 	static const char label[] = MIG__AUTH_SESSION_LABEL;
 	if (!secret || !secret_len) {
 		secret = label;
@@ -150,17 +151,20 @@ static int session_key(const void *secret, size_t secret_len, uint8_t key[MIG__A
 out:
 	EVP_KDF_CTX_free(ctx);
 	EVP_KDF_free(kdf);
+	if (rc)
+		OPENSSL_cleanse(key, MIG__AUTH_MAC_LEN);
 	return rc;
 }
 
-int mig__auth_session_mac(const void *secret, size_t secret_len, const void *data, size_t len,
+void mig__auth_session_key_clear(mig__session_key *key)
+{
+	OPENSSL_cleanse(key->k, sizeof(key->k));
+}
+
+int mig__auth_session_mac(const mig__session_key *key, const void *data, size_t len,
 			  uint8_t mac[MIG__AUTH_MAC_LEN])
 {
-	uint8_t key[MIG__AUTH_MAC_LEN];
-	int rc = session_key(secret, secret_len, key);
-	if (rc)
-		return rc;
-	rc = MIG_ESYSTEM;
+	int rc = MIG_ESYSTEM;
 	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 	EVP_MAC_CTX *ctx = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
 	if (!ctx)
@@ -171,13 +175,12 @@ int mig__auth_session_mac(const void *secret, size_t secret_len, const void *dat
 		OSSL_PARAM_construct_end(),
 	};
 	size_t out_len = 0;
-	if (EVP_MAC_init(ctx, key, sizeof(key), params) && EVP_MAC_update(ctx, data, len) &&
+	if (EVP_MAC_init(ctx, key->k, sizeof(key->k), params) && EVP_MAC_update(ctx, data, len) &&
 	    EVP_MAC_final(ctx, mac, &out_len, MIG__AUTH_MAC_LEN) && out_len == MIG__AUTH_MAC_LEN)
 		rc = 0;
 out:
 	EVP_MAC_CTX_free(ctx);
 	EVP_MAC_free(hmac);
-	OPENSSL_cleanse(key, sizeof(key));
 	if (rc)
 		OPENSSL_cleanse(mac, MIG__AUTH_MAC_LEN);
 	return rc;

@@ -47,8 +47,15 @@ bool mig__auth_verify(const void *secret, size_t secret_len, char role,
  * empty secret (allow_insecure) uses the label as IKM: such tokens are
  * forgeable, like everything else on an insecure engine. 0 or MIG_ESYSTEM. */
 #define MIG__AUTH_SESSION_LABEL "libmigrate-session-v1"
-int mig__auth_session_mac(const void *secret, size_t secret_len, const void *data,
-			  size_t len, uint8_t mac[MIG__AUTH_MAC_LEN]);
+typedef struct mig__session_key {
+	uint8_t k[MIG__AUTH_MAC_LEN];
+} mig__session_key;
+/* Derives the session token key once (engines keep it). */
+int mig__auth_session_key(const void *secret, size_t secret_len, mig__session_key *key);
+int mig__auth_session_mac(const mig__session_key *key, const void *data, size_t len,
+			  uint8_t mac[MIG__AUTH_MAC_LEN]);
+/* Wipes a key. */
+void mig__auth_session_key_clear(mig__session_key *key);
 
 /* Constant-time comparison of two MACs. */
 bool mig__auth_mac_equal(const uint8_t *a, const uint8_t *b);

@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 
 #include "common.h"
+#include "auth.h"
 #include "evq.h"
 #include "token.h"
 #include "transport.h"
@@ -258,6 +259,7 @@ struct mig_engine {
 	/* Session channel (session.c). */
 	char *app_url;              /* option: the app's client endpoint */
 	unsigned session_ttl_s;     /* option: lifetime of minted tokens */
+	mig__session_key session_key; /* signs and checks session tokens */
 	mig__nonce_cache used_nonces; /* tokens accepted here, until expiry */
 	uint64_t nonce_prune_us;    /* next prune of used_nonces */
 	uint64_t session_next_us;   /* earliest session_renew_us (0 = none) */
@@ -322,6 +324,8 @@ void mig__session_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f);
 /* Source, after COMMITTED: sends every client attached as m->user a
  * Redirect to the destination (a fresh token for it) and closes them. */
 void mig__session_redirect(mig_engine *e, struct mig_migration *m);
+/* mig_user_remove(): closes the clients attached as `user`. */
+void mig__session_user_left(mig_engine *e, const char *user);
 /* Sends fresh resume tokens and forgets expired nonces. Returns the next
  * deadline (0 = none). */
 uint64_t mig__session_tick(mig_engine *e, uint64_t now);

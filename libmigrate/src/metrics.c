@@ -189,7 +189,8 @@ static void render(mig_engine *e, text *t)
 	put(t, "libmigrate_uptime_seconds %.3f\n", (double)(now - s->started_mono_us) / 1e6);
 
 	head(t, "libmigrate_migrations_started_total", "counter",
-	     "Migrations started, by role (source: moving a user away; destination: receiving one).");
+	     "Migrations started, by role (source: moving a user away; destination: receiving "
+	     "one).");
 	for (int r = 0; r < 2; r++)
 		put(t, "libmigrate_migrations_started_total{role=\"%s\"} %llu\n", role_names[r],
 		    (unsigned long long)s->started[r]);
@@ -229,8 +230,8 @@ static void render(mig_engine *e, text *t)
 				users[u->state]++;
 	head(t, "libmigrate_users", "gauge", "Users on this engine, by state.");
 	for (int st = MIG_USER_ACTIVE; st <= MIG_USER_PARKED; st++)
-		put(t, "libmigrate_users{state=\"%s\"} %llu\n", user_state_label((mig_user_state)st),
-		    (unsigned long long)users[st]);
+		put(t, "libmigrate_users{state=\"%s\"} %llu\n",
+		    user_state_label((mig_user_state)st), (unsigned long long)users[st]);
 
 	head(t, "libmigrate_file_rounds_total", "counter",
 	     "File state rounds sent by this engine as a source (pre-copy and final).");
@@ -258,6 +259,8 @@ static void render(mig_engine *e, text *t)
 	    (unsigned long long)conns[MIGWIRE__CHANNEL__CHANNEL_PEER]);
 	put(t, "libmigrate_connections{channel=\"control\"} %llu\n",
 	    (unsigned long long)conns[MIGWIRE__CHANNEL__CHANNEL_CONTROL]);
+	put(t, "libmigrate_connections{channel=\"session\"} %llu\n",
+	    (unsigned long long)conns[MIGWIRE__CHANNEL__CHANNEL_SESSION]);
 }
 
 char *mig__metrics_render(void *ctx, size_t *len)

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth.h"
 #include "engine_int.h"
 #include "token.h"
 
@@ -30,11 +31,13 @@ static uint64_t wall_s(void)
 
 int mig__session_init(mig_engine *e)
 {
-	return mig__nonce_cache_init(&e->used_nonces, MIG__SESSION_NONCES_MAX);
+	int rc = mig__auth_session_key(e->secret, e->secret_len, &e->session_key);
+	return rc ? rc : mig__nonce_cache_init(&e->used_nonces, MIG__SESSION_NONCES_MAX);
 }
 
 void mig__session_destroy(mig_engine *e)
 {
+	mig__auth_session_key_clear(&e->session_key);
 	mig__nonce_cache_destroy(&e->used_nonces);
 }
 
@@ -42,7 +45,7 @@ void mig__session_destroy(mig_engine *e)
 static int mint(mig_engine *e, const char *user, const char *target,
 		char out[MIG__TOKEN_B64_MAX + 1])
 {
-	return mig__token_mint(e->secret, e->secret_len, user, target, e->engine_id,
+	return mig__token_mint(&e->session_key, user, target, e->engine_id,
 			       wall_s() + e->session_ttl_s, out, MIG__TOKEN_B64_MAX + 1, NULL);
 }
 
@@ -130,7 +133,7 @@ static void on_attach(mig_engine *e, mig__conn_rec *c, const Migwire__Attach *a)
 {
 	mig__token tok;
 	const char *why = "";
-	int rc = mig__token_verify(e->secret, e->secret_len, a->token, &tok, &why);
+	int rc = mig__token_verify(&e->session_key, a->token, &tok, &why);
 	if (rc) {
 		refuse(e, c, rc, why, NULL);
 		return;
@@ -216,6 +219,19 @@ void mig__session_redirect(mig_engine *e, struct mig_migration *m)
 	if (n)
 		mig__engine_log(e, MIG_LOG_INFO, "user %s: redirected %d client(s) to %s (%s)",
 				m->user, n, target, session_url);
+}
+
+void mig__session_user_left(mig_engine *e, const char *user)
+{
+	for (mig__conn_rec *c = e->conns; c; c = c->next) {
+		if (c->channel != MIGWIRE__CHANNEL__CHANNEL_SESSION || !c->session_user ||
+		    strcmp(c->session_user, user) != 0)
+			continue;
+		mig__free(c->session_user);
+		c->session_user = NULL;
+		c->session_closing = true;
+		mig__transport_close(e->transport, c->id, 1000, "the user left this engine");
+	}
 }
 
 uint64_t mig__session_tick(mig_engine *e, uint64_t now)

@@ -117,7 +117,7 @@ static size_t put_str8(uint8_t *p, const char *s)
 	return 1 + n;
 }
 
-int mig__token_mint(const void *secret, size_t secret_len, const char *user, const char *target,
+int mig__token_mint(const mig__session_key *key, const char *user, const char *target,
 		    const char *issuer, uint64_t expiry, char *out, size_t out_len, mig__token *tok)
 {
 	if (!mig__valid_user(user) || !valid_id(target, 1) || !valid_id(issuer, 0) || !out)
@@ -134,7 +134,7 @@ int mig__token_mint(const void *secret, size_t secret_len, const char *user, con
 	if (mig__random(nonce, MIG__TOKEN_NONCE_LEN) != 0)
 		return MIG_ESYSTEM;
 	n += MIG__TOKEN_NONCE_LEN;
-	if (mig__auth_session_mac(secret, secret_len, raw, n, raw + n) != 0)
+	if (mig__auth_session_mac(key, raw, n, raw + n) != 0)
 		return MIG_ESYSTEM;
 	n += MIG__AUTH_MAC_LEN;
 	if (mig__b64url_encode(raw, n, out, out_len) == 0)
@@ -168,7 +168,7 @@ static bool get_str8(const uint8_t *raw, size_t len, size_t *pos, size_t min, ch
 	return true;
 }
 
-int mig__token_verify(const void *secret, size_t secret_len, const char *text, mig__token *tok,
+int mig__token_verify(const mig__session_key *key, const char *text, mig__token *tok,
 		      const char **why)
 {
 	const char *dummy;
@@ -198,7 +198,7 @@ int mig__token_verify(const void *secret, size_t secret_len, const char *text, m
 	memcpy(t.nonce, raw + pos, MIG__TOKEN_NONCE_LEN);
 	pos += MIG__TOKEN_NONCE_LEN;
 	uint8_t mac[MIG__AUTH_MAC_LEN];
-	if (mig__auth_session_mac(secret, secret_len, raw, pos, mac) != 0) {
+	if (mig__auth_session_mac(key, raw, pos, mac) != 0) {
 		*why = "internal error checking the token";
 		return MIG_ESYSTEM;
 	}

@@ -11,13 +11,15 @@
  *   u64be expiry, unix seconds
  *   16   random nonce (single use: engines remember used ones until expiry)
  *   32   HMAC-SHA256 over every byte above, keyed from the cluster secret
- *        (auth.c: mig__auth_session_mac)
+ *        (auth.c: mig__auth_session_key, mig__auth_session_mac)
  *
  * Also here: the bounded memory of used nonces. Pure data, no locking. */
 #ifndef MIG_TOKEN_H
 #define MIG_TOKEN_H
 
 #include "common.h"
+
+struct mig__session_key; /* auth.h: derived from the cluster secret */
 
 #define MIG__TOKEN_VERSION 1
 #define MIG__TOKEN_NONCE_LEN 16
@@ -40,7 +42,7 @@ typedef struct mig__token {
 /* Mints a token with a fresh nonce into `out` (base64url + NUL). `tok`, if
  * not NULL, receives the fields. Returns 0, MIG_EINVAL (bad id, out too
  * small: it needs MIG__TOKEN_B64_MAX + 1 at most), MIG_ESYSTEM. */
-int mig__token_mint(const void *secret, size_t secret_len, const char *user,
+int mig__token_mint(const struct mig__session_key *key, const char *user,
 		    const char *target, const char *issuer, uint64_t expiry, char *out,
 		    size_t out_len, mig__token *tok);
 
@@ -49,7 +51,7 @@ int mig__token_mint(const void *secret, size_t secret_len, const char *user,
  * MIG_EPROTO ("malformed token"), MIG_EVERSION ("unsupported token
  * version"), MIG_EAUTH ("bad signature"), MIG_ESYSTEM; *why (if not NULL)
  * is set to a static reason. */
-int mig__token_verify(const void *secret, size_t secret_len, const char *text,
+int mig__token_verify(const struct mig__session_key *key, const char *text,
 		      mig__token *tok, const char **why);
 
 /* True if `text` has the shape of a token: 1..MIG__TOKEN_B64_MAX characters

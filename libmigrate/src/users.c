@@ -141,6 +141,7 @@ MIG_EXPORT int mig_user_remove(mig_engine *e, const char *user)
 		rc = MIG_EBUSY;
 	} else {
 		mig__users_remove(&e->users, user);
+		mig__session_user_left(e, user); /* its clients have nowhere to go */
 	}
 	pthread_mutex_unlock(&e->lock);
 	return rc;

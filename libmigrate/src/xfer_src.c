@@ -95,6 +95,7 @@ void mig__xsrc_free(struct mig__xfer *x)
 
 struct sink_ctx {
 	struct mig__xfer *x;
+	bool final;       /* the round after the pause */
 	uint32_t stream;
 	uint8_t *buf;
 	size_t len;
@@ -235,7 +236,11 @@ static int send_tail(struct mig__xfer *x, size_t domain, struct src_file *f, int
 
 /* Sends a delta of the file against what the destination holds (its
  * signature, or nothing), then computes the signature and digest of exactly
- * the bytes sent, for the next round. */
+ * the bytes sent, for the next round. The final round skips the signature:
+ * no round follows it but a resend after a digest mismatch, which sends the
+ * file whole (redo_task forgets the signature), so it would never be read,
+ * and computing it (a BLAKE2 pass over the file) was a third of the
+ * source's work with the user paused. */
 static int send_delta(struct mig__xfer *x, size_t domain, struct src_file *f, int fd,
 		      struct sink_ctx *s, uint64_t limit, char *why, size_t why_len)
 {
@@ -264,7 +269,8 @@ static int send_delta(struct mig__xfer *x, size_t domain, struct src_file *f, in
 	f->sha = NULL;
 	mig__sig_params p;
 	mig__delta_params(limit, &p);
-	if (lseek(fd, 0, SEEK_SET) < 0 || mig__delta_signature(fd, limit, &p, &f->sig) != 0 ||
+	if (lseek(fd, 0, SEEK_SET) < 0 ||
+	    (!s->final && mig__delta_signature(fd, limit, &p, &f->sig) != 0) ||
 	    mig__sha256_file(fd, limit, &f->sha) != 0) {
 		snprintf(why, why_len, "%s: cannot compute its signature", f->path);
 		return MIG_EIO;
@@ -410,7 +416,7 @@ static void sent_free(struct sent_list *l)
 /* Sends one round; `final` rounds also build the manifests. */
 static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len)
 {
-	struct sink_ctx s = {.x = x};
+	struct sink_ctx s = {.x = x, .final = final};
 	s.buf = mig__malloc(XFER_CHUNK_BYTES);
 	if (!s.buf)
 		return MIG_ENOMEM;
@@ -565,8 +571,9 @@ static void final_sent(mig_engine *e, struct mig_migration *m, int value, uint64
 {
 	MIG__UNUSED(why);
 	record_round(m, value, aux);
-	/* PREPARE waits for the destination's RoundDone: every file checked. */
-	m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
+	/* PREPARE waits for the destination's RoundDone: every file checked
+	 * (see round_sent for the allowance). */
+	m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e) + aux / 8;
 }
 
 static void round_task(void *arg)
@@ -633,9 +640,11 @@ static void round_sent(mig_engine *e, struct mig_migration *m, int value, uint64
 {
 	MIG__UNUSED(why);
 	record_round(m, value, aux);
-	/* Waiting for the destination's RoundDone now (unless it came first). */
+	/* Waiting for the destination's RoundDone now (unless it came first):
+	 * it still has to patch and hash what it received, so the wait grows
+	 * with the round's size (8 MiB/s is a slow disk). */
 	if ((unsigned)value == m->xfer->round)
-		m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
+		m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e) + aux / 8;
 }
 
 static void round_stop(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why)

@@ -12,7 +12,8 @@
  *
  *   session_client --url URL --token TOKEN [--user USER] [--fallback URL]...
  *                  [--backoff-initial MS] [--backoff-max MS] [--jitter PCT]
- *                  [--max-attempts N] [--connect-timeout MS] */
+ *                  [--max-attempts N] [--connect-timeout MS]
+ *                  [--ca PEM] [--cert PEM --key PEM] */
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -52,7 +53,8 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: session_client --url URL --token TOKEN [--user USER] "
 			"[--fallback URL]... [--backoff-initial MS] [--backoff-max MS] "
-			"[--jitter PCT] [--max-attempts N] [--connect-timeout MS]\n");
+			"[--jitter PCT] [--max-attempts N] [--connect-timeout MS] "
+			"[--ca PEM] [--cert PEM --key PEM]\n");
 	exit(64);
 }
 
@@ -84,6 +86,12 @@ int main(int argc, char **argv)
 			o.max_attempts = (unsigned)atoi(v);
 		else if (strcmp(a, "--connect-timeout") == 0)
 			o.connect_timeout_ms = (unsigned)atoi(v);
+		else if (strcmp(a, "--ca") == 0)
+			o.tls_ca_file = v;
+		else if (strcmp(a, "--cert") == 0)
+			o.tls_cert_file = v;
+		else if (strcmp(a, "--key") == 0)
+			o.tls_key_file = v;
 		else
 			usage();
 	}

@@ -311,7 +311,9 @@ static void token_of(mig_engine *e, const char *user, char out[MIG_SESSION_TOKEN
 static void forge(const char *secret, const char *user, const char *target, int64_t expiry_delta,
 		  char out[MIG_SESSION_TOKEN_MAX])
 {
-	assert_int_equal(mig__token_mint(secret, secret ? strlen(secret) : 0, user, target, "test",
+	mig__session_key key;
+	assert_int_equal(mig__auth_session_key(secret, strlen(secret), &key), 0);
+	assert_int_equal(mig__token_mint(&key, user, target, "test",
 					 (uint64_t)((int64_t)time(NULL) + expiry_delta), out,
 					 MIG_SESSION_TOKEN_MAX, NULL),
 			 0);
@@ -516,6 +518,48 @@ static void test_refusals(void **state)
 	migrate_ok(&f->a, f->ea, &f->b, f->eb, 1);
 	expect_line(c, es, 2, "state ATTACHED", "engine-b", NULL);
 	expect_attached(es, 2, f->eb, user, 1);
+
+	/* The user logs out at B: its client is closed, and its resume token
+	 * is refused since B no longer serves the user. */
+	assert_int_equal(mig_user_remove(f->eb, user), 0);
+	expect_line(c, es, 2, "state DISCONNECTED", "the user left this engine", NULL);
+	const char *l = expect_line(c, es, 2, "state FAILED", NULL, NULL);
+	assert_non_null(strstr(l, "error=MIG_ENOUSER detail=user not active on this engine"));
+	expect_attached(es, 2, f->eb, user, 0);
+}
+
+/* ---------------------------------------------------------------- resume token renewal */
+
+static void test_resume_renewal(void **state)
+{
+	struct fixture *f = *state;
+	app_engine_cfg ca = {.id = "engine-a", .app_url = APP_URL_A, .session_token_ttl_s = 2};
+	f->ea = app_engine_new(&f->a, &ca);
+	mig_engine *es[1] = {f->ea};
+	app_add_user(&f->a, f->ea, 1, 1);
+	/* The first token lives longer (a slow start, e.g. under valgrind,
+	 * must not expire it); the engine's resume tokens live 2 s. */
+	char t[MIG_SESSION_TOKEN_MAX];
+	forge(TEST_SECRET, "user-001", "engine-a", 600, t);
+	child *c = &f->clients[0];
+	child_start(c, "renew", (const char *[]){"--url", mig_engine_url(f->ea), "--token", t,
+						 "--user", "user-001", NULL});
+	expect_line(c, es, 1, "state ATTACHED", "engine-a", NULL);
+	/* Past the first resume token's expiry (2 s, whole seconds): only a
+	 * renewed one (sent every second) gets back in. */
+	test_dispatch_for(es, 1, 3500);
+	pthread_mutex_lock(&f->ea->lock);
+	uint64_t conn = 0;
+	for (mig__conn_rec *r = f->ea->conns; r; r = r->next)
+		if (r->channel == MIGWIRE__CHANNEL__CHANNEL_SESSION && r->session_user)
+			conn = r->id;
+	pthread_mutex_unlock(&f->ea->lock);
+	assert_true(conn != 0);
+	mig__transport_close(f->ea->transport, conn, 1001, "going away");
+	expect_line(c, es, 1, "state DISCONNECTED", NULL, NULL);
+	expect_line(c, es, 1, "state ATTACHED", "engine-a", NULL);
+	child_pump(c);
+	assert_int_equal(lines_with(c, 0, "FAILED"), 0);
 }
 
 /* ---------------------------------------------------------------- destination down */
@@ -592,6 +636,84 @@ static void test_destination_down(void **state)
 	expect_line(g, es, 2, "state CONNECTING", url_dead2, NULL);
 	const char *l = expect_line(g, es, 2, "state FAILED", "gave up after 4 attempts", NULL);
 	assert_non_null(strstr(l, "error=MIG_ECONNECT"));
+}
+
+/* ---------------------------------------------------------------- TLS */
+
+static const char *cert(const char *name, char *buf, size_t len)
+{
+	const char *dir = getenv("MIG_TEST_CERT_DIR");
+	if (!dir)
+		fail_msg("MIG_TEST_CERT_DIR is not set (run through meson test)");
+	snprintf(buf, len, "%s/%s", dir, name);
+	return buf;
+}
+
+static mig_engine *tls_engine(const char *id, bool mutual)
+{
+	char crt[512], key[512], ca[512];
+	mig_engine_options o;
+	test_engine_options(&o, id);
+	o.tls_cert_file = cert("server.pem", crt, sizeof(crt));
+	o.tls_key_file = cert("server.key", key, sizeof(key));
+	o.tls_ca_file = cert("ca.pem", ca, sizeof(ca));
+	o.tls_require_client_cert = mutual;
+	o.app_url = APP_URL_A;
+	mig_engine *e = NULL;
+	assert_int_equal(mig_engine_new(&e, &o), 0);
+	int rc = mig_engine_start(e);
+	if (rc)
+		fail_msg("starting %s: %s", id, mig_engine_last_error(e));
+	assert_int_equal(mig_user_add(e, "user-001"), 0);
+	return e;
+}
+
+/* The helper over wss://, verifying the engine; and with mutual TLS,
+ * presenting a client certificate (the token still decides). */
+static void test_tls(void **state)
+{
+	struct fixture *f = *state;
+	char ca[512], rogue_ca[512], crt[512], key[512];
+	cert("ca.pem", ca, sizeof(ca));
+	cert("rogue-ca.pem", rogue_ca, sizeof(rogue_ca));
+	cert("server.pem", crt, sizeof(crt));
+	cert("server.key", key, sizeof(key));
+	f->ea = tls_engine("engine-a", false);
+	mig_engine *es[2] = {f->ea, NULL};
+	const char *url = mig_engine_url(f->ea);
+	assert_int_equal(strncmp(url, "wss://", 6), 0);
+	char t[MIG_SESSION_TOKEN_MAX];
+	token_of(f->ea, "user-001", t);
+	child *c = &f->clients[0];
+	child_start(c, "tls", (const char *[]){"--url", url, "--token", t, "--user", "user-001",
+					       "--ca", ca, NULL});
+	expect_line(c, es, 1, "state ATTACHED", "engine-a", NULL);
+	expect_attached(es, 1, f->ea, "user-001", 1);
+
+	/* An engine the helper's CA does not vouch for: never attaches. */
+	token_of(f->ea, "user-001", t);
+	child *r = &f->clients[1];
+	child_start(r, "rogue-ca", (const char *[]){"--url", url, "--token", t, "--ca", rogue_ca,
+						    "--max-attempts", "2", NULL});
+	const char *l = expect_line(r, es, 1, "state FAILED", "gave up after 2 attempts", NULL);
+	assert_non_null(strstr(l, "certificate"));
+	child_stop(r);
+
+	/* Mutual TLS: no client certificate, no connection; with one, the
+	 * token is checked as usual. */
+	f->eb = tls_engine("engine-b", true);
+	es[1] = f->eb;
+	const char *url_b = mig_engine_url(f->eb);
+	token_of(f->eb, "user-001", t);
+	child_start(r, "no-cert", (const char *[]){"--url", url_b, "--token", t, "--ca", ca,
+						   "--max-attempts", "1", NULL});
+	expect_line(r, es, 2, "state FAILED", "gave up after 1 attempts", NULL);
+	assert_int_equal(lines_with(r, 0, "ATTACHED"), 0);
+	child_stop(r);
+	child_start(r, "cert", (const char *[]){"--url", url_b, "--token", t, "--ca", ca, "--cert",
+						crt, "--key", key, NULL});
+	expect_line(r, es, 2, "state ATTACHED", "engine-b", NULL);
+	expect_attached(es, 2, f->eb, "user-001", 1);
 }
 
 /* ---------------------------------------------------------------- handshake */
@@ -741,8 +863,9 @@ static void test_handshake(void **state)
 	assert_string_equal(ar->engine_id, "engine-a");
 	assert_string_equal(ar->app_url, APP_URL_A);
 	mig__token rt;
-	assert_int_equal(mig__token_verify(TEST_SECRET, TEST_SECRET_LEN, ar->resume_token, &rt, NULL),
-			 0);
+	mig__session_key key;
+	assert_int_equal(mig__auth_session_key(TEST_SECRET, TEST_SECRET_LEN, &key), 0);
+	assert_int_equal(mig__token_verify(&key, ar->resume_token, &rt, NULL), 0);
 	assert_string_equal(rt.target, "engine-a");
 	assert_string_equal(rt.user, "user-001");
 	assert_int_equal(attached(f->ea, "user-001"), 1);
@@ -772,6 +895,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_follow_redirects, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destination_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_resume_renewal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_handshake, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

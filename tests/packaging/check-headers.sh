@@ -53,6 +53,14 @@ fi
 
 status=0
 
+# The public API is these headers (a missing one would otherwise go unseen).
+for required in migrate.h control.h client.h; do
+	if [ ! -f "$incdir/migrate/$required" ]; then
+		echo "FAIL: public header migrate/$required is missing" >&2
+		status=1
+	fi
+done
+
 # 1. No internal dependency leaks through an #include.
 forbidden='(libwebsockets|lws[-_][A-Za-z0-9_-]*\.h|librsync|protobuf-c|\.pb-c\.h|openssl/|zstd)'
 while IFS= read -r h; do

@@ -67,6 +67,7 @@ main_header=$(find "$dest" -path '*/include/migrate/migrate.h' | head -n 1)
 [ -n "$main_header" ] || fail "migrate/migrate.h not installed"
 incdir=$(dirname "$(dirname "$main_header")")
 [ -f "$incdir/migrate/control.h" ] || fail "migrate/control.h not installed"
+[ -f "$incdir/migrate/client.h" ] || fail "migrate/client.h not installed"
 for h in "$srcinc"/migrate/*.h; do
 	[ -f "$incdir/migrate/$(basename "$h")" ] ||
 		fail "public header migrate/$(basename "$h") is not installed"
@@ -133,5 +134,6 @@ fi
 grep -qx "version $version" "$tmp/out" || fail "mig_version() is not $version"
 grep -q '^strerror ..*' "$tmp/out" || fail "no mig_strerror() output"
 grep -qx 'engine ok' "$tmp/out" || fail "the consumer could not create an engine"
+grep -qx 'client ok' "$tmp/out" || fail "the consumer could not use the reconnect helper (client.h)"
 grep -qx 'consumer: OK' "$tmp/out" || fail "the consumer did not finish"
 echo "ok: consumer runs"

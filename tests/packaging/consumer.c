@@ -4,6 +4,7 @@
  * Prints one "key value" line per check and "consumer: OK" at the end.
  */
 #include <migrate/migrate.h>
+#include <migrate/client.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -63,6 +64,24 @@ int main(void)
 			printf("engine ok\n");
 		}
 		mig_engine_free(engine);
+	}
+
+	/* The reconnect helper links and validates its options. */
+	{
+		mig_client_options co;
+		mig_client *client = NULL;
+		memset(&co, 0, sizeof(co));
+		co.url = "not a url";
+		co.token = "AAAA";
+		rc = mig_client_new(&client, &co);
+		s = mig_client_state_name(MIG_CLIENT_ATTACHED);
+		if (rc != MIG_EINVAL || client != NULL || s == NULL || strcmp(s, "ATTACHED") != 0) {
+			printf("client failed\n");
+			fprintf(stderr, "consumer: mig_client_new with a bad URL: %d\n", rc);
+			failures++;
+		} else {
+			printf("client ok\n");
+		}
 	}
 
 	printf("consumer: %s\n", failures ? "FAILED" : "OK");

@@ -298,6 +298,7 @@ mig_engine *app_engine_new(struct app *a, const app_engine_cfg *cfg)
 		o.max_frame_bytes = cfg->max_frame_bytes;
 	o.app_url = cfg->app_url;
 	o.listen_port = cfg->listen_port;
+	o.session_token_ttl_s = cfg->session_token_ttl_s;
 	if (cfg->peer_timeout_ms)
 		o.peer_timeout_ms = cfg->peer_timeout_ms;
 	o.on_event = on_event;

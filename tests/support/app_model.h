@@ -78,6 +78,7 @@ typedef struct app_engine_cfg {
 	 * listening port (0: ephemeral). */
 	const char *app_url;
 	int listen_port;
+	unsigned session_token_ttl_s;
 } app_engine_cfg;
 
 void app_init(struct app *a, const char *name);

@@ -18,6 +18,7 @@
 #include <openssl/hmac.h>
 #include <openssl/kdf.h>
 
+#include "auth.h"
 #include "migrate/migrate.h"
 #include "token.h"
 #include "wire.h"
@@ -28,6 +29,17 @@ static const char other[] = "another-cluster-secret-fedcba987654";
 #define OTHER_LEN (sizeof(other) - 1)
 
 #define NOW 1700000000ull
+
+static mig__session_key key_main, key_other, key_none;
+
+static int derive_keys(void **state)
+{
+	(void)state;
+	assert_int_equal(mig__auth_session_key(secret, SECRET_LEN, &key_main), 0);
+	assert_int_equal(mig__auth_session_key(other, OTHER_LEN, &key_other), 0);
+	assert_int_equal(mig__auth_session_key(NULL, 0, &key_none), 0);
+	return 0;
+}
 
 /* ---------------------------------------------------------------- base64url */
 
@@ -104,7 +116,7 @@ static void test_layout(void **state)
 	(void)state;
 	char text[MIG__TOKEN_B64_MAX + 1];
 	mig__token t;
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "alice", "engine-b", "engine-a",
+	assert_int_equal(mig__token_mint(&key_main, "alice", "engine-b", "engine-a",
 					 NOW + 600, text, sizeof(text), &t),
 			 0);
 	uint8_t raw[MIG__TOKEN_RAW_MAX];
@@ -131,7 +143,7 @@ static void test_layout(void **state)
 	reference_mac(secret, SECRET_LEN, raw, p, mac);
 	assert_memory_equal(raw + p, mac, 32);
 	/* The insecure key: the label as input keying material. */
-	assert_int_equal(mig__token_mint(NULL, 0, "alice", "engine-b", "", NOW, text, sizeof(text),
+	assert_int_equal(mig__token_mint(&key_none, "alice", "engine-b", "", NOW, text, sizeof(text),
 					 NULL),
 			 0);
 	n = decode_token(text, raw);
@@ -144,11 +156,11 @@ static void test_roundtrip(void **state)
 	(void)state;
 	char text[MIG__TOKEN_B64_MAX + 1];
 	mig__token a, b;
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "user-001", "engine-b", "engine-a",
+	assert_int_equal(mig__token_mint(&key_main, "user-001", "engine-b", "engine-a",
 					 NOW + 60, text, sizeof(text), &a),
 			 0);
 	const char *why = "x";
-	assert_int_equal(mig__token_verify(secret, SECRET_LEN, text, &b, &why), 0);
+	assert_int_equal(mig__token_verify(&key_main, text, &b, &why), 0);
 	assert_string_equal(why, "");
 	assert_string_equal(b.user, "user-001");
 	assert_string_equal(b.target, "engine-b");
@@ -157,7 +169,7 @@ static void test_roundtrip(void **state)
 	assert_memory_equal(a.nonce, b.nonce, 16);
 	/* Two tokens for the same thing differ (fresh nonce). */
 	char text2[MIG__TOKEN_B64_MAX + 1];
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "user-001", "engine-b", "engine-a",
+	assert_int_equal(mig__token_mint(&key_main, "user-001", "engine-b", "engine-a",
 					 NOW + 60, text2, sizeof(text2), NULL),
 			 0);
 	assert_string_not_equal(text, text2);
@@ -168,27 +180,27 @@ static void test_roundtrip(void **state)
 	memset(id, 'e', MIG__ENGINE_ID_MAX);
 	id[MIG__ENGINE_ID_MAX] = '\0';
 	char big[MIG__TOKEN_B64_MAX + 1];
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, user, id, id, UINT64_MAX, big,
+	assert_int_equal(mig__token_mint(&key_main, user, id, id, UINT64_MAX, big,
 					 sizeof(big), NULL),
 			 0);
 	assert_int_equal(strlen(big), MIG__TOKEN_B64_MAX);
 	assert_true(MIG__TOKEN_B64_MAX + 1 <= MIG_SESSION_TOKEN_MAX);
 	assert_true(mig__token_text_valid(big));
-	assert_int_equal(mig__token_verify(secret, SECRET_LEN, big, &b, NULL), 0);
+	assert_int_equal(mig__token_verify(&key_main, big, &b, NULL), 0);
 	assert_string_equal(b.user, user);
 	/* Too small a buffer, bad ids. */
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "u", "e", "", NOW, text, 20, NULL),
+	assert_int_equal(mig__token_mint(&key_main, "u", "e", "", NOW, text, 20, NULL),
 			 MIG_EINVAL);
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "a b", "e", "", NOW, text,
+	assert_int_equal(mig__token_mint(&key_main, "a b", "e", "", NOW, text,
 					 sizeof(text), NULL),
 			 MIG_EINVAL);
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "u", "", "", NOW, text, sizeof(text),
+	assert_int_equal(mig__token_mint(&key_main, "u", "", "", NOW, text, sizeof(text),
 					 NULL),
 			 MIG_EINVAL);
 	char longer[MIG__USER_MAX + 2];
 	memset(longer, 'u', sizeof(longer) - 1);
 	longer[sizeof(longer) - 1] = '\0';
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, longer, "e", "", NOW, text,
+	assert_int_equal(mig__token_mint(&key_main, longer, "e", "", NOW, text,
 					 sizeof(text), NULL),
 			 MIG_EINVAL);
 }
@@ -197,21 +209,21 @@ static void test_tampering(void **state)
 {
 	(void)state;
 	char text[MIG__TOKEN_B64_MAX + 1];
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "user-001", "engine-b", "engine-a",
+	assert_int_equal(mig__token_mint(&key_main, "user-001", "engine-b", "engine-a",
 					 NOW + 60, text, sizeof(text), NULL),
 			 0);
 	const char *why;
 	/* Another cluster's key. */
-	assert_int_equal(mig__token_verify(other, OTHER_LEN, text, NULL, &why), MIG_EAUTH);
+	assert_int_equal(mig__token_verify(&key_other, text, NULL, &why), MIG_EAUTH);
 	assert_string_equal(why, "bad signature");
-	assert_int_equal(mig__token_verify(NULL, 0, text, NULL, &why), MIG_EAUTH);
+	assert_int_equal(mig__token_verify(&key_none, text, NULL, &why), MIG_EAUTH);
 	/* Every character changed: never accepted. */
 	size_t n = strlen(text);
 	for (size_t i = 0; i < n; i++) {
 		char t2[MIG__TOKEN_B64_MAX + 1];
 		strcpy(t2, text);
 		t2[i] = t2[i] == 'A' ? 'B' : 'A';
-		int rc = mig__token_verify(secret, SECRET_LEN, t2, NULL, &why);
+		int rc = mig__token_verify(&key_main, t2, NULL, &why);
 		assert_int_not_equal(rc, 0);
 	}
 	/* Every byte flipped in the raw form, re-encoded canonically: the
@@ -224,7 +236,7 @@ static void test_tampering(void **state)
 		raw[i] ^= 0x01;
 		char t2[MIG__TOKEN_B64_MAX + 1];
 		assert_true(mig__b64url_encode(raw, len, t2, sizeof(t2)) > 0);
-		int rc = mig__token_verify(secret, SECRET_LEN, t2, NULL, &why);
+		int rc = mig__token_verify(&key_main, t2, NULL, &why);
 		if (i == 0) {
 			assert_int_equal(rc, MIG_EVERSION);
 			assert_string_equal(why, "unsupported token version");
@@ -239,13 +251,13 @@ static void test_tampering(void **state)
 	char t3[MIG__TOKEN_B64_MAX + 8];
 	strcpy(t3, text);
 	t3[n - 4] = '\0';
-	assert_int_not_equal(mig__token_verify(secret, SECRET_LEN, t3, NULL, &why), 0);
+	assert_int_not_equal(mig__token_verify(&key_main, t3, NULL, &why), 0);
 	snprintf(t3, sizeof(t3), "%sAAAA", text);
-	assert_int_not_equal(mig__token_verify(secret, SECRET_LEN, t3, NULL, &why), 0);
-	assert_int_equal(mig__token_verify(secret, SECRET_LEN, "", NULL, &why), MIG_EPROTO);
+	assert_int_not_equal(mig__token_verify(&key_main, t3, NULL, &why), 0);
+	assert_int_equal(mig__token_verify(&key_main, "", NULL, &why), MIG_EPROTO);
 	assert_string_equal(why, "malformed token");
-	assert_int_equal(mig__token_verify(secret, SECRET_LEN, "abc$", NULL, &why), MIG_EPROTO);
-	assert_int_equal(mig__token_verify(secret, SECRET_LEN, NULL, NULL, &why), MIG_EPROTO);
+	assert_int_equal(mig__token_verify(&key_main, "abc$", NULL, &why), MIG_EPROTO);
+	assert_int_equal(mig__token_verify(&key_main, NULL, NULL, &why), MIG_EPROTO);
 	assert_false(mig__token_text_valid("abc=def"));
 	assert_false(mig__token_text_valid(""));
 }
@@ -259,7 +271,7 @@ static void test_checks(void **state)
 	assert_int_equal(mig__nonce_cache_init(&used, 0), 0);
 	char text[MIG__TOKEN_B64_MAX + 1];
 	mig__token t;
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "alice", "engine-b", "engine-a",
+	assert_int_equal(mig__token_mint(&key_main, "alice", "engine-b", "engine-a",
 					 NOW + 600, text, sizeof(text), &t),
 			 0);
 	const char *why;
@@ -355,7 +367,7 @@ static void test_wire_frames(void **state)
 {
 	(void)state;
 	char tok[MIG__TOKEN_B64_MAX + 1], why[200];
-	assert_int_equal(mig__token_mint(secret, SECRET_LEN, "alice", "engine-b", "engine-a",
+	assert_int_equal(mig__token_mint(&key_main, "alice", "engine-b", "engine-a",
 					 NOW, tok, sizeof(tok), NULL),
 			 0);
 	Migwire__Attach a = MIGWIRE__ATTACH__INIT;
@@ -434,5 +446,5 @@ int main(void)
 		cmocka_unit_test(test_checks),     cmocka_unit_test(test_nonce_cache),
 		cmocka_unit_test(test_wire_frames),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, derive_keys, NULL);
 }

@@ -170,7 +170,8 @@ typedef struct mig_event {
 	 * Source: the phase the migration is in: "begin" (asking the
 	 * destination), "precopy" (file rounds, user still served), "final"
 	 * (paused, last file round), "prepare" (state sent, waiting for the
-	 * destination), "commit" (COMMIT decided). "" on destination events.
+	 * destination), "commit" (COMMIT decided), "done" (on COMMITTED and
+	 * ABORTED). "" on destination events. Never NULL.
 	 */
 	const char *phase;
 	uint64_t time_us;        /**< wall clock of the event, microseconds since the epoch */
