@@ -356,6 +356,7 @@ struct app {
 	uint64_t marks[MK_COUNT]; /* wall clock, microseconds */
 	uint64_t round_wall[17];  /* first PROGRESS showing n rounds */
 	int activated, dropped;
+	char reason[256]; /* of the ABORTED or DROPPED event */
 	uint64_t step; /* light state */
 };
 
@@ -422,7 +423,13 @@ static void on_event(mig_engine *e, const mig_event *ev, void *ud)
 	case MIG_EVENT_STARTED: set_mark(a, MK_STARTED, t); break;
 	case MIG_EVENT_PREPARED: set_mark(a, MK_PREPARED, t); break;
 	case MIG_EVENT_COMMITTED:
-	case MIG_EVENT_ABORTED: set_mark(a, MK_COMMITTED, t); break;
+	case MIG_EVENT_ABORTED:
+		set_mark(a, MK_COMMITTED, t);
+		snprintf(a->reason, sizeof(a->reason), "%s", ev->reason ? ev->reason : "");
+		break;
+	case MIG_EVENT_DROPPED:
+		snprintf(a->reason, sizeof(a->reason), "%s", ev->reason ? ev->reason : "");
+		break;
 	case MIG_EVENT_INCOMING: set_mark(a, MK_INCOMING, t); break;
 	case MIG_EVENT_PROGRESS:
 		if (ev->phase && strcmp(ev->phase, "precopy") == 0)
@@ -578,6 +585,16 @@ static uint64_t cpu_us(const struct rusage *r, bool user)
 	return (uint64_t)tv->tv_sec * 1000000u + (uint64_t)tv->tv_usec;
 }
 
+/* " reason=..." with blanks as '_', so the line stays key=value. */
+static void print_reason(const char *r)
+{
+	if (!*r)
+		return;
+	printf(" reason=");
+	for (; *r; r++)
+		putchar(*r == ' ' || *r == '\t' || *r == '\n' ? '_' : *r);
+}
+
 static void print_rel(const char *name, uint64_t t, uint64_t t0)
 {
 	if (t)
@@ -693,9 +710,11 @@ static int cmd_engine(int argc, char **argv)
 		struct rusage ru;
 		getrusage(RUSAGE_SELF, &ru);
 		printf("dest activated=%d dropped=%d cpu_user_us=%" PRIu64 " cpu_sys_us=%" PRIu64
-		       " w_incoming=%" PRIu64 " w_activate=%" PRIu64 "\n",
+		       " w_incoming=%" PRIu64 " w_activate=%" PRIu64,
 		       a.activated, a.dropped, cpu_us(&ru, true), cpu_us(&ru, false),
 		       a.marks[MK_INCOMING], a.marks[MK_ACTIVATE]);
+		print_reason(a.reason);
+		printf("\n");
 		fflush(stdout);
 		mig_engine_free(e);
 		return 0;
@@ -742,6 +761,7 @@ static int cmd_engine(int argc, char **argv)
 	for (unsigned i = 1; i <= st.rounds && i < 17; i++)
 		printf("%s%" PRId64, i > 1 ? "," : "",
 		       a.round_wall[i] ? (int64_t)(a.round_wall[i] - t0) : -1);
+	print_reason(a.reason);
 	printf("\n");
 	fflush(stdout);
 	/* Let the release (folder into the cache) finish before exiting. */

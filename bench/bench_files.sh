@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # bench_files.sh: the file-state benchmark (docs/BENCHMARKS.md, "File state").
 #
-#   sudo bench/bench_files.sh [--build DIR] [--reps N] [--log FILE]
+#   sudo bench/bench_files.sh [--build DIR] [--reps N (5)] [--log FILE]
 #
 # Builds bench_files (a release build in DIR, default /tmp/bench-files-build)
 # and runs, on the same generated files and changes, in one run:
 #   A  loopback, 64 MiB in 8 files of 8 MiB whose destination holds the copy
 #      from before 64 runs of 10 KiB were changed (1 %): libmigrate against
 #      `rsync -a -I --no-whole-file --stats` between two local folders;
-#      bytes on the wire and wall time, N repetitions each, alternating.
+#      bytes on the wire and wall time, N repetitions each, alternating
+#      (libmigrate with pre-copy on, the default, and off); then one more
+#      libmigrate run of A and of B under perf for where the time goes.
 #   B  loopback, the same 64 MiB to a destination holding nothing: libmigrate
 #      (pre-copy on, and off) against a raw TCP copy of the same files
 #      (bench_files tcp-send/tcp-recv), without and with fsync at the end.
@@ -29,7 +31,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRCDIR=$(dirname "$HERE")
 BUILD=/tmp/bench-files-build
-REPS=3
+REPS=5
 LOG=/tmp/bench_files-results.txt
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -73,13 +75,15 @@ kv() { printf ' %s\n' "$1" | sed -n "s/.* $2=\([^ ]*\).*/\1/p"; }
 now_us() { echo $(($(date +%s%N) / 1000)); }
 # median of the arguments
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+min() { printf '%s\n' "$@" | sort -g | head -1; }
 calc() { awk "BEGIN {printf \"$1\", $2}"; }
 
 say "## bench_files: $(date -u +%Y-%m-%dT%H:%MZ)"
 say "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 say "filesystem of $W: $(df -T "$W" | awk 'NR==2 {print $2}'); rsync: $(rsync --version | head -1 | sed 's/  */ /g')"
 say "libmigrate $(git -C "$SRCDIR" describe --always --dirty 2>/dev/null || echo '?'), build $BUILD ($(sed -n 's/.*buildtype=\([a-z]*\).*/\1/p' "$BUILD/meson-logs/meson-log.txt" | head -1))"
-log "machine nproc=$(nproc) kernel=$(uname -r)"
+say "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shows as noise: rsync and libmigrate alternate, medians of $REPS)"
+log "machine nproc=$(nproc) kernel=$(uname -r) loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------------ engines
 
@@ -156,9 +160,9 @@ MB64=$((64 * 1024 * 1024))
 say ""
 say "### A. Loopback: 64 MiB (8 x 8 MiB, random), destination holds the copy before 1 % changed (64 runs of 10 KiB)"
 say ""
-say "| run | rsync bytes | libmigrate bytes | bytes ratio | rsync time (ms) | libmigrate time (ms) | time ratio | libmigrate: to pause / pause→PREPARED / →COMMITTED (ms) | CPU s: rsync / lm source + dest |"
-say "|---|---:|---:|---:|---:|---:|---:|---|---|"
-A_RB=(); A_LB=(); A_RT=(); A_LT=()
+say "| run | rsync bytes | libmigrate bytes | bytes ratio | rsync time (ms) | libmigrate time (ms) | time ratio | libmigrate: to pause / pause→PREPARED / →COMMITTED (ms) | CPU s: rsync / lm source + dest | libmigrate, pre-copy off (ms) |"
+say "|---|---:|---:|---:|---:|---:|---:|---|---|---:|"
+A_RB=(); A_LB=(); A_RT=(); A_LT=(); A_R=(); A_OFF=()
 for rep in $(seq "$REPS"); do
 	rm -rf "$W/rs.src" "$W/rs.dst"
 	cp -a "$D/new" "$W/rs.src"
@@ -181,13 +185,19 @@ for rep in $(seq "$REPS"); do
 	[ "$(kv "$RES" verified)" = yes ] || { echo "A: destination differs" >&2; exit 1; }
 	tp=$(kv "$RES" t_pause); tpr=$(kv "$RES" t_prepared); tc_=$(kv "$RES" t_committed)
 	lm_cpu=$(calc '%.2f + %.2f' "($(kv "$RES" cpu_user_us) + $(kv "$RES" cpu_sys_us)) / 1e6, ($(kv "$DEST" cpu_user_us) + $(kv "$DEST" cpu_sys_us)) / 1e6")
-	say "| $rep | $rs_bytes | $lm_bytes | $(calc '%.3f' "$lm_bytes / $rs_bytes") | $(calc '%.0f' "$rs_time / 1000") | $(calc '%.0f' "$lm_time / 1000") | $(calc '%.2f' "$lm_time / $rs_time") | $(calc '%.0f / %.1f / %.0f' "$tp / 1000, ($tpr - $tp) / 1000, ($tc_ - $tpr) / 1000") | $rs_cpu / $lm_cpu |"
+	migrate "A.off.$rep" "$D/new" "$D/old" "" 127.0.0.1 "" 127.0.0.1 --max-rounds 1
+	[ "$(kv "$RES" verified)" = yes ] || { echo "A: destination differs" >&2; exit 1; }
+	off=$(kv "$RES" duration_us)
+	say "| $rep | $rs_bytes | $lm_bytes | $(calc '%.3f' "$lm_bytes / $rs_bytes") | $(calc '%.0f' "$rs_time / 1000") | $(calc '%.0f' "$lm_time / 1000") | $(calc '%.2f' "$lm_time / $rs_time") | $(calc '%.0f / %.1f / %.0f' "$tp / 1000, ($tpr - $tp) / 1000, ($tc_ - $tpr) / 1000") | $rs_cpu / $lm_cpu | $(calc '%.0f' "$off / 1000") |"
 	A_RB+=("$rs_bytes"); A_LB+=("$lm_bytes"); A_RT+=("$rs_time"); A_LT+=("$lm_time")
+	A_R+=("$(calc '%.3f' "$lm_time / $rs_time")"); A_OFF+=("$off")
 done
 mrb=$(median "${A_RB[@]}"); mlb=$(median "${A_LB[@]}"); mrt=$(median "${A_RT[@]}"); mlt=$(median "${A_LT[@]}")
-say "| median | $mrb | $mlb | $(calc '%.3f' "$mlb / $mrb") | $(calc '%.0f' "$mrt / 1000") | $(calc '%.0f' "$mlt / 1000") | $(calc '%.2f' "$mlt / $mrt") | | |"
+mr=$(median "${A_R[@]}")
+say "| median | $mrb | $mlb | $(calc '%.3f' "$mlb / $mrb") | $(calc '%.0f' "$mrt / 1000") | $(calc '%.0f' "$mlt / 1000") | $mr | | | $(calc '%.0f' "$(median "${A_OFF[@]}") / 1000") |"
+say "| best | | | | $(calc '%.0f' "$(min "${A_RT[@]}") / 1000") | $(calc '%.0f' "$(min "${A_LT[@]}") / 1000") | $(calc '%.2f' "$(min "${A_LT[@]}") / $(min "${A_RT[@]}")") | | | $(calc '%.0f' "$(min "${A_OFF[@]}") / 1000") |"
 say ""
-say "Targets: bytes <= rsync's: $(awk -v a="$mlb" -v b="$mrb" 'BEGIN {print (a <= b) ? "met" : "MISSED"}'); time <= rsync's: $(awk -v a="$mlt" -v b="$mrt" 'BEGIN {print (a <= b) ? "met" : "MISSED"}')."
+say "Time: libmigrate from mig_migrate() to COMMITTED at the source (the destination has installed, fsynced and activated); rsync: its wall time. Time ratio: median of the per-run ratios (the runs alternate). Targets: bytes <= rsync's: $(awk -v a="$mlb" -v b="$mrb" 'BEGIN {print (a <= b) ? "met" : "MISSED"}'); time <= rsync's: $(awk -v a="$mr" 'BEGIN {print (a <= 1) ? "met" : "MISSED"}') ($mr x)."
 
 # ------------------------------------------------------------------ where the time goes
 
@@ -226,15 +236,15 @@ profile() {
 	wait "$dp" 2>/dev/null || true
 	log "profile.$name $res"
 	say ""
-	say "Profile of one more run ($name, both engines under \`perf record -F 999 --call-graph dwarf\`; $(calc '%.0f' "$(kv "$res" duration_us) / 1000") ms under the profiler): share of each engine's samples in and below a stage, and when the stage ran (ms after the first sample of either engine)."
+	say "Profile of one more run ($name, both engines under \`perf record -F 999 --call-graph dwarf\`; $(calc '%.0f' "$(kv "$res" duration_us) / 1000") ms under the profiler): share of each engine's samples in and below a stage, and when the stage ran (first to last sample, ms after the source process's first sample)."
 	say ""
 	say "| stage | engine | share of samples | ran from – to (ms) |"
 	say "|---|---|---:|---|"
 	local t0
-	t0=$(for e in src dst; do perf script -i "$pd/$e.data" -F time 2>/dev/null | head -1 || true; done | tr -d ' :' | sort -g | head -1) || true
+	t0=$(perf script -i "$pd/src.data" -F time 2>/dev/null | head -1 | tr -d ' :') || true
 	for e in dst src; do
 		perf report -i "$pd/$e.data" --children --sort symbol -g none --stdio 2>/dev/null >"$pd/$e.txt" || true
-		perf script -i "$pd/$e.data" -F time,sym 2>/dev/null | awk -v stages="$PERF_STAGES" -v t0="$t0" '
+		perf script -i "$pd/$e.data" -F time,ip,sym 2>/dev/null | awk -v stages="$PERF_STAGES" -v t0="$t0" '
 			BEGIN { n = split(stages, st, " ") }
 			/^ *[0-9]+\.[0-9]+:/ { t = $1; sub(":", "", t); next }
 			{ for (i = 1; i <= n; i++) if (index($0, st[i])) { if (!(st[i] in a)) a[st[i]] = t; b[st[i]] = t } }
@@ -279,7 +289,7 @@ tcp_copy() {
 	done
 	local line
 	line=$(timeout 120 "${pa[@]}" "$BIN" tcp-send --to "$addrb:$port" "$src")
-	wait "$rp"
+	wait "$rp" 2>/dev/null || true
 	diff -r -q "$src" "$W/tcp.dst" >/dev/null || { echo "tcp copy differs" >&2; exit 1; }
 	TCP_US=$(kv "$line" time_us)
 	log "$name $line"
@@ -292,7 +302,7 @@ say "### B. Loopback: the same 64 MiB to a destination holding nothing"
 say ""
 say "| run | raw TCP copy (MB/s) | raw TCP copy + fsync (MB/s) | libmigrate, pre-copy on (MB/s) | libmigrate, pre-copy off (MB/s) | on / raw TCP | off / raw TCP | on / TCP+fsync |"
 say "|---|---:|---:|---:|---:|---:|---:|---:|"
-B_T=(); B_TF=(); B_ON=(); B_OFF=()
+B_T=(); B_TF=(); B_ON=(); B_OFF=(); B_R=()
 for rep in $(seq "$REPS"); do
 	tcp_copy "B.tcp.$rep" "$D/new" "" "" 127.0.0.1
 	t=$TCP_US
@@ -305,15 +315,18 @@ for rep in $(seq "$REPS"); do
 	[ "$(kv "$RES" verified)" = yes ] || { echo "B: destination differs" >&2; exit 1; }
 	off=$(kv "$RES" duration_us)
 	say "| $rep | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $(calc '%.2f' "$t / $on") | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") |"
-	B_T+=("$t"); B_TF+=("$tf"); B_ON+=("$on"); B_OFF+=("$off")
+	B_T+=("$t"); B_TF+=("$tf"); B_ON+=("$on"); B_OFF+=("$off"); B_R+=("$(calc '%.3f' "$t / $on")")
 done
 t=$(median "${B_T[@]}"); tf=$(median "${B_TF[@]}"); on=$(median "${B_ON[@]}"); off=$(median "${B_OFF[@]}")
-say "| median | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $(calc '%.2f' "$t / $on") | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") |"
+br=$(median "${B_R[@]}")
+say "| median | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $br | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") |"
+t=$(min "${B_T[@]}"); tf=$(min "${B_TF[@]}"); on=$(min "${B_ON[@]}"); off=$(min "${B_OFF[@]}")
+say "| best | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $(calc '%.2f' "$t / $on") | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") |"
 if command -v perf >/dev/null && perf record -q -o "$W/perf.test" -- true 2>/dev/null; then
 	profile fresh ""
 fi
 say ""
-say "Target: fresh transfer >= 0.5 x raw TCP copy on loopback: $(awk -v a="$t" -v b="$on" 'BEGIN {print (a / b >= 0.5) ? "met" : "MISSED"}') ($(calc '%.2f' "$t / $on") x with pre-copy on)."
+say "MB/s: 64 MiB of files over the time to COMMITTED (libmigrate) or to the receiver's acknowledgement (TCP); ratios in the median row are medians of the per-run ratios. Target: fresh transfer >= 0.5 x raw TCP copy on loopback: $(awk -v a="$br" 'BEGIN {print (a >= 0.5) ? "met" : "MISSED"}') ($br x with pre-copy on)."
 
 # ------------------------------------------------------------------ C: shaped link
 
@@ -339,6 +352,8 @@ fi
 if [ -n "$skip" ]; then
 	say ""
 	say "Skipped: $skip."
+	say ""
+	say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). Raw result lines: $LOG"
 	exit 0
 fi
 LINK=12500000 # 100 Mbit/s in bytes per second
@@ -394,4 +409,4 @@ for files in 2 8 32; do
 	rm -rf "$D/size$files"
 done
 say ""
-say "Raw result lines: $LOG"
+say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). Raw result lines: $LOG"

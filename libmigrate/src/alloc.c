@@ -68,7 +68,11 @@ char *mig__strndup(const char *s, size_t n)
 
 char *mig__strdup(const char *s)
 {
-	return mig__strndup(s, SIZE_MAX);
+	size_t len = strlen(s);
+	char *d = mig__malloc(len + 1);
+	if (d)
+		memcpy(d, s, len + 1);
+	return d;
 }
 
 char *mig__asprintf(const char *fmt, ...)
