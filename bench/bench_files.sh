@@ -21,7 +21,8 @@
 #      C2 64 MiB of half-compressible frames while the app writes (frames
 #         appended at 1 MiB/s into 1 MiB segment files, and 64 random 4 KiB
 #         pages/s rewritten in a 1 MiB state file), fresh destination:
-#         pre-copy off / alpha 50 ms / alpha 1.5 s, zstd off / on;
+#         pre-copy off / alpha 50 ms / alpha 1.5 s, zstd off / on; and one
+#         run at alpha 50 ms with 256 pages/s rewritten;
 #      C3 pre-copy at alpha 50 ms with the same writer, folders of 16, 64
 #         and 256 MiB: downtime against folder size.
 # C needs root and `ip netns`; without them it is skipped with the reason.
@@ -378,9 +379,11 @@ WRITER=(--append-rate 1M --modify-rate 256K --warmup-ms 1000 --kind mixed)
 
 # row NAME: one table row from RES
 row() {
-	local rb
+	local rb ok
 	rb=$(kv "$RES" round_bytes | awk -F, '{for (i = 1; i <= NF; i++) printf "%s%.1f", (i > 1 ? " + " : ""), $i / 1048576}')
-	say "| $1 | $(kv "$RES" rounds) | $rb | $(calc '%.1f' "$(kv "$RES" bytes_sent) / 1048576") | $(calc '%.2f' "$(kv "$RES" duration_us) / 1e6") | $(calc '%.0f' "$(kv "$RES" downtime_us) / 1000") | $(calc '%.1f' "$(kv "$RES" appended) / 1048576") + $(calc '%.1f' "$(kv "$RES" modified) / 1048576") | $(kv "$RES" verified) |"
+	ok=$(kv "$RES" verified)
+	[ "$(kv "$RES" state)" = committed ] || ok="ABORTED $(kv "$RES" err): $(kv "$RES" reason | tr _ ' ')"
+	say "| $1 | $(kv "$RES" rounds) | $rb | $(calc '%.1f' "$(kv "$RES" bytes_sent) / 1048576") | $(calc '%.2f' "$(kv "$RES" duration_us) / 1e6") | $(calc '%.0f' "$(kv "$RES" downtime_us) / 1000") | $(calc '%.1f' "$(kv "$RES" appended) / 1048576") + $(calc '%.1f' "$(kv "$RES" modified) / 1048576") | $ok |"
 }
 
 say ""
@@ -396,6 +399,11 @@ for pc in off 50 1500; do
 		row "$label, zstd $z"
 	done
 done
+# Four times the in-place rewriting: files written to while a pre-copy
+# round reads them, in most rounds.
+migrate "C2.heavy" "$D/mixed64" "" "$NSA" 192.0.2.1 "$NSB" 192.0.2.2 --alpha 50 --compression off \
+	--append-rate 1M --modify-rate 1M --warmup-ms 1000 --kind mixed
+row "α = 50 ms, zstd off, rewriting 1 MiB/s"
 
 say ""
 say "#### C3. Downtime against folder size: pre-copy α = 50 ms, zstd off, the same writer"

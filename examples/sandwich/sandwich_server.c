@@ -357,7 +357,7 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 			return;
 		}
 		u->serving = true;
-		say(s, "new", u->id, "step=%d", (int)u->step);
+		say(s, "new", u->id, "step=%s", sw_step_name(u->step));
 	}
 	if (!u->serving) { /* paused (leaving) or not yet activated (arriving) */
 		send_wait(s, c, 0, "moving between cloudlets", 0);
@@ -385,7 +385,7 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 	Sandwich__ServerMsg m = SANDWICH__SERVER_MSG__INIT;
 	m.body_case = SANDWICH__SERVER_MSG__BODY_WELCOME;
 	m.welcome = &w;
-	say(s, "hello", u->id, "step=%d next_frame=%" PRIu64, (int)u->step, w.next_frame_id);
+	say(s, "hello", u->id, "step=%s next_frame=%" PRIu64, sw_step_name(u->step), w.next_frame_id);
 	conn_send(s, c, &m);
 }
 
@@ -423,10 +423,11 @@ static void on_frame(struct server *s, struct conn *c, const Sandwich__Frame *f)
 		u->frames_seen++;
 		u->last_frame_id = f->frame_id;
 		if (kind == SANDWICH__KIND__KIND_STEP)
-			say(s, "step", u->id, "step=%d frame=%" PRIu64, (int)u->step, f->frame_id);
-		else if (kind == SANDWICH__KIND__KIND_CORRECTION)
-			say(s, "correction", u->id, "step=%d frame=%" PRIu64, (int)u->step,
+			say(s, "step", u->id, "step=%s frame=%" PRIu64, sw_step_name(u->step),
 			    f->frame_id);
+		else if (kind == SANDWICH__KIND__KIND_CORRECTION)
+			say(s, "correction", u->id, "step=%s frame=%" PRIu64,
+			    sw_step_name(u->step), f->frame_id);
 	}
 	Sandwich__Instruction in = SANDWICH__INSTRUCTION__INIT;
 	in.step = u->step;
@@ -560,7 +561,7 @@ static int on_pause(mig_engine *e, const char *user, void *ud)
 	if (!u)
 		return -1;
 	u->serving = false; /* its frames get "wait" from now on; others go on */
-	say(ud, "pause", user, "step=%d frames=%" PRIu64, (int)u->step, u->frames_seen);
+	say(ud, "pause", user, "step=%s frames=%" PRIu64, sw_step_name(u->step), u->frames_seen);
 	return 0;
 }
 
@@ -578,7 +579,7 @@ static void on_release(mig_engine *e, const char *user, void *ud)
 	struct user *u = user_find(s, user);
 	if (!u)
 		return;
-	say(s, "release", user, "step=%d frames=%" PRIu64, (int)u->step, u->frames_seen);
+	say(s, "release", user, "step=%s frames=%" PRIu64, sw_step_name(u->step), u->frames_seen);
 	if (u->conn)
 		send_moved(s, u->conn, user, "the user moved to another cloudlet");
 	user_free(s, u);
@@ -598,7 +599,7 @@ static void on_activate(mig_engine *e, const char *user, void *ud)
 	if (!u)
 		return;
 	u->serving = true;
-	say(ud, "activate", user, "step=%d frames=%" PRIu64, (int)u->step, u->frames_seen);
+	say(ud, "activate", user, "step=%s frames=%" PRIu64, sw_step_name(u->step), u->frames_seen);
 }
 
 static void on_drop(mig_engine *e, const char *user, void *ud)
@@ -714,6 +715,14 @@ int main(int argc, char **argv)
 	}
 	snprintf(s.app_url, sizeof(s.app_url), "tcp://%s:%d", listen_address, bound);
 
+	/* Signals arrive on a signalfd in the loop: block them before the
+	 * engine starts its threads, which inherit the mask. */
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+
 	/* 1. The engine: options, light and file domains, hooks, start. */
 	mig_engine_options o = {0};
 	o.listen_address = listen_address;
@@ -751,11 +760,6 @@ int main(int argc, char **argv)
 
 	/* 2. One epoll loop: the app's listener and clients, signals, and the
 	 *    engine's fd (its callbacks run inside mig_engine_dispatch()). */
-	sigset_t mask;
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
 	s.signal_w = (struct watch){W_SIGNAL, signalfd(-1, &mask, SFD_CLOEXEC)};
 	s.engine_w = (struct watch){W_ENGINE, mig_engine_fd(s.engine)};
 	s.ep = epoll_create1(EPOLL_CLOEXEC);
@@ -802,8 +806,8 @@ int main(int argc, char **argv)
 		while (s.users[b]) {
 			struct user *u = s.users[b];
 			say(&s, "final", u->id,
-			    "step=%d frames=%" PRIu64 " mistakes=%u last_frame=%" PRIu64,
-			    (int)u->step, u->frames_seen, u->mistakes, u->last_frame_id);
+			    "step=%s frames=%" PRIu64 " mistakes=%u last_frame=%" PRIu64,
+			    sw_step_name(u->step), u->frames_seen, u->mistakes, u->last_frame_id);
 			user_free(&s, u);
 		}
 	while (s.conns)

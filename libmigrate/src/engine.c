@@ -13,6 +13,7 @@
 
 #include "auth.h"
 #include "engine_int.h"
+#include "handoff_int.h"
 #include "workers.h"
 #include "xfer.h"
 
@@ -134,14 +135,7 @@ static void engine_release(mig_engine *e)
 	e->transport = NULL;
 	if (e->events.efd >= 0)
 		mig__evq_destroy(&e->events, mig__tev_free_item);
-	struct mig_migration *m = e->migrations;
-	while (m) {
-		struct mig_migration *next = m->next;
-		m->engine = NULL;
-		mig__migration_unref(m);
-		m = next;
-	}
-	e->migrations = NULL;
+	mig__handoff_free_all(e);
 	mig__conn_rec *c = e->conns;
 	while (c) {
 		mig__conn_rec *next = c->next;

@@ -103,7 +103,8 @@ enum mig__fault_action {
 struct mig_migration {
 	atomic_int refs;
 	mig_engine *engine; /* NULL once the engine is freed */
-	struct mig_migration *next;
+	struct mig_migration *next;       /* running list, or outcome FIFO once done */
+	struct mig_migration *hash_next;  /* outcome hash chain */
 	char mid[MIG__MID_LEN + 1];
 	char *user;
 	char *peer_url;
@@ -249,8 +250,14 @@ struct mig_engine {
 	pthread_mutex_t lock;
 	/* --- guarded by lock --- */
 	mig__users users;
-	struct mig_migration *migrations; /* running and remembered outcomes */
+	struct mig_migration *migrations; /* running (and just-finished, until the tick ends) */
 	size_t nmigrations;
+	/* Finished migrations, remembered to answer repeats and OUTCOME
+	 * queries: oldest first, and hashed by mid. */
+	struct mig_migration *outcomes_head;
+	struct mig_migration *outcomes_tail;
+	struct mig_migration **outcome_buckets;
+	size_t noutcomes;
 	mig__conn_rec *conns;
 	mig__pending_log *logs_head;
 	mig__pending_log *logs_tail;

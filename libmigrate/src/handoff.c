@@ -14,12 +14,63 @@
 #define OUTCOME_TTL_US (10ull * 60 * 1000000)
 #define OUTCOME_MAX 10000
 
+#define OUTCOME_BUCKETS 16384 /* a power of two, > OUTCOME_MAX */
+
+static size_t mid_bucket(const char *mid)
+{
+	/* Migration ids are random hex: their first 8 digits hash well. */
+	uint32_t h = 0;
+	for (int i = 0; i < 8 && mid[i]; i++)
+		h = h * 16 + (uint32_t)(mid[i] <= '9' ? mid[i] - '0' : mid[i] - 'a' + 10);
+	return h & (OUTCOME_BUCKETS - 1);
+}
+
 struct mig_migration *mig__handoff_find(mig_engine *e, const char *mid)
 {
+	/* Running migrations are few; finished ones are many and hashed, so a
+	 * BEGIN for a new id costs no scan of the outcome memory. */
 	for (struct mig_migration *m = e->migrations; m; m = m->next)
 		if (strcmp(m->mid, mid) == 0)
 			return m;
+	if (!e->outcome_buckets)
+		return NULL;
+	for (struct mig_migration *m = e->outcome_buckets[mid_bucket(mid)]; m; m = m->hash_next)
+		if (strcmp(m->mid, mid) == 0)
+			return m;
 	return NULL;
+}
+
+static void outcome_forget(mig_engine *e)
+{
+	struct mig_migration *m = e->outcomes_head;
+	e->outcomes_head = m->next;
+	if (!e->outcomes_head)
+		e->outcomes_tail = NULL;
+	for (struct mig_migration **pp = &e->outcome_buckets[mid_bucket(m->mid)]; *pp;
+	     pp = &(*pp)->hash_next)
+		if (*pp == m) {
+			*pp = m->hash_next;
+			break;
+		}
+	e->noutcomes--;
+	m->engine = NULL;
+	mig__migration_unref(m);
+}
+
+void mig__handoff_free_all(mig_engine *e)
+{
+	while (e->outcomes_head)
+		outcome_forget(e);
+	mig__free(e->outcome_buckets);
+	e->outcome_buckets = NULL;
+	struct mig_migration *m = e->migrations;
+	while (m) {
+		struct mig_migration *next = m->next;
+		m->engine = NULL;
+		mig__migration_unref(m);
+		m = next;
+	}
+	e->migrations = NULL;
 }
 
 struct mig_migration *mig__handoff_new(mig_engine *e, const char *mid, const char *user,
@@ -312,26 +363,41 @@ void mig__handoff_on_conn_down(mig_engine *e, uint64_t conn, int error, const ch
 	}
 }
 
-static void prune(mig_engine *e, uint64_t now)
+/* Moves finished migrations from the running list to the outcome memory,
+ * and forgets outcomes past their time or beyond the cap. */
+static void retire(mig_engine *e, uint64_t now)
 {
-	size_t kept = 0;
+	if (!e->outcome_buckets)
+		e->outcome_buckets = mig__calloc(OUTCOME_BUCKETS, sizeof(*e->outcome_buckets));
 	for (struct mig_migration **pp = &e->migrations; *pp;) {
 		struct mig_migration *m = *pp;
+		if (m->phase != MIG__DONE || !e->outcome_buckets) {
+			pp = &m->next;
+			continue;
+		}
+		*pp = m->next;
+		e->nmigrations--;
+		/* Byte totals of finished migrations live on in the metrics. */
+		e->metrics.forgotten_sent += m->bytes_sent;
+		e->metrics.forgotten_received += m->bytes_received;
+		m->next = NULL;
+		if (e->outcomes_tail)
+			e->outcomes_tail->next = m;
+		else
+			e->outcomes_head = m;
+		e->outcomes_tail = m;
+		size_t b = mid_bucket(m->mid);
+		m->hash_next = e->outcome_buckets[b];
+		e->outcome_buckets[b] = m;
+		e->noutcomes++;
+	}
+	while (e->outcomes_head) {
+		struct mig_migration *m = e->outcomes_head;
 		/* A migration that ended during this tick has ended_us > now. */
 		uint64_t age = now > m->ended_us ? now - m->ended_us : 0;
-		bool old = m->phase == MIG__DONE && (age > OUTCOME_TTL_US || kept >= OUTCOME_MAX);
-		if (old) {
-			*pp = m->next;
-			e->nmigrations--;
-			e->metrics.forgotten_sent += m->bytes_sent;
-			e->metrics.forgotten_received += m->bytes_received;
-			m->engine = NULL;
-			mig__migration_unref(m);
-		} else {
-			if (m->phase == MIG__DONE)
-				kept++;
-			pp = &m->next;
-		}
+		if (age <= OUTCOME_TTL_US && e->noutcomes <= OUTCOME_MAX)
+			break;
+		outcome_forget(e);
 	}
 }
 
@@ -380,7 +446,7 @@ uint64_t mig__handoff_tick(mig_engine *e, uint64_t now)
 			mig__dst_tick(e, m, mig__now_us());
 	}
 	uint64_t next = flush_progress(e);
-	prune(e, now);
+	retire(e, now);
 	for (struct mig_migration *m = e->migrations; m; m = m->next)
 		if (m->phase != MIG__DONE && m->deadline_us &&
 		    (!next || m->deadline_us < next))

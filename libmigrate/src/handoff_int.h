@@ -27,6 +27,9 @@ void mig__handoff_reply_outcome(mig_engine *e, uint64_t conn, const char *mid,
 Migwire__OutcomeState mig__handoff_outcome_of(mig_engine *e, const char *mid,
 					      const char *user);
 
+/* Frees every migration record (engine teardown). */
+void mig__handoff_free_all(mig_engine *e);
+
 /* handoff_src.c */
 void mig__src_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f);
 void mig__src_on_link_down(mig_engine *e, struct mig_migration *m, int error,
