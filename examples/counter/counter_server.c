@@ -232,6 +232,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &s.t0);
+	/* Block the signals before the engine starts its threads, which
+	 * inherit the mask: SIGTERM must reach the signalfd, not kill the
+	 * process on a library thread. */
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
 
 	/* 1. Create the engine, register state and hooks, start it. */
 	mig_engine_options o = {0};
@@ -284,11 +292,6 @@ int main(int argc, char **argv)
 	int tick = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
 	struct itimerspec its = {{0, 100000000}, {0, 100000000}};
 	timerfd_settime(tick, 0, &its, NULL);
-	sigset_t mask;
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
 	int sig = signalfd(-1, &mask, SFD_CLOEXEC);
 	int fds[] = {tick, sig, mig_engine_fd(engine)};
 	for (int i = 0; i < 3; i++) {

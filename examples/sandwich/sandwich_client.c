@@ -54,7 +54,12 @@
 #define MOVED_RETRY_MS 3000 /* no redirect after Moved: ask again this late */
 #define RECONNECT_MS 200
 
-enum watch_kind { W_TICK, W_SIGNAL, W_SOCK, W_HELPER };
+enum watch_kind {
+	W_TICK,
+	W_SIGNAL,
+	W_SOCK,
+	W_HELPER
+};
 
 struct cuser;
 
@@ -71,17 +76,17 @@ struct cuser {
 	char app_url[256];
 
 	/* the app connection */
-	int fd;             /* -1: none */
-	bool connecting;    /* connect() in progress */
+	int fd;          /* -1: none */
+	bool connecting; /* connect() in progress */
 	bool want_out;
-	bool welcomed;      /* Hello answered with Welcome */
+	bool welcomed; /* Hello answered with Welcome */
 	bool hello_in_flight;
 	uint64_t in_flight; /* the frame awaiting its answer, 0 if none */
 	uint64_t next_frame;
-	uint64_t acked;     /* last frame answered: the server processed 1..acked */
-	uint64_t retry_at;  /* monotonic ms: send nothing before */
+	uint64_t acked;    /* last frame answered: the server processed 1..acked */
+	uint64_t retry_at; /* monotonic ms: send nothing before */
 	sw_buf in, out;
-	char cloudlet[64];  /* "-" when not connected */
+	char cloudlet[64]; /* "-" when not connected */
 
 	/* the reconnect helper */
 	mig_client *helper;
@@ -115,7 +120,7 @@ static void say(struct cuser *u, const char *what, const char *fmt, ...)
 static void say(struct cuser *u, const char *what, const char *fmt, ...)
 {
 	va_list ap;
-	printf("%.3f %s %s %s", sw_wall(), u->id, u->cloudlet, what);
+	printf("%.6f %s %s %s", sw_wall(), u->id, u->cloudlet, what);
 	if (fmt && *fmt) {
 		putchar(' ');
 		va_start(ap, fmt);
@@ -371,7 +376,8 @@ static void on_instruction(struct client *cl, struct cuser *u, const Sandwich__I
 	u->last_answer_ms = now;
 	note_cloudlet(u, in->cloudlet);
 	if (in->frames_seen != in->frame_id) {
-		say(u, "error", "reason=\"frame %" PRIu64 " but the server saw %" PRIu64 " frames\"",
+		say(u, "error",
+		    "reason=\"frame %" PRIu64 " but the server saw %" PRIu64 " frames\"",
 		    in->frame_id, in->frames_seen);
 		u->consistent = false;
 	}
@@ -442,7 +448,8 @@ static void sock_read(struct client *cl, struct cuser *u)
 	size_t len;
 	int r;
 	while (u->fd >= 0 && (r = sw_buf_next_msg(&u->in, &body, &len)) != 0) {
-		Sandwich__ServerMsg *m = r < 0 ? NULL : sandwich__server_msg__unpack(NULL, len, body);
+		Sandwich__ServerMsg *m =
+			r < 0 ? NULL : sandwich__server_msg__unpack(NULL, len, body);
 		if (!m) {
 			say(u, "disconnected", "reason=\"%s\"", "bad message from the server");
 			sock_close(cl, u, RECONNECT_MS);
@@ -598,13 +605,26 @@ int main(int argc, char **argv)
 	};
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (opt) {
-		case 's': server = optarg; break;
-		case 'u': users = optarg; break;
-		case 'i': cl.interval_ms = (unsigned)atoi(optarg); break;
-		case 'h': hold = optarg; break;
-		case 'b': cl.image_bytes = (unsigned)atoi(optarg); break;
-		case 't': timeout_s = (unsigned)atoi(optarg); break;
-		default: usage();
+		case 's':
+			server = optarg;
+			break;
+		case 'u':
+			users = optarg;
+			break;
+		case 'i':
+			cl.interval_ms = (unsigned)atoi(optarg);
+			break;
+		case 'h':
+			hold = optarg;
+			break;
+		case 'b':
+			cl.image_bytes = (unsigned)atoi(optarg);
+			break;
+		case 't':
+			timeout_s = (unsigned)atoi(optarg);
+			break;
+		default:
+			usage();
 		}
 	}
 	char host[128];

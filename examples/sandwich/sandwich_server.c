@@ -47,7 +47,12 @@
 #define NBUCKETS 1024
 #define RETRY_MS 100 /* what a paused user's client is told to wait */
 
-enum watch_kind { W_LISTEN, W_ENGINE, W_SIGNAL, W_CONN };
+enum watch_kind {
+	W_LISTEN,
+	W_ENGINE,
+	W_SIGNAL,
+	W_CONN
+};
 
 struct watch {
 	enum watch_kind kind;
@@ -58,8 +63,8 @@ struct conn {
 	struct watch w; /* first: epoll's data.ptr points here */
 	char user[65];  /* "" until Hello */
 	sw_buf in, out;
-	bool want_out;  /* EPOLLOUT registered */
-	bool closing;   /* Moved sent: shut down once flushed */
+	bool want_out; /* EPOLLOUT registered */
+	bool closing;  /* Moved sent: shut down once flushed */
 	bool dead;
 	struct conn *next;
 };
@@ -99,7 +104,7 @@ static void say(struct server *s, const char *what, const char *user, const char
 static void say(struct server *s, const char *what, const char *user, const char *fmt, ...)
 {
 	va_list ap;
-	printf("%.3f %s %s %s", sw_wall(), s->name, what, user);
+	printf("%.6f %s %s %s", sw_wall(), s->name, what, user);
 	if (fmt && *fmt) {
 		putchar(' ');
 		va_start(ap, fmt);
@@ -281,33 +286,47 @@ static int write_all(int fd, const void *data, size_t len)
 
 /* File state: append the frame to ROOT/<user>/frames.log and a line to
  * frames.idx. Each append opens and closes the file, so nothing stays open
- * when the library moves the folder (at release, or at COMMIT). */
+ * when the library moves the folder (at release, or at COMMIT). A failed
+ * append is cut off again, so a frame sent again is never recorded twice;
+ * frames.idx is only an aid (a failure there is logged, not fatal).
+ * Returns 0 or an errno value. */
 static int record_frame(struct server *s, struct user *u, const Sandwich__Frame *f)
 {
 	char dir[PATH_MAX], path[PATH_MAX + 16], hdr[96], line[160];
 	snprintf(dir, sizeof(dir), "%s/%s", s->root, u->id);
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-		return -1;
+		return errno;
 	snprintf(path, sizeof(path), "%s/frames.log", dir);
 	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
-		return -1;
+		return errno;
 	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int err = errno;
+		close(fd);
+		return err;
+	}
 	size_t hlen = sw_record_header(hdr, sizeof(hdr), f->frame_id, f->label, f->image.len);
-	int rc = fstat(fd, &st) < 0 || write_all(fd, hdr, hlen) ||
-		 write_all(fd, f->image.data, f->image.len) || write_all(fd, "\n", 1);
+	errno = 0;
+	if (write_all(fd, hdr, hlen) || write_all(fd, f->image.data, f->image.len) ||
+	    write_all(fd, "\n", 1)) {
+		int err = errno ? errno : EIO;
+		if (ftruncate(fd, st.st_size) < 0)
+			say(s, "error", u->id, "frames.log: cannot cut off a failed append: %s",
+			    strerror(errno));
+		close(fd);
+		return err;
+	}
 	close(fd);
-	if (rc)
-		return -1;
 	snprintf(path, sizeof(path), "%s/frames.idx", dir);
 	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return -1;
 	int n = snprintf(line, sizeof(line), "%" PRIu64 " %s %lld %zu %s\n", f->frame_id, f->label,
 			 (long long)st.st_size, hlen + f->image.len + 1, s->name);
-	rc = write_all(fd, line, (size_t)n);
-	close(fd);
-	return rc;
+	if (fd < 0 || write_all(fd, line, (size_t)n))
+		say(s, "error", u->id, "frames.idx: %s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return 0;
 }
 
 /* The assistant: what the label means at the user's step. */
@@ -385,7 +404,8 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 	Sandwich__ServerMsg m = SANDWICH__SERVER_MSG__INIT;
 	m.body_case = SANDWICH__SERVER_MSG__BODY_WELCOME;
 	m.welcome = &w;
-	say(s, "hello", u->id, "step=%s next_frame=%" PRIu64, sw_step_name(u->step), w.next_frame_id);
+	say(s, "hello", u->id, "step=%s next_frame=%" PRIu64, sw_step_name(u->step),
+	    w.next_frame_id);
 	conn_send(s, c, &m);
 }
 
@@ -413,9 +433,10 @@ static void on_frame(struct server *s, struct conn *c, const Sandwich__Frame *f)
 		}
 		/* A frame processed already: answer again, change nothing. */
 	} else {
-		if (record_frame(s, u, f) < 0) {
+		int err = record_frame(s, u, f);
+		if (err) {
 			say(s, "error", u->id, "cannot record frame %" PRIu64 ": %s", f->frame_id,
-			    strerror(errno));
+			    strerror(err));
 			send_wait(s, c, f->frame_id, "cannot record the frame", 0);
 			return;
 		}
@@ -426,8 +447,8 @@ static void on_frame(struct server *s, struct conn *c, const Sandwich__Frame *f)
 			say(s, "step", u->id, "step=%s frame=%" PRIu64, sw_step_name(u->step),
 			    f->frame_id);
 		else if (kind == SANDWICH__KIND__KIND_CORRECTION)
-			say(s, "correction", u->id, "step=%s frame=%" PRIu64,
-			    sw_step_name(u->step), f->frame_id);
+			say(s, "correction", u->id, "step=%s frame=%" PRIu64, sw_step_name(u->step),
+			    f->frame_id);
 	}
 	Sandwich__Instruction in = SANDWICH__INSTRUCTION__INIT;
 	in.step = u->step;
@@ -466,8 +487,8 @@ static void conn_read(struct server *s, struct conn *c)
 	size_t len;
 	int r;
 	while (!c->dead && !c->closing && (r = sw_buf_next_msg(&c->in, &body, &len)) != 0) {
-		Sandwich__ClientMsg *m = r < 0 ? NULL :
-				       sandwich__client_msg__unpack(NULL, len, body);
+		Sandwich__ClientMsg *m =
+			r < 0 ? NULL : sandwich__client_msg__unpack(NULL, len, body);
 		if (!m) {
 			conn_kill(s, c);
 			return;
@@ -681,13 +702,26 @@ int main(int argc, char **argv)
 	};
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (opt) {
-		case 'i': s.name = optarg; break;
-		case 's': secret_file = optarg; break;
-		case 'd': s.root = optarg; break;
-		case 'p': port = atoi(optarg); break;
-		case 'a': app_port = atoi(optarg); break;
-		case 'l': listen_address = optarg; break;
-		default: usage();
+		case 'i':
+			s.name = optarg;
+			break;
+		case 's':
+			secret_file = optarg;
+			break;
+		case 'd':
+			s.root = optarg;
+			break;
+		case 'p':
+			port = atoi(optarg);
+			break;
+		case 'a':
+			app_port = atoi(optarg);
+			break;
+		case 'l':
+			listen_address = optarg;
+			break;
+		default:
+			usage();
 		}
 	}
 	if (!s.name || !secret_file || !s.root || optind != argc)
@@ -742,10 +776,13 @@ int main(int argc, char **argv)
 	}
 	mig_light_domain progress = {"progress", "sandwich.Progress", 1, extract_progress,
 				     merge_progress};
-	mig_file_domain frames = {.name = "frames", .version = 1, .root = s.root,
-				  .append_only = 1};
-	mig_hooks hooks = {.pause = on_pause, .resume = on_resume, .release = on_release,
-			   .incoming = on_incoming, .activate = on_activate, .drop = on_drop};
+	mig_file_domain frames = {.name = "frames", .version = 1, .root = s.root, .append_only = 1};
+	mig_hooks hooks = {.pause = on_pause,
+			   .resume = on_resume,
+			   .release = on_release,
+			   .incoming = on_incoming,
+			   .activate = on_activate,
+			   .drop = on_drop};
 	if ((rc = mig_light_domain_register(s.engine, &progress, &s)) ||
 	    (rc = mig_file_domain_register(s.engine, &frames)) ||
 	    (rc = mig_engine_set_hooks(s.engine, &hooks, &s)) ||

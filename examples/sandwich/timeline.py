@@ -70,6 +70,7 @@ def main():
     url_name = {}
     finals = {c: {} for c in cloudlets}
     commits = []
+    paused_at = {}
     for c in cloudlets:
         for line in read_lines(os.path.join(a.dir, c + ".log")):
             if line.startswith("url "):
@@ -87,9 +88,14 @@ def main():
                 events.append((t, user, name, "migration to %s starts: its files are copied "
                                "while %s keeps going" % (url_name.get(f["to"], f["to"]), user)))
             elif what == "pause":
+                paused_at[(name, user)] = t
                 events.append((t, user, name, "paused at step %s after %s frames"
                                % (f["step"], f["frames"])))
             elif what == "committed":
+                # The moment the source learnt COMMITTED: its pause + downtime (the line
+                # itself is printed after the redirect and the release).
+                if (name, user) in paused_at:
+                    t = paused_at.pop((name, user)) + int(f["downtime_us"]) / 1e6
                 dest = url_name.get(f["to"], f["to"])
                 commits.append((t, user, name, dest, f))
                 events.append((t, user, "%s->%s" % (name, dest),
@@ -149,9 +155,23 @@ def main():
     if not events:
         print("timeline: no events in %s" % a.dir)
         return 1
-    events.sort(key=lambda e: e[0])
+    # Same timestamp: the order in which these things cause each other.
+    order = ["migration", "paused", "now served", "COMMITTED", "the app connection",
+             "the glasses'", "the client reconnected", "first answer"]
+
+    def rank(text):
+        for i, prefix in enumerate(order):
+            if text.startswith(prefix):
+                return i
+        return len(order)
+
+    events.sort(key=lambda e: (round(e[0], 3), rank(e[3])))
     t0 = events[0][0]
     print("== timeline (seconds since the first client started)")
+    print("   Each user's glasses send a camera frame every %d ms; the cloudlet answers each"
+          % a.interval_ms)
+    print("   with the next step, a correction, or nothing new. Moves are user-1's alone:")
+    print("   the other users are never paused.")
     print("   %7s  %-7s %-8s %s" % ("time", "user", "cloudlet", "what happened"))
     for t, user, where, text in events:
         print("   %7.3f  %-7s %-8s %s" % (t - t0, user, where, text))
@@ -228,6 +248,10 @@ def main():
         print("   migration %s %s->%s: %s moved, %s round(s), %s total, %s downtime"
               % (user, src, dest, kib(f["bytes_sent"]), f["rounds"], ms(f["duration_us"]),
                  ms(f["downtime_us"])))
+    if any(c[3] == a.home for c in commits):
+        print("   (a move sends what the destination lacks: on the way back, %s still had the"
+              % a.home)
+        print("   frames recorded before the first move, in its departed-user cache)")
     if len(commits) != 2 * len(a.moved):
         failures.append("%d migrations committed, want %d" % (len(commits), 2 * len(a.moved)))
     if not summaries:

@@ -1,0 +1,607 @@
+/* The sandwich example end to end: two real sandwich_server processes
+ * (cloudlets A and B, separate state folders), the real sandwich_client for
+ * several users, and migrations through the control channel
+ * (<migrate/control.h>, what migratectl uses). Checks the users' steps and
+ * files directly: the client's per-user summary, the servers' own step
+ * lines, and the state folders.
+ *
+ *   test_demo_scenario  the scenario of scripts/demo: three users on A;
+ *                       mid-assembly user-1 moves to B, later back to A
+ *   test_bounce         faster frames: user-1 goes A->B->A->B->A and user-2
+ *                       ends at B while the others keep going
+ *
+ * For every user: finished; steps bread..done in order, none repeated or
+ * skipped (client and server side); the server's frame count always equal
+ * to the client's; frames.log at the cloudlet that holds the user at the
+ * end is byte for byte what its camera sent (frames 1..N once each, in
+ * order), frames.idx lists 1..N, and the other cloudlet has no folder. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <migrate/control.h>
+
+#define SECRET "sandwich-test-secret-0123456789abcdef"
+#define WAIT_MS 30000
+#define MAX_USERS 8
+
+static const char *const STEPS[] = {"bread", "ham", "lettuce", "half", "tomato", "full", "done"};
+#define NSTEPS 7
+
+/* ---------------------------------------------------------------- files and processes */
+
+static char *slurp(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 4096, n = 0;
+	char *p = malloc(cap + 1);
+	size_t r;
+	while (p && (r = fread(p + n, 1, cap - n, f)) > 0) {
+		n += r;
+		if (n == cap) {
+			char *q = realloc(p, 2 * cap + 1);
+			if (!q) {
+				free(p);
+				p = NULL;
+				break;
+			}
+			p = q;
+			cap *= 2;
+		}
+	}
+	fclose(f);
+	if (p)
+		p[n] = '\0';
+	if (len)
+		*len = n;
+	return p;
+}
+
+static bool exists(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0;
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(p);
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Lines of `path` holding every non-NULL needle. */
+static int count_lines(const char *path, const char *a, const char *b)
+{
+	char *text = slurp(path, NULL);
+	int n = 0;
+	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		if (!nl)
+			break; /* a line still being written */
+		*nl = '\0';
+		n += strstr(line, a) && (!b || strstr(line, b));
+	}
+	free(text);
+	return n;
+}
+
+static void wait_lines(const char *path, const char *a, const char *b, int want)
+{
+	uint64_t end = now_ms() + WAIT_MS;
+	while (count_lines(path, a, b) < want) {
+		if (now_ms() > end)
+			fail_msg("no %d line(s) with \"%s\" \"%s\" in %s within %d ms", want, a,
+				 b ? b : "", path, WAIT_MS);
+		usleep(10000);
+	}
+}
+
+static pid_t spawn(const char *const *argv, const char *out, const char *err)
+{
+	fflush(stdout);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (o < 0 || e < 0)
+			_exit(126);
+		dup2(o, 1);
+		dup2(e, 2);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Waits for the process to exit (SIGKILL after timeout_ms); its status. */
+static int reap(pid_t pid, int timeout_ms)
+{
+	int status = 0;
+	uint64_t end = now_ms() + (uint64_t)timeout_ms;
+	while (waitpid(pid, &status, WNOHANG) != pid) {
+		if (now_ms() > end) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			return -1;
+		}
+		usleep(10000);
+	}
+	return status;
+}
+
+static void dump(const char *path)
+{
+	char *text = slurp(path, NULL);
+	if (!text)
+		return;
+	print_message("# ---- %s\n", path);
+	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		print_message("# %s\n", line);
+	}
+	free(text);
+}
+
+/* ---------------------------------------------------------------- fixture */
+
+struct cloudlet {
+	char name[8];
+	char dir[256], log[300], err[300];
+	char url[128], app[128];
+	pid_t pid;
+};
+
+struct fx {
+	char base[128], secret[300], clog[300], cerr[300];
+	struct cloudlet a, b;
+	pid_t client;
+};
+
+static void cloudlet_start(struct fx *f, struct cloudlet *c, const char *name)
+{
+	const char *exe = getenv("MIG_SANDWICH_SERVER");
+	if (!exe)
+		fail_msg("MIG_SANDWICH_SERVER is not set (run through meson test)");
+	snprintf(c->name, sizeof(c->name), "%s", name);
+	snprintf(c->dir, sizeof(c->dir), "%s/%s", f->base, name);
+	snprintf(c->log, sizeof(c->log), "%s/%s.log", f->base, name);
+	snprintf(c->err, sizeof(c->err), "%s/%s.err", f->base, name);
+	assert_int_equal(mkdir(c->dir, 0755), 0);
+	const char *argv[] = {exe,       "--id",    name,   "--secret-file",
+			      f->secret, "--state", c->dir, NULL};
+	c->pid = spawn(argv, c->log, c->err);
+	wait_lines(c->log, "app ", NULL, 1);
+	char *text = slurp(c->log, NULL);
+	assert_non_null(text);
+	assert_int_equal(sscanf(text, "url %127s\napp %127s", c->url, c->app), 2);
+	free(text);
+}
+
+/* SIGTERM: the server prints its "final" lines and must exit 0 (under the
+ * sanitizers: no leak, no error). */
+static void cloudlet_stop(struct cloudlet *c)
+{
+	if (!c->pid)
+		return;
+	kill(c->pid, SIGTERM);
+	int status = reap(c->pid, 20000);
+	c->pid = 0;
+	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+		dump(c->err);
+		fail_msg("cloudlet %s exited with status 0x%x", c->name, status);
+	}
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	snprintf(f->base, sizeof(f->base), "/tmp/mig-sandwich-XXXXXX");
+	if (!mkdtemp(f->base))
+		return -1;
+	snprintf(f->secret, sizeof(f->secret), "%s/secret", f->base);
+	snprintf(f->clog, sizeof(f->clog), "%s/clients.log", f->base);
+	snprintf(f->cerr, sizeof(f->cerr), "%s/clients.err", f->base);
+	FILE *s = fopen(f->secret, "w");
+	if (!s)
+		return -1;
+	fputs(SECRET "\n", s);
+	fclose(s);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	if (f->client) {
+		kill(f->client, SIGKILL);
+		waitpid(f->client, NULL, 0);
+	}
+	struct cloudlet *cs[] = {&f->a, &f->b};
+	for (int i = 0; i < 2; i++)
+		if (cs[i]->pid) {
+			kill(cs[i]->pid, SIGKILL);
+			waitpid(cs[i]->pid, NULL, 0);
+		}
+	nftw(f->base, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static void client_start(struct fx *f, const char *users, const char *interval_ms, const char *hold,
+			 const char *image_bytes)
+{
+	const char *exe = getenv("MIG_SANDWICH_CLIENT");
+	if (!exe)
+		fail_msg("MIG_SANDWICH_CLIENT is not set (run through meson test)");
+	const char *argv[] = {
+		exe,         "--server", f->a.app, "--users",       users,       "--interval-ms",
+		interval_ms, "--hold",   hold,     "--image-bytes", image_bytes, "--timeout",
+		"120",       NULL};
+	f->client = spawn(argv, f->clog, f->cerr);
+}
+
+static void client_finish(struct fx *f)
+{
+	int status = reap(f->client, 150000);
+	f->client = 0;
+	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+		dump(f->clog);
+		dump(f->cerr);
+		fail_msg("sandwich_client exited with status 0x%x", status);
+	}
+}
+
+/* Moves `user` from one cloudlet to the other through the control channel. */
+static void migrate(struct fx *f, const char *user, struct cloudlet *from, struct cloudlet *to)
+{
+	mig_ctl_options o = {.url = from->url, .secret = SECRET, .secret_len = strlen(SECRET)};
+	mig_ctl *ctl = NULL;
+	char err[256] = "";
+	int rc = mig_ctl_new(&ctl, &o, err, sizeof(err));
+	if (rc)
+		fail_msg("control channel to %s: %s: %s", from->name, mig_err_name(rc), err);
+	mig_event final;
+	memset(&final, 0, sizeof(final));
+	rc = mig_ctl_migrate(ctl, user, to->url, 60000, NULL, NULL, &final);
+	if (rc)
+		fail_msg("migrating %s %s->%s: %s: %s", user, from->name, to->name,
+			 mig_err_name(rc), mig_ctl_last_error(ctl));
+	mig_ctl_free(ctl);
+	print_message("# %s %s->%s: %" PRIu64 " bytes, %u rounds, downtime %.3f ms\n", user,
+		      from->name, to->name, final.bytes_sent, final.rounds,
+		      final.downtime_us / 1000.0);
+	/* The user's folder is where the user is, and only there. */
+	char here[512], there[512];
+	snprintf(here, sizeof(here), "%s/%s", to->dir, user);
+	snprintf(there, sizeof(there), "%s/%s", from->dir, user);
+	assert_true(exists(here));
+	assert_false(exists(there));
+}
+
+/* ---------------------------------------------------------------- checks */
+
+struct summary {
+	char user[64];
+	int done, corrections, waits, redirects, consistent;
+	char steps[256], cloudlets[128];
+	uint64_t frames, log_bytes, log_fnv;
+};
+
+static int read_summaries(const char *path, struct summary *out, int max)
+{
+	char *text = slurp(path, NULL);
+	assert_non_null(text);
+	int n = 0;
+	for (char *line = text, *nl; line && *line && n < max; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		struct summary *s = &out[n];
+		if (strncmp(line, "summary ", 8) != 0)
+			continue;
+		char final[32];
+		if (sscanf(line,
+			   "summary user=%63s done=%d final_step=%31s steps=%255s corrections=%d "
+			   "frames=%" SCNu64
+			   " waits=%d redirects=%d cloudlets=%127s log_bytes=%" SCNu64
+			   " log_fnv=%" SCNx64 " consistent=%d",
+			   s->user, &s->done, final, s->steps, &s->corrections, &s->frames,
+			   &s->waits, &s->redirects, s->cloudlets, &s->log_bytes, &s->log_fnv,
+			   &s->consistent) != 12)
+			fail_msg("unparsable summary: %s", line);
+		n++;
+	}
+	free(text);
+	return n;
+}
+
+/* The frames the client script sends until "done": 2 "nothing", then each
+ * item held `hold` frames, the 6th item's first frame finishing; cucumber
+ * (users 0, 2 mod 3) and extra ham (users 1, 2 mod 3) add 3 each. */
+static uint64_t expected_frames(int index, unsigned hold)
+{
+	return 2 + 5 * (uint64_t)hold + 1 + (index % 3 != 1 ? 3 : 0) + (index % 3 != 0 ? 3 : 0);
+}
+
+static uint64_t fnv(uint64_t h, const void *data, size_t len)
+{
+	const uint8_t *p = data;
+	for (size_t i = 0; i < len; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+/* The steps the servers announced for `user`, from both logs in time order
+ * ("<time> <cloudlet> step <user> step=<name> frame=<n>"). */
+static void server_steps(struct fx *f, const char *user, char *out, size_t cap)
+{
+	struct {
+		double t;
+		char step[16];
+	} seen[64];
+	int n = 0;
+	struct cloudlet *cs[] = {&f->a, &f->b};
+	for (int k = 0; k < 2; k++) {
+		char *text = slurp(cs[k]->log, NULL);
+		assert_non_null(text);
+		for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+			nl = strchr(line, '\n');
+			if (nl)
+				*nl = '\0';
+			double t;
+			char name[16], what[16], u[64], step[16];
+			if (sscanf(line, "%lf %15s %15s %63s step=%15s", &t, name, what, u, step) ==
+				    5 &&
+			    strcmp(what, "step") == 0 && strcmp(u, user) == 0 && n < 64) {
+				seen[n].t = t;
+				snprintf(seen[n].step, sizeof(seen[n].step), "%s", step);
+				n++;
+			}
+		}
+		free(text);
+	}
+	for (int i = 1; i < n; i++) /* insertion sort by time */
+		for (int j = i; j > 0 && seen[j].t < seen[j - 1].t; j--) {
+			__typeof__(seen[0]) x = seen[j];
+			seen[j] = seen[j - 1];
+			seen[j - 1] = x;
+		}
+	size_t len = 0;
+	out[0] = '\0';
+	for (int i = 0; i < n && len < cap; i++)
+		len += (size_t)snprintf(out + len, cap - len, "%s%s", i ? "," : "", seen[i].step);
+}
+
+/* The server's "final" line for `user` in `c`'s log, or false. */
+static bool final_line(struct cloudlet *c, const char *user, char *step, size_t cap)
+{
+	char *text = slurp(c->log, NULL);
+	assert_non_null(text);
+	bool found = false;
+	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		double t;
+		char name[16], what[16], u[64], st[16];
+		if (sscanf(line, "%lf %15s %15s %63s step=%15s", &t, name, what, u, st) == 5 &&
+		    strcmp(what, "final") == 0 && strcmp(u, user) == 0) {
+			snprintf(step, cap, "%s", st);
+			found = true;
+		}
+	}
+	free(text);
+	return found;
+}
+
+/* frames.log: records "frame <id> <label> <n>\n" <n bytes> "\n" for ids
+ * 1..frames in order; its size and FNV are the client's. frames.idx: one
+ * line per record, offsets matching. Returns the cloudlets that recorded
+ * frames, in order ("A,B,A"). */
+static void check_files(struct cloudlet *c, const struct summary *s, char *origin, size_t cap)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s/frames.log", c->dir, s->user);
+	size_t len = 0;
+	char *log = slurp(path, &len);
+	if (!log)
+		fail_msg("%s: no frames.log at %s", s->user, c->name);
+	if (len != s->log_bytes || fnv(0xcbf29ce484222325ull, log, len) != s->log_fnv)
+		fail_msg("%s: frames.log at %s: %zu bytes, not what the camera sent (%" PRIu64 ")",
+			 s->user, c->name, len, s->log_bytes);
+	size_t off = 0;
+	uint64_t id = 0;
+	while (off < len) {
+		uint64_t fid, n;
+		char label[32], hdr[96];
+		const char *nl = memchr(log + off, '\n', len - off < 95 ? len - off : 95);
+		if (!nl)
+			fail_msg("%s: no record header at offset %zu", s->user, off);
+		size_t hl = (size_t)(nl + 1 - (log + off));
+		memcpy(hdr, log + off, hl - 1);
+		hdr[hl - 1] = '\0';
+		if (sscanf(hdr, "frame %" SCNu64 " %31s %" SCNu64, &fid, label, &n) != 3)
+			fail_msg("%s: bad record header \"%s\" at offset %zu", s->user, hdr, off);
+		if (fid != id + 1)
+			fail_msg("%s: frame %" PRIu64 " after %" PRIu64, s->user, fid, id);
+		id = fid;
+		off += hl + n + 1;
+	}
+	assert_int_equal(off, len);
+	assert_int_equal(id, s->frames);
+	free(log);
+
+	snprintf(path, sizeof(path), "%s/%s/frames.idx", c->dir, s->user);
+	char *idx = slurp(path, NULL);
+	assert_non_null(idx);
+	uint64_t want = 1, expect_off = 0;
+	size_t olen = 0;
+	origin[0] = '\0';
+	char last[16] = "";
+	for (char *line = idx, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		if (nl)
+			*nl = '\0';
+		uint64_t fid, o, n;
+		char label[32], where[16];
+		if (sscanf(line, "%" SCNu64 " %31s %" SCNu64 " %" SCNu64 " %15s", &fid, label, &o,
+			   &n, where) != 5)
+			fail_msg("%s: bad index line \"%s\"", s->user, line);
+		assert_int_equal(fid, want);
+		assert_int_equal(o, expect_off);
+		want++;
+		expect_off += n;
+		if (strcmp(where, last) != 0 && olen < cap) {
+			olen += (size_t)snprintf(origin + olen, cap - olen, "%s%s", olen ? "," : "",
+						 where);
+			snprintf(last, sizeof(last), "%s", where);
+		}
+	}
+	assert_int_equal(want - 1, s->frames);
+	assert_int_equal(expect_off, s->log_bytes);
+	free(idx);
+}
+
+/* Everything about one user at the end. `home` holds it, `away` must not;
+ * `cloudlets` is the client's expected path ("A,B,A"). */
+static void check_user(struct fx *f, const struct summary *s, int index, unsigned hold,
+		       struct cloudlet *home, struct cloudlet *away, const char *cloudlets)
+{
+	char all[128] = "", srv[128], step[16], origin[64], path[512];
+	for (int i = 0; i < NSTEPS; i++)
+		snprintf(all + strlen(all), sizeof(all) - strlen(all), "%s%s", i ? "," : "",
+			 STEPS[i]);
+	print_message("# %s: steps %s, %" PRIu64 " frames, %d corrections, %d waits, %d "
+		      "redirects, served by %s\n",
+		      s->user, s->steps, s->frames, s->corrections, s->waits, s->redirects,
+		      s->cloudlets);
+	assert_int_equal(s->done, 1);
+	assert_string_equal(s->steps, all); /* client side: none repeated, none skipped */
+	assert_int_equal(s->consistent, 1);
+	assert_int_equal(s->frames, expected_frames(index, hold));
+	assert_int_equal(s->corrections, index % 3 == 2 ? 2 : 1);
+	assert_string_equal(s->cloudlets, cloudlets);
+	server_steps(f, s->user, srv, sizeof(srv)); /* server side, across cloudlets */
+	assert_string_equal(srv, all + strlen("bread,"));
+	check_files(home, s, origin, sizeof(origin));
+	print_message("# %s: frames.log at %s intact, recorded on %s\n", s->user, home->name,
+		      origin);
+	snprintf(path, sizeof(path), "%s/%s", away->dir, s->user);
+	assert_false(exists(path));
+	assert_true(final_line(home, s->user, step, sizeof(step)));
+	assert_string_equal(step, "done");
+	assert_false(final_line(away, s->user, step, sizeof(step)));
+}
+
+/* ---------------------------------------------------------------- tests */
+
+static void test_demo_scenario(void **state)
+{
+	struct fx *f = *state;
+	cloudlet_start(f, &f->a, "A");
+	cloudlet_start(f, &f->b, "B");
+	client_start(f, "user-1,user-2,user-3", "50", "12,6,8", "8192");
+
+	wait_lines(f->clog, " user-1 A step step=lettuce ", NULL, 1);
+	migrate(f, "user-1", &f->a, &f->b);
+	wait_lines(f->clog, " user-1 B step step=tomato ", NULL, 1);
+	migrate(f, "user-1", &f->b, &f->a);
+	client_finish(f);
+	cloudlet_stop(&f->a);
+	cloudlet_stop(&f->b);
+
+	struct summary s[MAX_USERS];
+	assert_int_equal(read_summaries(f->clog, s, MAX_USERS), 3);
+	const unsigned hold[] = {12, 6, 8};
+	check_user(f, &s[0], 0, hold[0], &f->a, &f->b, "A,B,A");
+	assert_int_equal(s[0].redirects, 2);
+	for (int i = 1; i < 3; i++) {
+		check_user(f, &s[i], i, hold[i], &f->a, &f->b, "A");
+		assert_int_equal(s[i].redirects, 0);
+		assert_int_equal(s[i].waits, 0); /* nobody else is held up */
+	}
+}
+
+/* Waits until the client of `user` is served by `at` again and its reconnect
+ * helper is attached there (so that it hears of the next move). */
+static void wait_settled(struct fx *f, const char *user, struct cloudlet *at, int times)
+{
+	char a[96], b[96];
+	snprintf(a, sizeof(a), " %s %s welcome ", user, at->name);
+	wait_lines(f->clog, a, NULL, times);
+	snprintf(a, sizeof(a), " %s ", user);
+	snprintf(b, sizeof(b), "session state=ATTACHED error=MIG_OK detail=\"%s ", at->name);
+	wait_lines(f->clog, a, b, times);
+}
+
+static void test_bounce(void **state)
+{
+	struct fx *f = *state;
+	cloudlet_start(f, &f->a, "A");
+	cloudlet_start(f, &f->b, "B");
+	client_start(f, "user-1,user-2,user-3,user-4", "10", "80,60,8,8", "16384");
+	wait_settled(f, "user-1", &f->a, 1);
+	wait_settled(f, "user-2", &f->a, 1);
+	wait_lines(f->clog, " user-1 A step step=ham ", NULL, 1);
+
+	migrate(f, "user-1", &f->a, &f->b);
+	migrate(f, "user-2", &f->a, &f->b); /* user-2 stays at B */
+	wait_settled(f, "user-1", &f->b, 1);
+	migrate(f, "user-1", &f->b, &f->a);
+	wait_settled(f, "user-1", &f->a, 2);
+	migrate(f, "user-1", &f->a, &f->b);
+	wait_settled(f, "user-1", &f->b, 2);
+	migrate(f, "user-1", &f->b, &f->a);
+	client_finish(f);
+	cloudlet_stop(&f->a);
+	cloudlet_stop(&f->b);
+
+	struct summary s[MAX_USERS];
+	assert_int_equal(read_summaries(f->clog, s, MAX_USERS), 4);
+	const unsigned hold[] = {80, 60, 8, 8};
+	check_user(f, &s[0], 0, hold[0], &f->a, &f->b, "A,B,A,B,A");
+	assert_int_equal(s[0].redirects, 4);
+	check_user(f, &s[1], 1, hold[1], &f->b, &f->a, "A,B");
+	assert_int_equal(s[1].redirects, 1);
+	for (int i = 2; i < 4; i++)
+		check_user(f, &s[i], i, hold[i], &f->a, &f->b, "A");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_demo_scenario, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bounce, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
