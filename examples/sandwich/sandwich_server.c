@@ -20,7 +20,15 @@
  *
  * Prints "url <engine url>" and "app <app url>" first, then one line per
  * event, "<wall clock> <cloudlet> <what> <user> key=value...", and on
- * SIGTERM/SIGINT one "final" line per user it holds. */
+ * SIGTERM/SIGINT one "final" line per user it holds.
+ *
+ * Built with -DSANDWICH_NO_MIGRATE (examples/meson.build makes it
+ * sandwich_server_plain, for bench/bench_sandwich.sh), every libmigrate call
+ * is compiled out: no engine, domains, hooks, engine fd or session tokens,
+ * and the binary does not link libmigrate. The app is otherwise the same
+ * (same recognition, same frames.log and frames.idx writes); it prints
+ * "url -" (--secret-file is then optional and unused), and its Welcome
+ * carries no session URL or token. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -40,7 +48,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifndef SANDWICH_NO_MIGRATE
 #include <migrate/migrate.h>
+#endif
 
 #include "sandwich.h"
 
@@ -86,7 +96,9 @@ struct user {
 struct server {
 	const char *name; /* the cloudlet's name, also its engine id */
 	const char *root; /* file domain root: ROOT/<user>/frames.log */
+#ifndef SANDWICH_NO_MIGRATE
 	mig_engine *engine;
+#endif
 	int ep;
 	struct watch listener, engine_w, signal_w;
 	char app_url[96];
@@ -358,15 +370,18 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 	}
 	struct user *u = user_find(s, h->user);
 	if (!u) {
+#ifndef SANDWICH_NO_MIGRATE
 		mig_user_state st = mig_user_get_state(s->engine, h->user);
 		if (st != MIG_USER_ABSENT) { /* arriving: the app slot is not there yet */
 			send_wait(s, c, 0, "arriving", 0);
 			return;
 		}
+#endif
 		if (h->last_frame_id > 0) { /* started elsewhere: never start over */
 			send_moved(s, c, h->user, "user not served here");
 			return;
 		}
+#ifndef SANDWICH_NO_MIGRATE
 		/* A new user: the engine serves it from now on. */
 		int rc = mig_user_add(s->engine, h->user);
 		if (rc || !(u = user_new(s, h->user))) {
@@ -375,6 +390,12 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 			send_moved(s, c, h->user, rc ? mig_strerror(rc) : "out of memory");
 			return;
 		}
+#else
+		if (!(u = user_new(s, h->user))) {
+			send_moved(s, c, h->user, "out of memory");
+			return;
+		}
+#endif
 		u->serving = true;
 		say(s, "new", u->id, "step=%s", sw_step_name(u->step));
 	}
@@ -387,20 +408,24 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 	u->conn = c;
 	snprintf(c->user, sizeof(c->user), "%s", u->id);
 
+#ifndef SANDWICH_NO_MIGRATE
 	/* The session token lets the client's reconnect helper attach to this
 	 * engine's session channel; it is redirected when the user moves. */
 	char token[MIG_SESSION_TOKEN_MAX];
 	int rc = mig_session_token(s->engine, u->id, token, sizeof(token));
 	if (rc)
 		token[0] = '\0';
+#endif
 	Sandwich__Welcome w = SANDWICH__WELCOME__INIT;
 	w.user = u->id;
 	w.step = u->step;
 	w.text = u->text;
 	w.next_frame_id = u->last_frame_id + 1;
 	w.cloudlet = (char *)s->name;
+#ifndef SANDWICH_NO_MIGRATE
 	w.session_url = (char *)mig_engine_url(s->engine);
 	w.session_token = token;
+#endif
 	Sandwich__ServerMsg m = SANDWICH__SERVER_MSG__INIT;
 	m.body_case = SANDWICH__SERVER_MSG__BODY_WELCOME;
 	m.welcome = &w;
@@ -524,6 +549,7 @@ static void accept_all(struct server *s)
 	}
 }
 
+#ifndef SANDWICH_NO_MIGRATE
 /* ---------------------------------------------------------------- libmigrate: light state */
 
 /* Source, after pause(): the user's progress as a sandwich.Progress. */
@@ -657,6 +683,7 @@ static void on_log(mig_engine *e, mig_log_level level, const char *line, void *u
 {
 	fprintf(stderr, "%s libmigrate[%d]: %s\n", ((struct server *)ud)->name, (int)level, line);
 }
+#endif /* !SANDWICH_NO_MIGRATE */
 
 /* ---------------------------------------------------------------- main */
 
@@ -724,6 +751,7 @@ int main(int argc, char **argv)
 			usage();
 		}
 	}
+#ifndef SANDWICH_NO_MIGRATE
 	if (!s.name || !secret_file || !s.root || optind != argc)
 		usage();
 	char secret[256];
@@ -732,6 +760,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "sandwich_server: cannot read a secret from %s\n", secret_file);
 		return 2;
 	}
+#else
+	(void)port; /* --port and --secret-file are accepted and unused */
+	(void)secret_file;
+	if (!s.name || !s.root || optind != argc)
+		usage();
+#endif
 	if (mkdir(s.root, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "sandwich_server: %s: %s\n", s.root, strerror(errno));
 		return 1;
@@ -757,6 +791,7 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGTERM);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 
+#ifndef SANDWICH_NO_MIGRATE
 	/* 1. The engine: options, light and file domains, hooks, start. */
 	mig_engine_options o = {0};
 	o.listen_address = listen_address;
@@ -794,14 +829,22 @@ int main(int argc, char **argv)
 	}
 	printf("url %s\napp %s\n", mig_engine_url(s.engine), s.app_url);
 	fflush(stdout);
+#else
+	printf("url -\napp %s\n", s.app_url);
+	fflush(stdout);
+#endif
 
 	/* 2. One epoll loop: the app's listener and clients, signals, and the
 	 *    engine's fd (its callbacks run inside mig_engine_dispatch()). */
 	s.signal_w = (struct watch){W_SIGNAL, signalfd(-1, &mask, SFD_CLOEXEC)};
+#ifndef SANDWICH_NO_MIGRATE
 	s.engine_w = (struct watch){W_ENGINE, mig_engine_fd(s.engine)};
-	s.ep = epoll_create1(EPOLL_CLOEXEC);
 	struct watch *ws[] = {&s.listener, &s.signal_w, &s.engine_w};
-	for (size_t i = 0; i < 3; i++) {
+#else
+	struct watch *ws[] = {&s.listener, &s.signal_w};
+#endif
+	s.ep = epoll_create1(EPOLL_CLOEXEC);
+	for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++) {
 		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = ws[i]};
 		epoll_ctl(s.ep, EPOLL_CTL_ADD, ws[i]->fd, &ev);
 	}
@@ -813,8 +856,10 @@ int main(int argc, char **argv)
 		for (int i = 0; i < n; i++) {
 			struct watch *w = evs[i].data.ptr;
 			if (w->kind == W_ENGINE) {
+#ifndef SANDWICH_NO_MIGRATE
 				if (mig_engine_dispatch(s.engine) < 0)
 					running = false;
+#endif
 			} else if (w->kind == W_LISTEN) {
 				accept_all(&s);
 			} else if (w->kind == W_SIGNAL) {
@@ -827,8 +872,10 @@ int main(int argc, char **argv)
 					conn_read(&s, c);
 			}
 		}
+#ifndef SANDWICH_NO_MIGRATE
 		if (n == 0)
 			mig_engine_dispatch(s.engine); /* idle: timers, just in case */
+#endif
 		while (s.graveyard) {
 			struct conn *c = s.graveyard;
 			s.graveyard = c->next;
@@ -838,7 +885,9 @@ int main(int argc, char **argv)
 		}
 	}
 
+#ifndef SANDWICH_NO_MIGRATE
 	mig_engine_free(s.engine); /* no callback runs after this */
+#endif
 	for (unsigned b = 0; b < NBUCKETS; b++)
 		while (s.users[b]) {
 			struct user *u = s.users[b];

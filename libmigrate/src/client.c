@@ -3,6 +3,7 @@
  * engine's.
  *
  *   CONNECTING --AttachReply 0--> ATTACHED --Redirect--> REDIRECTED -> CONNECTING
+ *   CONNECTING --Redirect (the user left that engine)--> REDIRECTED -> CONNECTING
  *       |  \--refused--> FAILED        \--link lost--> DISCONNECTED -> BACKING_OFF
  *       \--cannot connect: next URL (CONNECTING), or after the last one
  *          BACKING_OFF --timer--> CONNECTING
@@ -394,10 +395,14 @@ static void on_frame(mig_client *c, const mig__frame *f)
 		if (atomic_load(&c->state) == MIG_CLIENT_CONNECTING)
 			on_attach_reply(c, f->attach_reply);
 		return;
-	case MIGWIRE__FRAME__BODY_REDIRECT:
-		if (atomic_load(&c->state) == MIG_CLIENT_ATTACHED)
+	case MIGWIRE__FRAME__BODY_REDIRECT: {
+		/* Also in answer to our Attach: an engine the user has just left
+		 * sends the client on instead of refusing it. */
+		mig_client_state st = atomic_load(&c->state);
+		if (st == MIG_CLIENT_ATTACHED || st == MIG_CLIENT_CONNECTING)
 			on_redirect(c, f->redirect);
 		return;
+	}
 	case MIGWIRE__FRAME__BODY_SESSION_RENEW:
 		set_token(c, f->session_renew->token);
 		return;

@@ -129,6 +129,44 @@ static void set_renew(mig_engine *e, mig__conn_rec *c, uint64_t now)
 		e->session_next_us = c->session_renew_us;
 }
 
+/* Sends `c` a Redirect to where committed migration `m` took its user,
+ * with a fresh token for that engine, and closes it once written. */
+static int send_redirect(mig_engine *e, mig__conn_rec *c, struct mig_migration *m)
+{
+	const char *target = m->peer_engine_id;
+	const char *session_url =
+		m->peer_session_url && *m->peer_session_url ? m->peer_session_url : m->peer_url;
+	c->session_closing = true;
+	char tok[MIG__TOKEN_B64_MAX + 1];
+	if (!target || !*target || mint(e, m->user, target, tok) != 0) {
+		mig__transport_close(e->transport, c->id, 1011,
+				     "the user moved; no redirect available");
+		return -1;
+	}
+	Migwire__Redirect r = MIGWIRE__REDIRECT__INIT;
+	r.user = m->user;
+	r.session_url = (char *)session_url;
+	r.token = tok;
+	r.app_url = m->peer_app_url;
+	r.engine_id = (char *)target;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_REDIRECT;
+	f.redirect = &r;
+	mig__engine_send(e, c->id, &f, NULL, true);
+	return 0;
+}
+
+/* The latest committed migration that took `user` away from here, if this
+ * engine still remembers it (outcomes are kept 10 minutes). */
+static struct mig_migration *departed_to(mig_engine *e, const char *user)
+{
+	struct mig_migration *found = NULL;
+	for (struct mig_migration *m = e->outcomes_head; m; m = m->next)
+		if (m->outgoing && m->state == MIG_MIGRATION_COMMITTED && strcmp(m->user, user) == 0)
+			found = m;
+	return found;
+}
+
 static void on_attach(mig_engine *e, mig__conn_rec *c, const Migwire__Attach *a)
 {
 	mig__token tok;
@@ -146,6 +184,17 @@ static void on_attach(mig_engine *e, mig__conn_rec *c, const Migwire__Attach *a)
 		return;
 	}
 	if (!served_here(mig__users_find(&e->users, tok.user))) {
+		/* A client that was not attached when its user left (it
+		 * attaches late, or its link was down at COMMIT) is sent where
+		 * the user went, as if it had been attached then. */
+		struct mig_migration *m = departed_to(e, tok.user);
+		if (m && mig__nonce_cache_add(&e->used_nonces, tok.nonce, tok.expiry, now) == 0 &&
+		    send_redirect(e, c, m) == 0) {
+			mig__engine_log(e, MIG_LOG_INFO,
+					"session connection %llu: %s left for %s; redirected",
+					(unsigned long long)c->id, tok.user, m->peer_engine_id);
+			return;
+		}
 		refuse(e, c, MIG_ENOUSER, "user not active on this engine", tok.user);
 		return;
 	}
@@ -191,30 +240,14 @@ void mig__session_redirect(mig_engine *e, struct mig_migration *m)
 	const char *session_url =
 		m->peer_session_url && *m->peer_session_url ? m->peer_session_url : m->peer_url;
 	int n = 0;
+	MIG__UNUSED(session_url);
 	for (mig__conn_rec *c = e->conns; c; c = c->next) {
 		if (c->channel != MIGWIRE__CHANNEL__CHANNEL_SESSION || !c->session_user ||
 		    strcmp(c->session_user, m->user) != 0)
 			continue;
 		mig__free(c->session_user);
 		c->session_user = NULL;
-		c->session_closing = true;
-		char tok[MIG__TOKEN_B64_MAX + 1];
-		if (!target || !*target || mint(e, m->user, target, tok) != 0) {
-			mig__transport_close(e->transport, c->id, 1011,
-					     "the user moved; no redirect available");
-			continue;
-		}
-		Migwire__Redirect r = MIGWIRE__REDIRECT__INIT;
-		r.user = m->user;
-		r.session_url = (char *)session_url;
-		r.token = tok;
-		r.app_url = m->peer_app_url;
-		r.engine_id = (char *)target;
-		mig__frame f = MIGWIRE__FRAME__INIT;
-		f.body_case = MIGWIRE__FRAME__BODY_REDIRECT;
-		f.redirect = &r;
-		mig__engine_send(e, c->id, &f, NULL, true);
-		n++;
+		n += send_redirect(e, c, m) == 0;
 	}
 	if (n)
 		mig__engine_log(e, MIG_LOG_INFO, "user %s: redirected %d client(s) to %s (%s)",

@@ -198,7 +198,7 @@ static int lines_with(child *ch, int from, const char *needle)
 struct fixture {
 	struct app a, b;
 	mig_engine *ea, *eb;
-	child clients[4];
+	child clients[5];
 };
 
 static int setup(void **state)
@@ -429,12 +429,21 @@ static void test_follow_redirects(void **state)
 		assert_int_equal(lines_with(&f->clients[k], 0, "FAILED"), 0);
 	}
 
-	/* The token B minted: B no longer holds the user. */
+	/* A client that attaches late, with the token B minted, at B, which no
+	 * longer holds the user: B remembers where the user went and sends it
+	 * on to A (an engine that never held the user refuses: test_refusals). */
 	child *c4 = &f->clients[3];
 	child_start(c4, "c4", (const char *[]){"--url", url_b, "--token", tb, "--user", user, NULL});
-	const char *l = expect_line(c4, es, 2, "state FAILED", NULL, NULL);
-	assert_non_null(strstr(l, "error=MIG_ENOUSER detail=user not active on this engine"));
+	expect_line(c4, es, 2, "state REDIRECTED", "engine-a", url_a);
+	expect_line(c4, es, 2, "state ATTACHED", "engine-a", "app=" APP_URL_A);
+	expect_attached(es, 2, f->ea, user, 3);
 	child_stop(c4);
+	/* The same token again is refused: it was used by that attach. */
+	child *c5 = &f->clients[4];
+	child_start(c5, "c5", (const char *[]){"--url", url_b, "--token", tb, "--user", user, NULL});
+	const char *l = expect_line(c5, es, 2, "state FAILED", NULL, NULL);
+	assert_non_null(strstr(l, "error=MIG_EEXIST detail=token already used"));
+	child_stop(c5);
 	app_check_no_violations(&f->a);
 	app_check_no_violations(&f->b);
 }
