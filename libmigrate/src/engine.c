@@ -720,13 +720,15 @@ static void on_transport_event(mig_engine *e, mig__tev *ev)
 		c = mig__engine_conn(e, ev->conn);
 		if (!c && ev->inbound)
 			c = conn_add(e, ev->conn, ev->channel, true, ev->peer_url);
-		if (!c) {
+		if (c && !c->peer_engine_id)
+			c->peer_engine_id = mig__strdup(ev->peer_engine_id ? ev->peer_engine_id : "");
+		if (!c || !c->peer_engine_id) {
+			/* The peer's id is what a session redirect names: no
+			 * connection without it (its DOWN removes the record). */
 			mig__transport_close(e->transport, ev->conn, 0, "out of memory");
 			break;
 		}
 		c->up = true;
-		if (!c->peer_engine_id)
-			c->peer_engine_id = mig__strdup(ev->peer_engine_id ? ev->peer_engine_id : "");
 		mig__engine_log(e, MIG_LOG_DEBUG, "%s connection %llu up (%s %s)",
 				ev->inbound ? "inbound" : "outbound",
 				(unsigned long long)ev->conn, ev->peer_engine_id, c->url);

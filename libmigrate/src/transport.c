@@ -75,6 +75,10 @@ struct conn {
 	int down_error;
 	char down_reason[MIG__REASON_MAX];
 	bool down_posted;
+	/* The DOWN event, allocated with the connection: an owner that never
+	 * heard of the close would keep using a dead connection id (every
+	 * message to that peer lost, for good). */
+	mig__tev *down_ev;
 	/* Why TLS failed, from OpenSSL: lws reports only "read failed" or a
 	 * mangled "connect SSL err" when a handshake fails. */
 	char tls_detail[160];
@@ -189,17 +193,27 @@ static void tlog(mig__transport *t, mig_log_level level, const char *fmt, ...)
 	post(t, ev);
 }
 
+static void refuse(struct conn *c, int error, int status, const char *reason);
+
+/* Tells the owner the connection is authenticated. Without memory for
+ * that, the connection closes: an owner that never heard of an inbound
+ * connection drops its frames, and the peer would keep sending on it. */
 static void post_up(mig__transport *t, struct conn *c)
 {
 	mig__tev *ev = mig__calloc(1, sizeof(*ev));
-	if (!ev)
-		return; /* the owner will learn of the conn from its frames/DOWN */
-	ev->type = MIG__TEV_UP;
-	ev->conn = c->id;
-	ev->channel = c->channel;
-	ev->inbound = c->inbound;
-	ev->peer_engine_id = mig__strdup(c->peer_engine_id ? c->peer_engine_id : "");
-	ev->peer_url = mig__strdup(c->peer_url ? c->peer_url : "");
+	if (ev) {
+		ev->type = MIG__TEV_UP;
+		ev->conn = c->id;
+		ev->channel = c->channel;
+		ev->inbound = c->inbound;
+		ev->peer_engine_id = mig__strdup(c->peer_engine_id ? c->peer_engine_id : "");
+		ev->peer_url = mig__strdup(c->peer_url ? c->peer_url : "");
+	}
+	if (!ev || !ev->peer_engine_id || !ev->peer_url) {
+		mig__tev_free(ev);
+		refuse(c, MIG_ENOMEM, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		return;
+	}
 	post(t, ev);
 }
 
@@ -212,9 +226,8 @@ static void post_down(mig__transport *t, struct conn *c)
 	c->down_posted = true;
 	if (c->inbound && c->state != CONN_UP)
 		return;
-	mig__tev *ev = mig__calloc(1, sizeof(*ev));
-	if (!ev)
-		return;
+	mig__tev *ev = c->down_ev;
+	c->down_ev = NULL;
 	ev->type = MIG__TEV_DOWN;
 	ev->conn = c->id;
 	ev->channel = c->channel;
@@ -251,6 +264,7 @@ static void free_msgs(mig__msg *m)
 
 static void conn_free(struct conn *c)
 {
+	mig__free(c->down_ev);
 	free_msgs(c->hs_head);
 	free_msgs(c->tx_head);
 	mig__free(c->rx);
@@ -1034,8 +1048,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			return -1;
 		}
 		c = mig__calloc(1, sizeof(*c));
-		if (!c)
+		if (!c || !(c->down_ev = mig__calloc(1, sizeof(*c->down_ev)))) {
+			mig__free(c);
 			return -1;
+		}
 		pthread_mutex_lock(&t->lock);
 		c->id = ++t->next_id;
 		pthread_mutex_unlock(&t->lock);
@@ -1371,7 +1387,8 @@ int64_t mig__transport_connect(mig__transport *t, const char *url, int channel)
 		return MIG_EINVAL;
 	struct conn *c = mig__calloc(1, sizeof(*c));
 	struct cmd *cmd = mig__calloc(1, sizeof(*cmd));
-	if (!c || !cmd || !(c->url = mig__strdup(url))) {
+	if (!c || !cmd || !(c->down_ev = mig__calloc(1, sizeof(*c->down_ev))) ||
+	    !(c->url = mig__strdup(url))) {
 		if (c)
 			conn_free(c);
 		mig__free(cmd);

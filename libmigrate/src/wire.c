@@ -666,6 +666,43 @@ static bool check_frame(check *c, const mig__frame *f)
 
 /* ---------------------------------------------------------------- decoding */
 
+/* protobuf-c (1.4) refuses an unknown field whose tag says field number 0
+ * when the tag is one byte, but keeps it when the same tag is spelled in
+ * more (0x81 0x00: wire type 1, field 0). Field 0 does not exist, and the
+ * frame would not even survive its own re-encoding (found by fuzz_frame:
+ * tests/fuzz/corpus/fuzz_frame/regress-field-zero), so it is refused at any
+ * depth. The schema has no recursive messages, so the depth is small. */
+static bool field_numbers_valid(const ProtobufCMessage *m)
+{
+	for (unsigned i = 0; i < m->n_unknown_fields; i++)
+		if (m->unknown_fields[i].tag == 0)
+			return false;
+	const ProtobufCMessageDescriptor *d = m->descriptor;
+	const char *base = (const char *)m;
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const ProtobufCFieldDescriptor *fd = &d->fields[i];
+		if (fd->type != PROTOBUF_C_TYPE_MESSAGE)
+			continue;
+		if ((fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+		    *(const uint32_t *)(base + fd->quantifier_offset) != fd->id)
+			continue; /* another member of the oneof is set */
+		if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+			size_t n = *(const size_t *)(base + fd->quantifier_offset);
+			ProtobufCMessage *const *v =
+				*(ProtobufCMessage *const *const *)(base + fd->offset);
+			for (size_t k = 0; k < n; k++)
+				if (!field_numbers_valid(v[k]))
+					return false;
+		} else {
+			const ProtobufCMessage *sub =
+				*(const ProtobufCMessage *const *)(base + fd->offset);
+			if (sub && !field_numbers_valid(sub))
+				return false;
+		}
+	}
+	return true;
+}
+
 static int decode_fail(char *why, size_t why_len, int err, const char *text)
 {
 	if (why && why_len)
@@ -713,6 +750,10 @@ int mig__wire_decode(const uint8_t *data, size_t len, size_t max_len, mig__frame
 		return decode_fail(why, why_len, MIG_EPROTO, "not a valid frame");
 	}
 
+	if (!field_numbers_valid(&f->base)) {
+		mig__wire_free(f);
+		return decode_fail(why, why_len, MIG_EPROTO, "frame has a field numbered 0");
+	}
 	/* An unknown body (a newer peer's frame kind) lands in the unknown
 	 * fields, so it is reported the same way as none at all. */
 	if (f->body_case == MIGWIRE__FRAME__BODY__NOT_SET) {

@@ -49,55 +49,74 @@ struct mig__xfer *mig__xfer_new(mig_engine *e, struct mig_migration *m, bool out
 
 /* ------------------------------------------------------------------ completions */
 
-struct completion {
+struct mig__xfer_done {
+	struct mig__xfer *x;     /* valid while the strand runs the task */
+	struct mig_migration *m; /* a reference */
+	mig__evq *events;
+	mig__tev *ev;            /* reserved; NULL once posted */
 	mig__xfer_done_fn fn;
-	struct mig_migration *m;
 	int value;
 	uint64_t aux;
 	char why[MIG__REASON_MAX];
 };
 
-static void completion_discard(void *arg)
+struct mig__xfer_done *mig__xfer_done_new(struct mig__xfer *x)
 {
-	struct completion *c = arg;
-	mig__migration_unref(c->m);
-	mig__free(c);
+	struct mig__xfer_done *d = mig__calloc(1, sizeof(*d));
+	mig__tev *ev = mig__calloc(1, sizeof(*ev));
+	if (!d || !ev) {
+		mig__free(d);
+		mig__free(ev);
+		return NULL;
+	}
+	d->x = x;
+	d->m = x->m;
+	atomic_fetch_add(&x->m->refs, 1);
+	d->events = &x->e->events;
+	d->ev = ev;
+	return d;
+}
+
+struct mig__xfer *mig__xfer_done_xfer(const struct mig__xfer_done *d)
+{
+	return d->x;
+}
+
+void mig__xfer_done_free(void *arg)
+{
+	struct mig__xfer_done *d = arg;
+	if (!d)
+		return;
+	mig__free(d->ev);
+	mig__migration_unref(d->m);
+	mig__free(d);
 }
 
 static void completion_run(void *ctx, void *arg)
 {
-	struct completion *c = arg;
+	struct mig__xfer_done *d = arg;
 	mig_engine *e = ctx;
 	/* The migration may have ended (or moved on) while the task ran: the
 	 * callee checks its phase; a finished transfer is ignored here. */
-	if (c->m->xfer && c->m->phase != MIG__DONE)
-		c->fn(e, c->m, c->value, c->aux, c->why);
-	completion_discard(c);
+	if (d->m->xfer && d->m->phase != MIG__DONE)
+		d->fn(e, d->m, d->value, d->aux, d->why);
+	mig__xfer_done_free(d);
 }
 
-void mig__xfer_complete(struct mig__xfer *x, mig__xfer_done_fn fn, int value, uint64_t aux,
-			const char *why)
+void mig__xfer_done_post(struct mig__xfer_done *d, mig__xfer_done_fn fn, int value, uint64_t aux,
+			 const char *why)
 {
-	struct completion *c = mig__calloc(1, sizeof(*c));
-	mig__tev *ev = mig__calloc(1, sizeof(*ev));
-	if (!c || !ev) {
-		/* Without memory the completion is lost; the migration's peer
-		 * timeout ends it. */
-		mig__free(c);
-		mig__free(ev);
-		return;
-	}
-	c->fn = fn;
-	c->m = x->m;
-	atomic_fetch_add(&x->m->refs, 1);
-	c->value = value;
-	c->aux = aux;
-	mig__strlcpy(c->why, why ? why : "", sizeof(c->why));
+	mig__tev *ev = d->ev;
+	d->ev = NULL; /* the event owns the completion now, and frees itself */
+	d->fn = fn;
+	d->value = value;
+	d->aux = aux;
+	mig__strlcpy(d->why, why ? why : "", sizeof(d->why));
 	ev->type = MIG__TEV_CALL;
 	ev->call = completion_run;
-	ev->discard = completion_discard;
-	ev->arg = c;
-	mig__evq_push(&x->e->events, &ev->link);
+	ev->discard = mig__xfer_done_free;
+	ev->arg = d;
+	mig__evq_push(d->events, &ev->link);
 }
 
 /* ------------------------------------------------------------------ sending */

@@ -356,8 +356,11 @@ static void finish_stream(struct mig__xfer *x, struct dst_stream *s)
 	struct stat st;
 	mig__sha256_free(f->hash);
 	f->hash = NULL;
-	if (fd < 0 || fstat(fd, &st) != 0 || mig__sha256_file(fd, UINT64_MAX, &f->hash) != 0) {
-		fail(x, MIG_EIO, "%s/%s: cannot read the staged file back", dd->d->name, s->path);
+	rc = fd < 0 || fstat(fd, &st) != 0 ? MIG_EIO : mig__sha256_file(fd, UINT64_MAX, &f->hash);
+	if (rc) {
+		/* Out of memory is reported as such, not as a read error. */
+		fail(x, rc, "%s/%s: cannot read the staged file back: %s", dd->d->name, s->path,
+		     mig_strerror(rc));
 	} else {
 		f->size = (uint64_t)st.st_size;
 	}
@@ -620,6 +623,7 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 
 struct verify_job {
 	struct mig__xfer *x;
+	struct mig__xfer_done *done; /* reserved when posted */
 	size_t n;
 	struct verify_entry {
 		size_t domain;
@@ -632,6 +636,7 @@ struct verify_job {
 static void verify_free(void *arg)
 {
 	struct verify_job *j = arg;
+	mig__xfer_done_free(j->done);
 	for (size_t i = 0; i < j->n; i++)
 		mig__free(j->entries[i].path);
 	mig__free(j);
@@ -675,7 +680,8 @@ static void verify_task(void *arg)
 		snprintf(why, sizeof(why), "%zu files staged, the manifest lists %zu", staged,
 			 expected);
 	}
-	mig__xfer_complete(x, verified, err, 0, err ? why : "");
+	mig__xfer_done_post(j->done, verified, err, 0, err ? why : "");
+	j->done = NULL;
 	verify_free(j);
 }
 
@@ -710,8 +716,11 @@ void mig__xdst_verify(mig_engine *e, struct mig_migration *m, const Migwire__Pre
 	}
 	if (!err) {
 		j->x = x;
-		err = mig__strand_post(x->strand, verify_task, verify_free, j);
+		if (!(j->done = mig__xfer_done_new(x)))
+			err = MIG_ENOMEM;
 	}
+	if (!err)
+		err = mig__strand_post(x->strand, verify_task, verify_free, j);
 	if (err) {
 		if (j)
 			verify_free(j);
@@ -726,18 +735,16 @@ static void installed(mig_engine *e, struct mig_migration *m, int value, uint64_
 	mig__dst_files_installed(e, m);
 }
 
-static void install_task(void *arg)
+static int install_files(struct mig__xfer *x, char *why, size_t why_len)
 {
-	struct mig__xfer *x = arg;
 	int err = 0;
-	char why[MIG__REASON_MAX] = "";
 	for (size_t d = 0; d < x->ndd; d++) {
 		const char *root = x->dd[d].d->root;
 		int rc = mig__files_install(root, x->user, x->mid);
 		mig__files_staging_remove(root, x->mid); /* leftovers: the .tmp folder */
 		if (rc && !err) {
 			err = rc;
-			snprintf(why, sizeof(why), "%s: %s", x->dd[d].d->name, mig_strerror(rc));
+			snprintf(why, why_len, "%s: %s", x->dd[d].d->name, mig_strerror(rc));
 		}
 		/* The cached copy is older than what was just installed. */
 		char *croot = cache_root(x->dd[d].d);
@@ -745,18 +752,29 @@ static void install_task(void *arg)
 			mig__files_remove_user(croot, x->user);
 		mig__free(croot);
 	}
-	mig__xfer_complete(x, installed, err, 0, why);
+	return err;
+}
+
+/* `arg` is the task's completion. */
+static void install_task(void *arg)
+{
+	char why[MIG__REASON_MAX] = "";
+	int err = install_files(mig__xfer_done_xfer(arg), why, sizeof(why));
+	mig__xfer_done_post(arg, installed, err, 0, why);
 }
 
 void mig__xdst_install(mig_engine *e, struct mig_migration *m)
 {
 	struct mig__xfer *x = m->xfer;
-	if (mig__strand_post(x->strand, install_task, NULL, x) != 0) {
-		/* Without memory for the task, install here rather than lose it. */
-		install_task(x);
+	struct mig__xfer_done *d = mig__xfer_done_new(x);
+	if (d && mig__strand_post(x->strand, install_task, mig__xfer_done_free, d) == 0)
 		return;
-	}
-	MIG__UNUSED(e);
+	mig__xfer_done_free(d);
+	/* Without memory for the task, install here rather than lose it: the
+	 * commit is decided. */
+	char why[MIG__REASON_MAX] = "";
+	int err = install_files(x, why, sizeof(why));
+	installed(e, m, err, 0, why);
 }
 
 void mig__xfer_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f, size_t bytes)

@@ -143,11 +143,24 @@ struct mig__xfer {
 
 /* xfer.c */
 struct mig__xfer *mig__xfer_new(mig_engine *e, struct mig_migration *m, bool outgoing);
-/* Posts a completion that runs `fn(e, m, value, why)` in dispatch. */
+/* A worker task's completion: runs `fn(e, m, value, aux, why)` in dispatch.
+ * Its memory is reserved in dispatch, when the task is posted (where running
+ * out of memory fails the step cleanly), so that posting it from the worker
+ * cannot fail: a lost completion would leave the migration waiting forever
+ * (no peer deadline runs during the pre-copy rounds or the install). */
 typedef void (*mig__xfer_done_fn)(mig_engine *e, struct mig_migration *m, int value,
 				  uint64_t aux, const char *why);
-void mig__xfer_complete(struct mig__xfer *x, mig__xfer_done_fn fn, int value, uint64_t aux,
-			const char *why);
+struct mig__xfer_done;
+/* Reserves a completion for a task of `x`; NULL on no memory. */
+struct mig__xfer_done *mig__xfer_done_new(struct mig__xfer *x);
+/* The transfer the completion was reserved for (for the task's use). */
+struct mig__xfer *mig__xfer_done_xfer(const struct mig__xfer_done *d);
+/* Posts it (once; it then belongs to the engine's queue). Never fails. */
+void mig__xfer_done_post(struct mig__xfer_done *d, mig__xfer_done_fn fn, int value,
+			 uint64_t aux, const char *why);
+/* Frees a completion that was never posted (a task discarded). Accepts NULL;
+ * takes a void * to serve as a task's discard function. */
+void mig__xfer_done_free(void *d);
 /* Encodes and sends a frame from a worker; returns 0 or MIG_E*. */
 int mig__xfer_send(struct mig__xfer *x, const mig__frame *f);
 /* Sends one chunk of a stream, compressing it when that pays, waiting for

@@ -270,11 +270,16 @@ static int send_delta(struct mig__xfer *x, size_t domain, struct src_file *f, in
 	f->sha = NULL;
 	mig__sig_params p;
 	mig__delta_params(limit, &p);
-	if (lseek(fd, 0, SEEK_SET) < 0 ||
-	    (!s->final && mig__delta_signature(fd, limit, &p, &f->sig) != 0) ||
-	    mig__sha256_file(fd, limit, &f->sha) != 0) {
-		snprintf(why, why_len, "%s: cannot compute its signature", f->path);
-		return MIG_EIO;
+	rc = lseek(fd, 0, SEEK_SET) < 0 ? MIG_EIO : 0;
+	if (!rc && !s->final)
+		rc = mig__delta_signature(fd, limit, &p, &f->sig);
+	if (!rc)
+		rc = mig__sha256_file(fd, limit, &f->sha);
+	if (rc) {
+		/* Out of memory is reported as such, not as a read error. */
+		snprintf(why, why_len, "%s: cannot compute its signature: %s", f->path,
+			 mig_strerror(rc));
+		return rc;
 	}
 	f->sent_size = limit;
 	return 0;
@@ -554,6 +559,7 @@ static int build_manifests(struct mig__xfer *x)
 
 struct round_job {
 	struct mig__xfer *x;
+	struct mig__xfer_done *done; /* reserved when posted */
 	unsigned round;
 	bool final;
 	uint64_t alpha_us;
@@ -588,6 +594,13 @@ static void final_sent(mig_engine *e, struct mig_migration *m, int value, uint64
 	m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e) + aux / 8;
 }
 
+static void round_job_free(void *arg)
+{
+	struct round_job *j = arg;
+	mig__xfer_done_free(j->done);
+	mig__free(j);
+}
+
 static void round_task(void *arg)
 {
 	struct round_job *j = arg;
@@ -605,7 +618,7 @@ static void round_task(void *arg)
 			    j->round >= j->max_rounds;
 		x->prev_estimate = estimate;
 		if (stop) {
-			mig__xfer_complete(x, round_stop, 0, 0, "");
+			mig__xfer_done_post(j->done, round_stop, 0, 0, "");
 			mig__free(j);
 			return;
 		}
@@ -618,10 +631,10 @@ static void round_task(void *arg)
 	if (rc) {
 		if (!why[0])
 			snprintf(why, sizeof(why), "file round %u: %s", j->round, mig_strerror(rc));
-		mig__xfer_complete(x, round_failed, rc, 0, why);
+		mig__xfer_done_post(j->done, round_failed, rc, 0, why);
 	} else {
-		mig__xfer_complete(x, j->final ? final_sent : round_sent, (int)j->round,
-				   atomic_load(&x->round_sent_bytes), "");
+		mig__xfer_done_post(j->done, j->final ? final_sent : round_sent, (int)j->round,
+				    atomic_load(&x->round_sent_bytes), "");
 	}
 	mig__free(j);
 }
@@ -630,7 +643,8 @@ static void post_round(mig_engine *e, struct mig_migration *m, bool final)
 {
 	struct mig__xfer *x = m->xfer;
 	struct round_job *j = mig__calloc(1, sizeof(*j));
-	if (!j) {
+	if (!j || !(j->done = mig__xfer_done_new(x))) {
+		mig__free(j);
 		mig__src_files_failed(e, m, MIG_ENOMEM, "out of memory");
 		return;
 	}
@@ -642,8 +656,8 @@ static void post_round(mig_engine *e, struct mig_migration *m, bool final)
 	j->throughput = x->throughput;
 	x->round_started_us = mig__now_us();
 	m->deadline_us = 0; /* our own work: no peer deadline while it runs */
-	if (mig__strand_post(x->strand, round_task, mig__free, j) != 0) {
-		mig__free(j);
+	if (mig__strand_post(x->strand, round_task, round_job_free, j) != 0) {
+		round_job_free(j);
 		mig__src_files_failed(e, m, MIG_ENOMEM, "out of memory");
 	}
 }
@@ -724,11 +738,20 @@ static void prepare_ready(mig_engine *e, struct mig_migration *m, int value, uin
 }
 
 /* Runs after everything queued on the strand (the final round and its
- * manifests), then lets dispatch send PREPARE. */
+ * manifests), then lets dispatch send PREPARE. `arg` is its completion. */
 static void ready_task(void *arg)
 {
-	struct mig__xfer *x = arg;
-	mig__xfer_complete(x, prepare_ready, 0, 0, "");
+	mig__xfer_done_post(arg, prepare_ready, 0, 0, "");
+}
+
+static int post_ready(struct mig__xfer *x)
+{
+	struct mig__xfer_done *d = mig__xfer_done_new(x);
+	if (!d || mig__strand_post(x->strand, ready_task, mig__xfer_done_free, d) != 0) {
+		mig__xfer_done_free(d);
+		return MIG_ENOMEM;
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -880,8 +903,8 @@ void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 		if (m->phase == MIG__SRC_FINAL) {
 			if (rd->n_redo)
 				post_round(e, m, true); /* still paused: resend, whole */
-			else if (mig__strand_post(x->strand, ready_task, NULL, x) != 0)
-				rc = MIG_ENOMEM;
+			else
+				rc = post_ready(x);
 			break;
 		}
 		if (x->round == 0) {
