@@ -503,6 +503,7 @@ static void command(char *line)
 {
 	line[strcspn(line, "\r\n")] = 0;
 	if (!strcmp(line, "status")) {
+		mig_engine_dispatch(app.engine); /* what already arrived first */
 		status();
 	} else if (!strcmp(line, "token")) {
 		char tok[MIG_SESSION_TOKEN_MAX];
