@@ -85,6 +85,19 @@ struct mig_client {
 	char app_url[MIG__URL_MAX + 1];
 	char last_error[256];
 	struct note *notes_head, *notes_tail;
+	/* A callback whose note could not be allocated is not lost: the
+	 * latest such state change, and the latest such redirect, wait here
+	 * and are delivered after the queued notes. A later state note
+	 * supersedes the owed state (the app's last word is never stale). */
+	bool state_owed;
+	mig_client_state owed_state;
+	int owed_error;
+	char owed_detail[512];
+	bool redirect_owed;
+	char owed_user[MIG__USER_MAX + 1];
+	char owed_app_url[MIG__URL_MAX + 1];
+	char owed_session_url[MIG__URL_MAX + 1];
+	char owed_engine_id[MIG__ENGINE_ID_MAX + 1];
 	bool dispatching;
 };
 
@@ -144,15 +157,22 @@ static void set_state(mig_client *c, mig_client_state st, int error, const char 
 	vsnprintf(detail, sizeof(detail), fmt, ap);
 	va_end(ap);
 	struct note *n = mig__calloc(1, sizeof(*n));
-	if (!n)
-		return;
-	n->state = st;
-	n->error = error;
-	n->detail = mig__strdup(detail);
-	if (!n->detail) {
+	if (n && !(n->detail = mig__strdup(detail))) {
 		mig__free(n);
+		n = NULL;
+	}
+	if (!n) {
+		c->state_owed = true;
+		c->owed_state = st;
+		c->owed_error = error;
+		mig__strlcpy(c->owed_detail, detail, sizeof(c->owed_detail));
+		if (!c->dispatching)
+			wake(c);
 		return;
 	}
+	n->state = st;
+	n->error = error;
+	c->state_owed = false; /* this one is newer */
 	note_push(c, n);
 }
 
@@ -166,15 +186,28 @@ static void note_redirect(mig_client *c, const Migwire__Redirect *r)
 	if (!c->on_redirect)
 		return;
 	struct note *n = mig__calloc(1, sizeof(*n));
-	if (!n)
-		return;
-	n->redirect = true;
-	n->user = dup_or_empty(r->user);
-	n->app_url = dup_or_empty(r->app_url);
-	n->session_url = dup_or_empty(r->session_url);
-	n->engine_id = dup_or_empty(r->engine_id);
-	if (!n->user || !n->app_url || !n->session_url || !n->engine_id) {
-		note_free(n);
+	if (n) {
+		n->redirect = true;
+		n->user = dup_or_empty(r->user);
+		n->app_url = dup_or_empty(r->app_url);
+		n->session_url = dup_or_empty(r->session_url);
+		n->engine_id = dup_or_empty(r->engine_id);
+		if (!n->user || !n->app_url || !n->session_url || !n->engine_id) {
+			note_free(n);
+			n = NULL;
+		}
+	}
+	if (!n) {
+		/* Wire-checked lengths: they fit. */
+		c->redirect_owed = true;
+		mig__strlcpy(c->owed_user, r->user ? r->user : "", sizeof(c->owed_user));
+		mig__strlcpy(c->owed_app_url, r->app_url ? r->app_url : "", sizeof(c->owed_app_url));
+		mig__strlcpy(c->owed_session_url, r->session_url ? r->session_url : "",
+			     sizeof(c->owed_session_url));
+		mig__strlcpy(c->owed_engine_id, r->engine_id ? r->engine_id : "",
+			     sizeof(c->owed_engine_id));
+		if (!c->dispatching)
+			wake(c);
 		return;
 	}
 	note_push(c, n);
@@ -620,20 +653,44 @@ MIG_EXPORT int mig_client_dispatch(mig_client *c)
 		mig__tev_free(ev);
 		items = next;
 	}
-	/* Deliver the notes; a callback may queue more (mig_client_attach). */
-	while (c->notes_head) {
+	/* Deliver the notes, then what is owed; a callback may queue more
+	 * (mig_client_attach). */
+	for (;;) {
 		struct note *n = c->notes_head;
-		c->notes_head = n->next;
-		if (!c->notes_head)
-			c->notes_tail = NULL;
-		if (n->redirect) {
-			mig_client_redirect r = {n->user, n->app_url, n->session_url, n->engine_id};
+		if (n) {
+			c->notes_head = n->next;
+			if (!c->notes_head)
+				c->notes_tail = NULL;
+			if (n->redirect) {
+				mig_client_redirect r = {n->user, n->app_url, n->session_url,
+							 n->engine_id};
+				if (c->on_redirect)
+					c->on_redirect(c, &r, c->user_data);
+			} else if (c->on_state) {
+				c->on_state(c, n->state, n->error, n->detail, c->user_data);
+			}
+			note_free(n);
+		} else if (c->redirect_owed) {
+			/* Copies: the callback may owe another one. */
+			char user[sizeof(c->owed_user)], app[sizeof(c->owed_app_url)];
+			char session[sizeof(c->owed_session_url)], id[sizeof(c->owed_engine_id)];
+			memcpy(user, c->owed_user, sizeof(user));
+			memcpy(app, c->owed_app_url, sizeof(app));
+			memcpy(session, c->owed_session_url, sizeof(session));
+			memcpy(id, c->owed_engine_id, sizeof(id));
+			c->redirect_owed = false;
+			mig_client_redirect r = {user, app, session, id};
 			if (c->on_redirect)
 				c->on_redirect(c, &r, c->user_data);
-		} else if (c->on_state) {
-			c->on_state(c, n->state, n->error, n->detail, c->user_data);
+		} else if (c->state_owed) {
+			char detail[sizeof(c->owed_detail)];
+			memcpy(detail, c->owed_detail, sizeof(detail));
+			c->state_owed = false;
+			if (c->on_state)
+				c->on_state(c, c->owed_state, c->owed_error, detail, c->user_data);
+		} else {
+			break;
 		}
-		note_free(n);
 	}
 	c->dispatching = false;
 	return 0;

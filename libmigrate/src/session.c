@@ -152,7 +152,13 @@ static int send_redirect(mig_engine *e, mig__conn_rec *c, struct mig_migration *
 	mig__frame f = MIGWIRE__FRAME__INIT;
 	f.body_case = MIGWIRE__FRAME__BODY_REDIRECT;
 	f.redirect = &r;
-	mig__engine_send(e, c->id, &f, NULL, true);
+	if (mig__engine_send(e, c->id, &f, NULL, true) < 0) {
+		/* Closed, the client comes back with its resume token and is
+		 * redirected then (on_attach); left open, it would wait here
+		 * attached to a user that is gone. */
+		mig__transport_close(e->transport, c->id, 1011, "the user moved");
+		return -1;
+	}
 	return 0;
 }
 

@@ -1411,8 +1411,13 @@ void mig__transport_send(mig__transport *t, uint64_t conn, mig__msg *msg)
 	struct cmd *cmd = mig__calloc(1, sizeof(*cmd));
 	if (!cmd) {
 		/* Dropping the message is what a lost link does; the protocol's
-		 * timeouts and idempotent retries cover it. */
+		 * timeouts and idempotent retries cover it. A message that was to
+		 * close the connection still closes it. */
+		bool close_after = msg->close_after;
 		mig__msg_free(msg);
+		if (close_after)
+			mig__transport_close(t, conn, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
+					     "out of memory");
 		return;
 	}
 	cmd->type = CMD_SEND;

@@ -11,12 +11,19 @@
  * The allocator is shared with the engines' I/O and worker threads, so its
  * counters are atomics and a failure can land on any thread.
  *
+ * Three scenarios: "plain" (A -> B), "linkdrop" (the peer link drops right
+ * after COMMIT, so both engines see it go down and A reconnects) and
+ * "clients" (an orchestrator migrates through A's control channel from a
+ * thread while the user's session client must follow the user to B). After
+ * every run that settled, a second migration with nothing failing must
+ * commit: an engine that lost an event can be left unable to reach its peer.
+ *
  * By default every MIG_ALLOCFAIL_STRIDE-th N is run (see STRIDE_DEFAULT);
  * MIG_ALLOCFAIL_STRIDE=1 sweeps every N (docs/RELIABILITY.md has the command
  * and the figures). MIG_ALLOCFAIL_ONLY=N runs one N, verbosely;
  * MIG_ALLOCFAIL_FROM / MIG_ALLOCFAIL_TO bound the sweep; MIG_ALLOCFAIL_LIST=1
  * prints every run with where its allocation failed; MIG_ALLOCFAIL_SCENARIO
- * runs one scenario ("plain", "linkdrop"). */
+ * runs one scenario ("plain", "linkdrop", "clients"). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -24,6 +31,7 @@
 #include <cmocka.h>
 
 #include <execinfo.h>
+#include <poll.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -35,17 +43,31 @@
 #include <unistd.h>
 
 #include "engine_int.h"
+#include "migrate/client.h"
+#include "migrate/control.h"
 #include "support.h"
 
 /* Paths here are short temp folders; a truncated one would fail the test. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
-/* The default suite runs every STRIDE_DEFAULT-th N (and the first
- * FIRST_ALL Ns, which cover engine creation): a few minutes at most. */
-#define STRIDE_DEFAULT 7
-#define FIRST_ALL 200
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
+/* The default suite runs every STRIDE_DEFAULT-th N, and every one of the
+ * first FIRST_ALL (engine creation, which fails fast): about a minute and a
+ * half. */
+#define STRIDE_DEFAULT 11
+#define FIRST_ALL 50
 #define RUN_DEADLINE_MS 30000
-#define PEER_TIMEOUT_MS 400
+/* A lost message costs a run this much; short, but long enough that a
+ * loaded machine does not abort the baseline. */
+#define PEER_TIMEOUT_MS (RUNNING_ON_VALGRIND ? 4000 : 1000)
 #define NFILES 3
 #define FILE_BYTES 3000
 #define LIGHT_BYTES 100
@@ -376,13 +398,33 @@ struct run {
 	enum outcome out;
 	int error;           /* the failing call's or the migration's error */
 	char why[300];       /* OUT_BAD: what went wrong */
+	int client_failed;   /* SC_CLIENTS: the client gave up with this error */
 	double ms;
 };
 
+/* The scenarios swept. */
+enum scenario {
+	SC_PLAIN,    /* A -> B over one peer link */
+	SC_LINKDROP, /* A cuts the link right after sending COMMIT: both sides
+		      * see it go down, A reconnects and re-sends COMMIT */
+	SC_CLIENTS,  /* an orchestrator asks A over the control channel, and
+		      * the user's session client must follow it to B */
+};
+
 struct rig {
+	enum scenario sc;
 	struct sapp a, b;
 	mig_engine *ea, *eb;
 	mig_migration *m;
+	/* SC_CLIENTS */
+	mig_client *client;
+	mig_client_state cstate;
+	int cerror;
+	char cengine[64]; /* the engine the client is attached to */
+	pthread_t ctl_thread;
+	bool ctl_started;
+	atomic_bool ctl_done;
+	int ctl_rc;
 };
 
 static void app_reset(struct sapp *s, const char *name, const char *side)
@@ -392,7 +434,7 @@ static void app_reset(struct sapp *s, const char *name, const char *side)
 	snprintf(s->root, sizeof(s->root), "%s/%s", base, side);
 }
 
-static int make_engine(struct sapp *a, const char *id, mig_engine **out)
+static int make_engine(struct sapp *a, const char *id, const char *app_url, mig_engine **out)
 {
 	mig_engine_options o;
 	test_engine_options(&o, id);
@@ -401,6 +443,7 @@ static int make_engine(struct sapp *a, const char *id, mig_engine **out)
 	o.on_log = on_log;
 	o.log_level = MIG_LOG_DEBUG; /* the log queue allocates too: sweep it */
 	o.user_data = a;
+	o.app_url = app_url;
 	*out = NULL;
 	int rc = mig_engine_new(out, &o);
 	if (rc)
@@ -424,21 +467,121 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* ------------------------------------------------------------------ clients */
+
+static void on_client_state(mig_client *c, mig_client_state st, int error, const char *detail,
+			    void *ud)
+{
+	struct rig *r = ud;
+	r->cstate = st;
+	r->cerror = error;
+	if (st == MIG_CLIENT_ATTACHED) /* detail: "ENGINE_ID URL" */
+		snprintf(r->cengine, sizeof(r->cengine), "%.*s", (int)strcspn(detail, " "), detail);
+	if (verbose)
+		fprintf(stderr, "# client: %s %s %s\n", mig_client_state_name(st),
+			mig_err_name(error), detail);
+}
+
+static int client_new(struct rig *r)
+{
+	char token[MIG_SESSION_TOKEN_MAX];
+	int rc = mig_session_token(r->ea, USER, token, sizeof(token));
+	if (rc)
+		return rc;
+	mig_client_options o = {0};
+	o.url = mig_engine_url(r->ea);
+	o.token = token;
+	o.user = USER;
+	o.backoff_initial_ms = 20;
+	o.backoff_max_ms = 200;
+	o.jitter_percent = -1;
+	o.connect_timeout_ms = 2000;
+	o.on_state = on_client_state;
+	o.user_data = r;
+	return mig_client_new(&r->client, &o);
+}
+
+/* The orchestrator: migrates the user through A's control channel. */
+static void *ctl_main(void *arg)
+{
+	struct rig *r = arg;
+	mig_ctl_options o = {0};
+	o.url = mig_engine_url(r->ea);
+	o.secret = TEST_SECRET;
+	o.secret_len = TEST_SECRET_LEN;
+	o.timeout_ms = 5000;
+	mig_ctl *ctl = NULL;
+	char err[200];
+	int rc = mig_ctl_new(&ctl, &o, err, sizeof(err));
+	if (!rc) {
+		mig_event fin;
+		rc = mig_ctl_migrate(ctl, USER, mig_engine_url(r->eb), 10000, NULL, NULL, &fin);
+	}
+	mig_ctl_free(ctl);
+	r->ctl_rc = rc;
+	atomic_store(&r->ctl_done, true);
+	return NULL;
+}
+
+/* Dispatches both engines and the client until cond(r) or ms pass. */
+static bool pump(struct rig *r, bool (*cond)(struct rig *), int ms)
+{
+	uint64_t end = now_ms() + (uint64_t)ms;
+	for (;;) {
+		mig_engine_dispatch(r->ea);
+		mig_engine_dispatch(r->eb);
+		if (r->client)
+			mig_client_dispatch(r->client);
+		if (cond(r))
+			return true;
+		uint64_t now = now_ms();
+		if (now >= end)
+			return cond(r);
+		struct pollfd pfds[3] = {
+			{.fd = mig_engine_fd(r->ea), .events = POLLIN},
+			{.fd = mig_engine_fd(r->eb), .events = POLLIN},
+			{.fd = r->client ? mig_client_fd(r->client) : -1, .events = POLLIN},
+		};
+		uint64_t left = end - now;
+		poll(pfds, 3, left > 20 ? 20 : (int)left);
+	}
+}
+
+/* ------------------------------------------------------------------ a run */
+
 static bool settled_state(mig_user_state s)
 {
 	return s == MIG_USER_ACTIVE || s == MIG_USER_ABSENT;
 }
 
-static bool settled(void *arg)
+/* The migration ended on both sides, and the user's client (if it did not
+ * give up) is attached where the user is. */
+static bool settled(struct rig *r)
 {
-	struct rig *r = arg;
-	mig_migration_stats st;
-	mig_migration_info(r->m, &st);
-	if (st.state == MIG_MIGRATION_RUNNING)
+	if (r->m) {
+		mig_migration_stats st;
+		mig_migration_info(r->m, &st);
+		if (st.state == MIG_MIGRATION_RUNNING)
+			return false;
+	}
+	if (r->ctl_started && !atomic_load(&r->ctl_done))
 		return false;
 	mig_user_state sa = mig_user_get_state(r->ea, USER), sb = mig_user_get_state(r->eb, USER);
 	/* The destination's record ends after the source's: wait for it too. */
-	return settled_state(sa) && settled_state(sb) && (sa == MIG_USER_ACTIVE) != (sb == MIG_USER_ACTIVE);
+	if (!settled_state(sa) || !settled_state(sb) ||
+	    (sa == MIG_USER_ACTIVE) == (sb == MIG_USER_ACTIVE))
+		return false;
+	if (r->client && r->cstate != MIG_CLIENT_FAILED) {
+		mig_engine *owner = sa == MIG_USER_ACTIVE ? r->ea : r->eb;
+		return r->cstate == MIG_CLIENT_ATTACHED &&
+		       strcmp(r->cengine, mig_engine_id(owner)) == 0;
+	}
+	return true;
+}
+
+static bool client_ready(struct rig *r)
+{
+	return r->cstate == MIG_CLIENT_ATTACHED || r->cstate == MIG_CLIENT_FAILED;
 }
 
 static void set_bad(struct run *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -481,12 +624,19 @@ static void check_owner(struct run *res, struct sapp *own, mig_engine *eown, con
 		set_bad(res, "callbacks: %s", own->violations ? own->violation : other->violation);
 }
 
-/* The scenarios swept. */
-enum scenario {
-	SC_PLAIN,    /* A -> B over one peer link */
-	SC_LINKDROP, /* A cuts the link right after sending COMMIT: both sides
-		      * see it go down, A reconnects and re-sends COMMIT */
-};
+static void describe_unsettled(struct rig *r, struct run *res, const char *what)
+{
+	mig_migration_stats st = {0};
+	if (r->m)
+		mig_migration_info(r->m, &st);
+	set_bad(res, "%s not settled after %d ms: migration %s (%s), A %d, B %d, client %s at '%s'",
+		what, RUN_DEADLINE_MS,
+		r->m ? (st.state == MIG_MIGRATION_RUNNING ? "running" : "ended")
+		     : (atomic_load(&r->ctl_done) ? "ended" : "running"),
+		mig_err_name(r->m ? st.error : r->ctl_rc), mig_user_get_state(r->ea, USER),
+		mig_user_get_state(r->eb, USER),
+		r->client ? mig_client_state_name(r->cstate) : "none", r->cengine);
+}
 
 /* One migration with the Nth allocation failing (0: none). */
 static void run_once(enum scenario sc, unsigned long n, struct run *res)
@@ -494,6 +644,8 @@ static void run_once(enum scenario sc, unsigned long n, struct run *res)
 	struct rig r;
 	memset(&r, 0, sizeof(r));
 	memset(res, 0, sizeof(*res));
+	r.sc = sc;
+	atomic_init(&r.ctl_done, false);
 	reset_roots();
 	app_reset(&r.a, "A", "a");
 	app_reset(&r.b, "B", "b");
@@ -505,9 +657,10 @@ static void run_once(enum scenario sc, unsigned long n, struct run *res)
 	long live0 = atomic_load(&alloc_live);
 	alloc_reset(n);
 
-	int rc = make_engine(&r.a, "engine-a", &r.ea);
+	bool clients = sc == SC_CLIENTS;
+	int rc = make_engine(&r.a, "engine-a", clients ? "tcp://10.0.0.1:9000" : NULL, &r.ea);
 	if (!rc)
-		rc = make_engine(&r.b, "engine-b", &r.eb);
+		rc = make_engine(&r.b, "engine-b", clients ? "tcp://10.0.0.2:9000" : NULL, &r.eb);
 	if (rc) {
 		res->out = OUT_SETUP_FAILED;
 		res->error = rc;
@@ -518,7 +671,9 @@ static void run_once(enum scenario sc, unsigned long n, struct run *res)
 	if (sc == SC_LINKDROP)
 		mig__engine_set_fault(r.ea, MIG__FAULT_SEND_COMMIT, MIG__FAULT_DROP_AFTER, 1);
 	rc = mig_user_add(r.ea, USER);
-	if (!rc)
+	if (!rc && clients)
+		rc = client_new(&r);
+	if (!rc && !clients)
 		rc = mig_migrate(r.ea, USER, mig_engine_url(r.eb), &r.m);
 	if (rc) {
 		res->out = OUT_CALL_FAILED;
@@ -526,7 +681,7 @@ static void run_once(enum scenario sc, unsigned long n, struct run *res)
 		if (rc != MIG_ENOMEM)
 			set_bad(res, "call failed with %s, not MIG_ENOMEM", mig_err_name(rc));
 		if (mig_user_get_state(r.ea, USER) == MIG_USER_ACTIVE) {
-			/* mig_migrate() failed: nothing moved. */
+			/* The migration never started: nothing moved. */
 			check_owner(res, &r.a, r.ea, "a", &r.b, r.eb, "b");
 		} else if (mig_user_get_state(r.ea, USER) != MIG_USER_ABSENT) {
 			set_bad(res, "mig_user_add() failed but the user is in state %d",
@@ -534,20 +689,32 @@ static void run_once(enum scenario sc, unsigned long n, struct run *res)
 		}
 		goto teardown;
 	}
-	mig_engine *both[] = {r.ea, r.eb};
-	if (!test_dispatch_until(both, 2, settled, &r, RUN_DEADLINE_MS)) {
-		mig_migration_stats st;
-		mig_migration_info(r.m, &st);
-		set_bad(res, "not settled after %d ms: migration %s (%s), A %d, B %d",
-			RUN_DEADLINE_MS, st.state == MIG_MIGRATION_RUNNING ? "running" : "ended",
-			mig_err_name(st.error), mig_user_get_state(r.ea, USER),
-			mig_user_get_state(r.eb, USER));
+	if (clients) {
+		/* Attached (or refused for good) before the orchestrator asks. */
+		if (!pump(&r, client_ready, RUN_DEADLINE_MS)) {
+			describe_unsettled(&r, res, "the first attach");
+			goto teardown;
+		}
+		if (pthread_create(&r.ctl_thread, NULL, ctl_main, &r) != 0)
+			fail_msg("pthread_create");
+		r.ctl_started = true;
+	}
+	if (!pump(&r, settled, RUN_DEADLINE_MS)) {
+		describe_unsettled(&r, res, "the migration");
 		goto teardown;
 	}
-	mig_migration_stats st;
-	mig_migration_info(r.m, &st);
-	res->error = st.state == MIG_MIGRATION_COMMITTED ? 0 : st.error;
-	bool moved = st.state == MIG_MIGRATION_COMMITTED;
+	bool moved = mig_user_get_state(r.eb, USER) == MIG_USER_ACTIVE;
+	if (r.m) {
+		mig_migration_stats st;
+		mig_migration_info(r.m, &st);
+		res->error = st.state == MIG_MIGRATION_COMMITTED ? 0 : st.error;
+		if (moved != (st.state == MIG_MIGRATION_COMMITTED))
+			set_bad(res, "the migration %s but the user is %s",
+				st.state == MIG_MIGRATION_COMMITTED ? "committed" : "aborted",
+				moved ? "at B" : "at A");
+	} else {
+		res->error = r.ctl_rc;
+	}
 	if (moved) {
 		res->out = OUT_COMMITTED;
 		check_owner(res, &r.b, r.eb, "b", &r.a, r.ea, "a");
@@ -561,21 +728,27 @@ static void run_once(enum scenario sc, unsigned long n, struct run *res)
 			set_bad(res, "hooks after an abort: released %d activated %d",
 				r.a.released, r.b.activated);
 	}
+	if (r.client && r.cstate == MIG_CLIENT_FAILED) {
+		res->client_failed = r.cerror;
+		if (r.cerror != MIG_EEXIST && r.cerror != MIG_ENOMEM)
+			set_bad(res, "the client failed: %s", mig_err_name(r.cerror));
+	}
 	if (res->out == OUT_BAD)
 		goto teardown;
 
-	/* The engines must still work: with the allocator out of the count,
-	 * the user moves from its owner to the other engine. (A lost event
-	 * can leave an engine unable to reach its peer for good.) */
+	/* The engines (and the client) must still work: with the allocator out
+	 * of the count, the user moves from its owner to the other engine. (A
+	 * lost event can leave an engine unable to reach its peer for good.) */
 	atomic_store(&alloc_counting, false);
 	mig_migration_free(r.m);
 	r.m = NULL;
 	rc = mig_migrate(moved ? r.eb : r.ea, USER, mig_engine_url(moved ? r.ea : r.eb), &r.m);
 	if (rc) {
 		set_bad(res, "the follow-up migration did not start: %s", mig_err_name(rc));
-	} else if (!test_dispatch_until(both, 2, settled, &r, RUN_DEADLINE_MS)) {
-		set_bad(res, "the follow-up migration did not settle");
+	} else if (!pump(&r, settled, RUN_DEADLINE_MS)) {
+		describe_unsettled(&r, res, "the follow-up migration");
 	} else {
+		mig_migration_stats st;
 		mig_migration_info(r.m, &st);
 		if (st.state != MIG_MIGRATION_COMMITTED)
 			set_bad(res, "the follow-up migration aborted: %s", mig_err_name(st.error));
@@ -588,6 +761,13 @@ static void run_once(enum scenario sc, unsigned long n, struct run *res)
 	atomic_store(&alloc_counting, true);
 
 teardown:
+	if (r.ctl_started) {
+		/* Its calls time out at the latest. */
+		while (!atomic_load(&r.ctl_done))
+			pump(&r, settled, 50);
+		pthread_join(r.ctl_thread, NULL);
+	}
+	mig_client_free(r.client);
 	mig_migration_free(r.m);
 	mig_engine_free(r.ea);
 	mig_engine_free(r.eb);
@@ -597,7 +777,7 @@ teardown:
 	atomic_store(&alloc_counting, false);
 	long live = atomic_load(&alloc_live) - live0;
 	if (live)
-		set_bad(res, "%ld allocation(s) (%ld bytes) still live after both engines were freed",
+		set_bad(res, "%ld allocation(s) (%ld bytes) still live after everything was freed",
 			live, atomic_load(&alloc_live_bytes));
 	if (atomic_load(&alloc_bad_free))
 		set_bad(res, "%d free(s) of a pointer the allocator did not hand out",
@@ -644,7 +824,9 @@ static void sweep(enum scenario sc, const char *name)
 	}
 	unsigned long only = env_ul("MIG_ALLOCFAIL_ONLY", 0);
 	bool list = env_ul("MIG_ALLOCFAIL_LIST", 0) != 0; /* every run, with its trace */
-	unsigned long stride = env_ul("MIG_ALLOCFAIL_STRIDE", STRIDE_DEFAULT);
+	/* Under valgrind a run takes seconds: a sample only. */
+	unsigned long stride = env_ul("MIG_ALLOCFAIL_STRIDE", RUNNING_ON_VALGRIND ? 97 : STRIDE_DEFAULT);
+	unsigned long first_all = RUNNING_ON_VALGRIND ? 5 : FIRST_ALL;
 	unsigned long from = env_ul("MIG_ALLOCFAIL_FROM", 1);
 	/* A little past K: runs vary with thread timing. */
 	unsigned long to = env_ul("MIG_ALLOCFAIL_TO", k + k / 20 + 10);
@@ -657,9 +839,9 @@ static void sweep(enum scenario sc, const char *name)
 	unsigned runs = 0, bad = 0;
 	double total_ms = 0, worst_ms = 0;
 	unsigned long worst_n = 0;
-	int codes[32] = {0};
+	int codes[32] = {0}, client_codes[32] = {0};
 	for (unsigned long n = from; n <= to; n++) {
-		if (!only && n > FIRST_ALL && (n - from) % stride != 0)
+		if (!only && n > first_all && (n - from) % stride != 0)
 			continue;
 		struct run res;
 		run_once(sc, n, &res);
@@ -672,10 +854,14 @@ static void sweep(enum scenario sc, const char *name)
 		}
 		if (res.error < 0 && -res.error < 32)
 			codes[-res.error]++;
+		if (res.client_failed < 0 && -res.client_failed < 32)
+			client_codes[-res.client_failed]++;
 		if (res.out == OUT_BAD || only || list) {
-			print_message("# N=%lu: %s (%s) in %.0f ms%s%s\n", n, outcome_name[res.out],
-				      mig_err_name(res.error), res.ms, res.why[0] ? ": " : "",
-				      res.why);
+			print_message("# N=%lu: %s (%s) in %.0f ms%s%s%s%s\n", n, outcome_name[res.out],
+				      mig_err_name(res.error), res.ms,
+				      res.client_failed ? ", client gave up: " : "",
+				      res.client_failed ? mig_err_name(res.client_failed) : "",
+				      res.why[0] ? ": " : "", res.why);
 			print_trace();
 			if (res.out == OUT_BAD)
 				bad++;
@@ -691,6 +877,9 @@ static void sweep(enum scenario sc, const char *name)
 	for (int c = 1; c < 32; c++)
 		if (codes[c])
 			print_message("#   error %-14s %d\n", mig_err_name(-c), codes[c]);
+	for (int c = 1; c < 32; c++)
+		if (client_codes[c])
+			print_message("#   client gave up: %-14s %d\n", mig_err_name(-c), client_codes[c]);
 	assert_int_equal(bad, 0);
 }
 
@@ -704,6 +893,11 @@ static void test_sweep_linkdrop(void **state)
 	sweep(SC_LINKDROP, "linkdrop");
 }
 
+static void test_sweep_clients(void **state)
+{
+	sweep(SC_CLIENTS, "clients");
+}
+
 int main(void)
 {
 	verbose = getenv("MIG_TEST_VERBOSE") != NULL;
@@ -715,6 +909,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sweep_plain),
 		cmocka_unit_test(test_sweep_linkdrop),
+		cmocka_unit_test(test_sweep_clients),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	rmtree(base);
