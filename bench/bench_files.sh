@@ -2,6 +2,7 @@
 # bench_files.sh: the file-state benchmark (docs/BENCHMARKS.md, "File state").
 #
 #   sudo bench/bench_files.sh [--build DIR] [--reps N (5)] [--log FILE]
+#                             [--no-link] [--no-profile]   (skip C / the perf runs)
 #
 # Builds bench_files (a release build in DIR, default /tmp/bench-files-build)
 # and runs, on the same generated files and changes, in one run:
@@ -34,12 +35,16 @@ SRCDIR=$(dirname "$HERE")
 BUILD=/tmp/bench-files-build
 REPS=5
 LOG=/tmp/bench_files-results.txt
+NOLINK=
+NOPROFILE=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--build) BUILD=$2; shift 2 ;;
 	--reps) REPS=$2; shift 2 ;;
 	--log) LOG=$2; shift 2 ;;
-	-h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+	--no-link) NOLINK=1; shift ;;
+	--no-profile) NOPROFILE=1; shift ;;
+	-h|--help) sed -n '2,29p' "$0"; exit 0 ;;
 	*) echo "unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -261,7 +266,7 @@ profile() {
 	done
 	rm -rf "$ra" "$rb" "$pd"
 }
-if command -v perf >/dev/null && perf record -q -o "$W/perf.test" -- true 2>/dev/null; then
+if [ -z "$NOPROFILE" ] && command -v perf >/dev/null && perf record -q -o "$W/perf.test" -- true 2>/dev/null; then
 	profile delta "$D/old"
 else
 	say ""
@@ -323,7 +328,7 @@ br=$(median "${B_R[@]}")
 say "| median | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $br | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") |"
 t=$(min "${B_T[@]}"); tf=$(min "${B_TF[@]}"); on=$(min "${B_ON[@]}"); off=$(min "${B_OFF[@]}")
 say "| best | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $(calc '%.2f' "$t / $on") | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") |"
-if command -v perf >/dev/null && perf record -q -o "$W/perf.test" -- true 2>/dev/null; then
+if [ -z "$NOPROFILE" ] && command -v perf >/dev/null && perf record -q -o "$W/perf.test" -- true 2>/dev/null; then
 	profile fresh ""
 fi
 say ""
@@ -334,7 +339,9 @@ say "MB/s: 64 MiB of files over the time to COMMITTED (libmigrate) or to the rec
 say ""
 say "### C. Two network namespaces, veth shaped with tc tbf to 100 Mbit/s"
 skip=
-if [ "$(id -u)" != 0 ]; then
+if [ -n "$NOLINK" ]; then
+	skip="--no-link"
+elif [ "$(id -u)" != 0 ]; then
 	skip="not root"
 elif ! ip netns add "$NSA" 2>"$W/netns.err"; then
 	skip="ip netns add failed: $(cat "$W/netns.err")"

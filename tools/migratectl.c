@@ -6,6 +6,8 @@
  *   migratectl --engine URL --secret-file FILE migrate USER --to URL [--json]
  *   migratectl --engine URL --secret-file FILE watch [--count N] [--json]
  *   migratectl --engine URL --secret-file FILE cancel MID|USER
+ *   migratectl --engine URL --secret-file FILE replicate USER --to URL
+ *   migratectl --engine URL --secret-file FILE promote USER
  *
  * migrate draws a one-line progress bar on a terminal, prints one plain line
  * per event otherwise, and one JSON object per line with --json. Exit codes
@@ -47,6 +49,9 @@ static void usage(FILE *out)
 		"  watch [--count N]       print the engine's events as they happen\n"
 		"  cancel MID|USER         cancel a migration (by id, or by the user it moves)\n"
 		"                          before its commit decision\n"
+		"  replicate USER --to URL keep the standby engine at URL up to date with USER's\n"
+		"                          light state (docs/FAILOVER.md); --to none stops it\n"
+		"  promote USER            on a standby: make its replica of USER the active user\n"
 		"\n"
 		"options:\n"
 		"  --engine URL        the engine to talk to (ws://host:port or wss://...)\n"
@@ -612,7 +617,8 @@ enum {
 
 static bool takes_argument(const char *cmd)
 {
-	return strcmp(cmd, "migrate") == 0 || strcmp(cmd, "cancel") == 0;
+	return strcmp(cmd, "migrate") == 0 || strcmp(cmd, "cancel") == 0 ||
+	       strcmp(cmd, "replicate") == 0 || strcmp(cmd, "promote") == 0;
 }
 
 int main(int argc, char **argv)
@@ -706,13 +712,20 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (strcmp(cmd, "migrate") && strcmp(cmd, "users") && strcmp(cmd, "watch") &&
-	    strcmp(cmd, "status") && strcmp(cmd, "cancel")) {
+	    strcmp(cmd, "status") && strcmp(cmd, "cancel") && strcmp(cmd, "replicate") &&
+	    strcmp(cmd, "promote")) {
 		fprintf(stderr, "migratectl: unknown command '%s'\n", cmd);
 		usage(stderr);
 		return EXIT_USAGE;
 	}
 	if (strcmp(cmd, "migrate") == 0 && (!arg || !to)) {
 		fprintf(stderr, "migratectl: migrate needs USER and --to URL\n");
+		return EXIT_USAGE;
+	}
+	if ((strcmp(cmd, "promote") == 0 && !arg) ||
+	    (strcmp(cmd, "replicate") == 0 && (!arg || !to))) {
+		fprintf(stderr, "migratectl: %s needs USER%s\n", cmd,
+			strcmp(cmd, "replicate") == 0 ? " and --to URL" : "");
 		return EXIT_USAGE;
 	}
 	if (strcmp(cmd, "cancel") == 0 && !arg) {
@@ -785,6 +798,30 @@ int main(int argc, char **argv)
 		}
 		if (rc) {
 			fprintf(stderr, "migratectl: cancel %s: %s (%s)\n", arg, why,
+				mig_err_name(rc));
+			status = exit_for_request(rc);
+		}
+	} else if (strcmp(cmd, "replicate") == 0 || strcmp(cmd, "promote") == 0) {
+		bool promote = strcmp(cmd, "promote") == 0;
+		rc = promote ? mig_ctl_promote(ctl, arg)
+			     : mig_ctl_replicate(ctl, arg, strcmp(to, "none") ? to : NULL, 0);
+		const char *why =
+			mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc);
+		if (json) {
+			bool first = true;
+			json_str_field(stdout, "user", arg, &first);
+			json_key(stdout, promote ? "promoted" : "replicating", &first);
+			fputs(rc ? "false" : "true", stdout);
+			json_key(stdout, "code", &first);
+			fprintf(stdout, "%d", rc);
+			json_str_field(stdout, "error", rc ? mig_err_name(rc) : "", &first);
+			json_str_field(stdout, "reason", why, &first);
+			fputs("}\n", stdout);
+		} else if (!rc) {
+			printf("%s\n", why);
+		}
+		if (rc) {
+			fprintf(stderr, "migratectl: %s %s: %s (%s)\n", cmd, arg, why,
 				mig_err_name(rc));
 			status = exit_for_request(rc);
 		}

@@ -7,6 +7,10 @@
  * plugs the engine in with mig_engine_fd() / mig_engine_dispatch().
  *
  *   counter_server --id A --secret-file S [--port P] [--users u1,u2,...]
+ *                  [--orchestrator URL [--heartbeat-ms MS]]
+ *
+ * With --orchestrator the engine announces itself to a migrate-orchestrator
+ * (docs/ORCHESTRATOR.md) and sends it heartbeats.
  *
  * Prints "url <engine url>" first, then one timeline line per event, and the
  * final counters on SIGTERM/SIGINT. */
@@ -195,14 +199,17 @@ static int read_secret(const char *path, char *buf, size_t cap, size_t *len)
 int main(int argc, char **argv)
 {
 	struct server s = {.name = "A"};
-	const char *secret_file = NULL, *users = NULL;
+	const char *secret_file = NULL, *users = NULL, *orchestrator = NULL;
 	int port = 0;
+	unsigned heartbeat_ms = 0;
 	int opt;
 	static const struct option longopts[] = {
 		{"id", required_argument, NULL, 'i'},
 		{"port", required_argument, NULL, 'p'},
 		{"secret-file", required_argument, NULL, 's'},
 		{"users", required_argument, NULL, 'u'},
+		{"orchestrator", required_argument, NULL, 'o'},
+		{"heartbeat-ms", required_argument, NULL, 'b'},
 		{NULL, 0, NULL, 0},
 	};
 	while ((opt = getopt_long(argc, argv, "i:p:s:u:", longopts, NULL)) != -1) {
@@ -219,9 +226,16 @@ int main(int argc, char **argv)
 		case 'u':
 			users = optarg;
 			break;
+		case 'o':
+			orchestrator = optarg;
+			break;
+		case 'b':
+			heartbeat_ms = (unsigned)strtoul(optarg, NULL, 10);
+			break;
 		default:
 			fprintf(stderr, "usage: counter_server --id NAME --secret-file FILE "
-					"[--port P] [--users a,b,c]\n");
+					"[--port P] [--users a,b,c] [--orchestrator URL "
+					"[--heartbeat-ms MS]]\n");
 			return 2;
 		}
 	}
@@ -245,6 +259,8 @@ int main(int argc, char **argv)
 	mig_engine_options o = {0};
 	o.listen_port = port;
 	o.engine_id = s.name;
+	o.orchestrator_url = orchestrator;
+	o.heartbeat_ms = heartbeat_ms;
 	o.secret = secret;
 	o.secret_len = secret_len;
 	o.on_event = on_event;

@@ -72,6 +72,14 @@ struct mig_client {
 	size_t nurls;
 	size_t url_idx;
 	char *token; /* single use: replaced by the resume or redirect token */
+	/* Failover (mig_client_set_standby): the standby engine's session URL
+	 * and a token it accepts once it promoted the user, tried when the
+	 * engine stayed unreachable for standby_after_ms since lost_us. */
+	char *standby_url;
+	char *standby_token;
+	unsigned standby_after_ms;
+	bool on_standby; /* attaching there: "not promoted yet" is retried */
+	uint64_t lost_us; /* when the engine was last known good; 0 = attached */
 
 	/* State. */
 	_Atomic int state;
@@ -303,6 +311,26 @@ static void fail(mig_client *c, int error, const char *why)
 	set_state(c, MIG_CLIENT_FAILED, error, "%s", why);
 }
 
+static int set_urls(mig_client *c, const char *primary, bool with_fallbacks);
+static int set_token(mig_client *c, const char *token);
+
+/* Failover: the engine has been unreachable long enough, and a standby is
+ * known: attach there (its token is used once, so this happens once). */
+static bool go_standby(mig_client *c)
+{
+	if (!c->standby_url || c->on_standby || !c->lost_us ||
+	    mig__now_us() - c->lost_us < (uint64_t)c->standby_after_ms * 1000u)
+		return false;
+	if (set_urls(c, c->standby_url, false) != 0 || set_token(c, c->standby_token) != 0)
+		return false; /* out of memory: keep trying the engine */
+	c->on_standby = true;
+	c->attempts = c->rounds = 0;
+	set_error(c, "engine unreachable for %u ms or more: failing over to %s",
+		  c->standby_after_ms, c->standby_url);
+	start_connect(c);
+	return true;
+}
+
 /* An attempt at the current URL failed: the next URL at once, or, after the
  * last one, back off and start the list again. */
 static void connect_failed(mig_client *c, int error, const char *why)
@@ -314,6 +342,8 @@ static void connect_failed(mig_client *c, int error, const char *why)
 	else
 		set_error(c, "%s: %s", url, why);
 	c->attempts++;
+	if (go_standby(c))
+		return;
 	if (c->max_attempts && c->attempts >= c->max_attempts) {
 		char msg[400];
 		snprintf(msg, sizeof(msg), "gave up after %u attempts: %s", c->attempts,
@@ -389,9 +419,23 @@ static void on_attach_reply(mig_client *c, const Migwire__AttachReply *r)
 		snprintf(why, sizeof(why), "%s",
 			 r->reason && *r->reason ? r->reason : mig_strerror(r->code));
 		c->conn = 0; /* the engine closes it */
+		if (c->on_standby && r->code == MIG_ENOUSER) {
+			/* The standby has not promoted the user yet (the token
+			 * is not used up): keep trying there. */
+			connect_failed(c, r->code, why);
+			return;
+		}
 		fail(c, r->code, why);
 		return;
 	}
+	if (c->on_standby) {
+		/* Failed over: the standby's token is spent. */
+		mig__free(c->standby_url);
+		mig__free(c->standby_token);
+		c->standby_url = c->standby_token = NULL;
+		c->on_standby = false;
+	}
+	c->lost_us = 0;
 	arm(c, TIMER_NONE, 0);
 	c->attempts = c->rounds = 0;
 	c->tried = 0;
@@ -407,6 +451,11 @@ static void on_redirect(mig_client *c, const Migwire__Redirect *r)
 	if (c->user && strcmp(r->user, c->user) != 0)
 		return; /* not ours: wire-valid, but not for this client */
 	drop_conn(c, "redirected");
+	/* The standby was the old engine's: the user has moved on. */
+	mig__free(c->standby_url);
+	mig__free(c->standby_token);
+	c->standby_url = c->standby_token = NULL;
+	c->on_standby = false;
 	if (set_urls(c, r->session_url, false) != 0 || set_token(c, r->token) != 0) {
 		fail(c, MIG_ENOMEM, "out of memory following a redirect");
 		return;
@@ -456,6 +505,7 @@ static void on_event(mig_client *c, mig__tev *ev)
 		mig_client_state st = (mig_client_state)atomic_load(&c->state);
 		if (st == MIG_CLIENT_ATTACHED) {
 			c->conn = 0;
+			c->lost_us = mig__now_us();
 			set_error(c, "%s", ev->reason);
 			set_state(c, MIG_CLIENT_DISCONNECTED, ev->error, "%s", ev->reason);
 			/* Re-attach (with the resume token) after a first backoff. */
@@ -627,6 +677,8 @@ MIG_EXPORT void mig_client_free(mig_client *c)
 	mig__free(c->fallbacks);
 	mig__free(c->user);
 	mig__free(c->token);
+	mig__free(c->standby_url);
+	mig__free(c->standby_token);
 	mig__free(c);
 }
 
@@ -710,6 +762,29 @@ MIG_EXPORT int mig_client_attach(mig_client *c, const char *url, const char *tok
 	c->tried = 0;
 	c->url_idx = 0;
 	start_connect(c);
+	return 0;
+}
+
+MIG_EXPORT int mig_client_set_standby(mig_client *c, const char *url, const char *token,
+				      unsigned int after_ms)
+{
+	if (!c || (url && (!valid_url(url) || !mig__token_text_valid(token))))
+		return MIG_EINVAL;
+	char *u = url ? mig__strdup(url) : NULL;
+	char *t = url ? mig__strdup(token) : NULL;
+	if (url && (!u || !t)) {
+		mig__free(u);
+		mig__free(t);
+		return MIG_ENOMEM;
+	}
+	mig__free(c->standby_url);
+	mig__free(c->standby_token);
+	c->standby_url = u;
+	c->standby_token = t;
+	c->standby_after_ms = after_ms ? after_ms : 3000u;
+	if (!c->on_standby && c->lost_us == 0 &&
+	    atomic_load(&c->state) != MIG_CLIENT_ATTACHED)
+		c->lost_us = mig__now_us();
 	return 0;
 }
 

@@ -6,6 +6,7 @@
 
 #include "control_int.h"
 #include "engine_int.h"
+#include "replica.h"
 
 void mig__event_to_wire(const mig_event *ev, Migwire__Event *w)
 {
@@ -268,6 +269,18 @@ void mig__control_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f)
 	case MIGWIRE__FRAME__BODY_CANCEL:
 		cancel(e, conn, f->cancel);
 		return;
+	case MIGWIRE__FRAME__BODY_PROMOTE:
+	case MIGWIRE__FRAME__BODY_REPLICATE: {
+		/* Replication (replica.c): answered at once with the outcome. */
+		char why[MIG__REASON_MAX] = "";
+		uint32_t id = f->body_case == MIGWIRE__FRAME__BODY_PROMOTE ? f->promote->request_id
+									  : f->replicate->request_id;
+		int rc = mig__replica_control(e, f, why, sizeof(why));
+		reply(e, conn, id, rc, why, NULL);
+		if (!rc)
+			mig__engine_wake(e);
+		return;
+	}
 	default:
 		mig__engine_log(e, MIG_LOG_WARN, "control connection %llu: unexpected %s frame",
 				(unsigned long long)conn, mig__wire_body_name(f));

@@ -372,6 +372,59 @@ MIG_EXPORT int mig_ctl_cancel(mig_ctl *c, const char *what)
 	return rc;
 }
 
+/* Sends a request and returns the code of its Reply, keeping the reason. */
+static int simple_request(mig_ctl *c, mig__frame *f, uint32_t request_id)
+{
+	int rc = send_frame(c, f);
+	mig__frame *in = NULL;
+	if (!rc)
+		rc = await_answer(c, MIGWIRE__FRAME__BODY_REPLY, request_id, &in);
+	if (rc)
+		return rc;
+	rc = in->reply->code;
+	set_error(c, "%s", in->reply->reason && in->reply->reason[0] ? in->reply->reason
+									 : mig_strerror(rc));
+	mig__wire_free(in);
+	return rc;
+}
+
+MIG_EXPORT int mig_ctl_promote(mig_ctl *c, const char *user)
+{
+	if (!c || !mig__valid_user(user))
+		return MIG_EINVAL;
+	c->last_error[0] = '\0';
+	Migwire__PromoteRequest r = MIGWIRE__PROMOTE_REQUEST__INIT;
+	r.request_id = ++c->next_request;
+	r.user = (char *)user;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_PROMOTE;
+	f.promote = &r;
+	return simple_request(c, &f, r.request_id);
+}
+
+MIG_EXPORT int mig_ctl_replicate(mig_ctl *c, const char *user, const char *standby_url,
+				 unsigned int interval_ms)
+{
+	if (!c || !mig__valid_user(user) || interval_ms > 3600000)
+		return MIG_EINVAL;
+	c->last_error[0] = '\0';
+	Migwire__ReplicateRequest r = MIGWIRE__REPLICATE_REQUEST__INIT;
+	r.request_id = ++c->next_request;
+	r.user = (char *)user;
+	if (standby_url) {
+		r.standby_url = (char *)standby_url;
+		r.has_interval_ms = true;
+		r.interval_ms = interval_ms;
+	} else {
+		r.has_stop = true;
+		r.stop = true;
+	}
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_REPLICATE;
+	f.replicate = &r;
+	return simple_request(c, &f, r.request_id);
+}
+
 MIG_EXPORT int mig_ctl_migrate(mig_ctl *c, const char *user, const char *url,
 			       unsigned timeout_ms,
 			       void (*on_event)(const mig_event *, void *), void *ud,

@@ -38,13 +38,26 @@ int mig__bytes_append(mig__bytes *b, const void *data, size_t len);
 void mig__bytes_free(mig__bytes *b);
 
 /* Signature of the first `limit` bytes of the file open on `fd` (from
- * offset 0, to EOF if it is shorter; UINT64_MAX for all of it), with BLAKE2
- * strong sums. Appends to `out`. Returns 0, MIG_EIO, MIG_ENOMEM. A file that
+ * offset 0, to EOF if it is shorter; UINT64_MAX for all of it), with MD4
+ * strong sums and RabinKarp weak sums (RS_RK_MD4_SIG_MAGIC). Appends to `out`. Returns 0, MIG_EIO, MIG_ENOMEM. A file that
  * grows while it is read (an app appending) is read only up to `limit`, so
  * the signature describes exactly the bytes a delta of the same limit sent. */
 int mig__delta_signature(int fd, uint64_t limit, const mig__sig_params *p, mig__bytes *out);
 
-/* Checks an untrusted signature: magic is one of the BLAKE2 magics, block
+/* A signature computed from bytes handed in as they are read elsewhere (the
+ * source signs what it sends in the same pass that reads it). The signature
+ * is appended to `out`, which must outlive the job; on failure, or if the
+ * job is freed before mig__sigjob_finish() succeeded, `out` is cut back to
+ * its length at mig__sigjob_new(). Returns 0, MIG_EINVAL (bad parameters),
+ * MIG_ENOMEM, MIG_EIO (librsync failed). Not thread-safe per job. */
+typedef struct mig__sigjob mig__sigjob;
+int mig__sigjob_new(const mig__sig_params *p, mig__bytes *out, mig__sigjob **j);
+int mig__sigjob_feed(mig__sigjob *j, const void *data, size_t len);
+int mig__sigjob_finish(mig__sigjob *j);
+void mig__sigjob_free(mig__sigjob *j); /* accepts NULL */
+
+/* Checks an untrusted signature: magic is one of librsync's four signature
+ * magics (MD4 or BLAKE2 strong sums, rollsum or RabinKarp weak sums), block
  * length within [MIG__SIG_MIN_BLOCK_LEN, MIG__SIG_MAX_BLOCK_LEN], strong
  * length within [1, 32], and the body is a whole number of blocks no larger
  * than `max_len` in total. Returns 0 or MIG_EPROTO with a reason. */
@@ -69,6 +82,13 @@ typedef int (*mig__delta_sink)(const uint8_t *data, size_t len, void *ud);
  * Returns 0, MIG_EIO, MIG_ENOMEM, MIG_ECANCELED. */
 int mig__delta_generate(int fd, uint64_t limit, const mig__sig *sig, size_t piece,
 			mig__delta_sink sink, void *ud);
+/* Sees every byte of the file the delta reads, in order, once (for a digest
+ * and the next round's signature in the same pass); non-zero stops the
+ * delta with MIG_ECANCELED. */
+typedef int (*mig__delta_tap)(const uint8_t *data, size_t len, void *ud);
+/* mig__delta_generate, with `tap` (may be NULL) called on the input. */
+int mig__delta_generate_tap(int fd, uint64_t limit, const mig__sig *sig, size_t piece,
+			    mig__delta_sink sink, void *ud, mig__delta_tap tap, void *tap_ud);
 
 /* Streaming patch: delta bytes in, new file out. `basis_fd` (-1 for none)
  * must not change while patching; every copy command's position and length
@@ -82,6 +102,13 @@ int mig__patch_new(int basis_fd, int out_fd, mig__patch **out);
 void mig__patch_set_max_output(mig__patch *p, uint64_t max_out);
 /* Feeds delta bytes. Returns 0, MIG_EPROTO (corrupt delta: reason in why),
  * MIG_EIO (write failed, e.g. ENOSPC: errno text in why), MIG_ENOMEM. */
+/* Optional: every byte the patch writes is also added to `h` (borrowed;
+ * must outlive the patch's use), so the result's digest needs no second
+ * read of the file. */
+struct mig__sha256;
+void mig__patch_set_digest(mig__patch *p, struct mig__sha256 *h);
+/* Bytes written so far. */
+uint64_t mig__patch_output_size(const mig__patch *p);
 int mig__patch_feed(mig__patch *p, const uint8_t *data, size_t len, char *why,
 		    size_t why_len);
 /* Ends the input. Returns 0 if the delta was complete, MIG_EPROTO if it

@@ -11,9 +11,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "announce.h"
 #include "auth.h"
 #include "engine_int.h"
 #include "handoff_int.h"
+#include "replica.h"
 #include "workers.h"
 #include "xfer.h"
 
@@ -133,6 +135,9 @@ static void engine_release(mig_engine *e)
 	e->workers = NULL;
 	mig__transport_free(e->transport);
 	e->transport = NULL;
+	mig__announce_free(e->announce);
+	e->announce = NULL;
+	mig__replica_free(e);
 	if (e->events.efd >= 0)
 		mig__evq_destroy(&e->events, mig__tev_free_item);
 	mig__handoff_free_all(e);
@@ -297,6 +302,15 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 	if ((rc = dup_opt(&e->app_url, o->app_url)) || (rc = mig__session_init(e)))
 		goto fail;
 	e->metrics_off = o->metrics_off != 0;
+	{
+		/* A bad orchestrator URL or interval is MIG_EINVAL; the detail
+		 * has no engine to outlive this call in (see mig_engine_new). */
+		char aerr[256] = "";
+		rc = mig__announce_new(&e->announce, o->orchestrator_url, o->heartbeat_ms, aerr,
+				       sizeof(aerr));
+		if (rc)
+			goto fail;
+	}
 	e->metrics.started_mono_us = mig__now_us();
 	e->metrics.started_wall_us = mig__wall_us();
 	if ((rc = mig__users_init(&e->users)) != 0)
@@ -395,6 +409,8 @@ MIG_EXPORT int mig_engine_start(mig_engine *e)
 	e->listen_port = mig__transport_port(t);
 	e->started = true;
 	pthread_mutex_unlock(&e->lock);
+	if (e->announce)
+		mig__engine_wake(e); /* the first dispatch connects to the orchestrator */
 	return 0;
 }
 
@@ -715,6 +731,11 @@ enum mig__fault_action mig__engine_fault_at(mig_engine *e, enum mig__fault_point
 static void on_transport_event(mig_engine *e, mig__tev *ev)
 {
 	mig__conn_rec *c;
+	if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_ANNOUNCE &&
+	    (ev->type == MIG__TEV_UP || ev->type == MIG__TEV_DOWN || ev->type == MIG__TEV_FRAME)) {
+		mig__announce_on_event(e, ev);
+		return;
+	}
 	switch (ev->type) {
 	case MIG__TEV_UP:
 		c = mig__engine_conn(e, ev->conn);
@@ -737,14 +758,18 @@ static void on_transport_event(mig_engine *e, mig__tev *ev)
 		mig__engine_log(e, MIG_LOG_INFO, "connection %llu down: %s",
 				(unsigned long long)ev->conn, ev->reason);
 		conn_remove(e, ev->conn);
-		if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_PEER)
+		if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_PEER) {
 			mig__handoff_on_conn_down(e, ev->conn, ev->error, ev->reason);
+			mig__replica_on_conn_down(e, ev->conn);
+		}
 		break;
 	case MIG__TEV_FRAME:
 		c = mig__engine_conn(e, ev->conn);
 		if (!c)
 			break; /* raced with its DOWN */
-		if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_PEER)
+		if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_PEER && mig__replica_owns(ev->frame))
+			mig__replica_on_frame(e, ev->conn, ev->frame, ev->frame_bytes);
+		else if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_PEER)
 			mig__handoff_on_frame(e, ev->conn, ev->frame, ev->frame_bytes);
 		else if (ev->channel == MIGWIRE__CHANNEL__CHANNEL_CONTROL)
 			mig__control_on_frame(e, ev->conn, ev->frame);
@@ -803,6 +828,12 @@ MIG_EXPORT int mig_engine_dispatch(mig_engine *e)
 		uint64_t sd = mig__session_tick(e, mig__now_us());
 		if (sd && (!deadline || sd < deadline))
 			deadline = sd;
+		uint64_t ad = mig__announce_tick(e, mig__now_us());
+		if (ad && (!deadline || ad < deadline))
+			deadline = ad;
+		uint64_t rd = mig__replica_tick(e, mig__now_us());
+		if (rd && (!deadline || rd < deadline))
+			deadline = rd;
 	}
 	arm_timer(e, deadline, mig__now_us());
 	pthread_mutex_unlock(&e->lock);

@@ -93,6 +93,7 @@ enum mig__fault_point {
 	MIG__FAULT_FILE_DOTDOT,        /* source sends a stream for "../evil" */
 	MIG__FAULT_FILE_BAD_SIGNATURE, /* destination sends block length 2^31-1 */
 	MIG__FAULT_FILE_CORRUPT_DATA,  /* source flips bytes inside its first chunk's data */
+	MIG__FAULT_FILE_DATA_OVERRUN,  /* source announces a plain-data stream 1 byte short */
 };
 
 enum mig__fault_action {
@@ -275,6 +276,8 @@ struct mig_engine {
 	unsigned fault_count; /* how many more times to fire */
 	mig__metrics metrics;
 	bool metrics_off; /* option: no GET /metrics */
+	struct mig__announce *announce; /* announce.c; NULL: no orchestrator */
+	struct mig__replica *replica; /* replica.c; NULL until replication is used */
 };
 
 /* engine.c */

@@ -113,7 +113,7 @@ struct mig__transport {
 	 * SSL_CTX ex-data index per context and then fails to free its own
 	 * client SSL_CTX once another context exists. */
 	SSL_CTX *client_ssl_ctx;
-	struct lws_protocols protocols[5];
+	struct lws_protocols protocols[6];
 	int port;
 	pthread_t thread;
 	bool thread_started;
@@ -132,6 +132,7 @@ static const char *const protocol_names[] = {
 	[MIGWIRE__CHANNEL__CHANNEL_PEER] = "mig-peer",
 	[MIGWIRE__CHANNEL__CHANNEL_CONTROL] = "mig-control",
 	[MIGWIRE__CHANNEL__CHANNEL_SESSION] = "mig-session",
+	[MIGWIRE__CHANNEL__CHANNEL_ANNOUNCE] = "mig-announce",
 };
 
 static const lws_retry_bo_t keepalive_policy = {
@@ -1255,11 +1256,11 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 	 * WebSockets without a known subprotocol (closed at ESTABLISHED). */
 	t->protocols[0] = (struct lws_protocols){"http", callback, sizeof(struct http_reply), 0, 0,
 						 NULL, 0};
-	for (int ch = 1; ch <= 3; ch++)
+	for (int ch = 1; ch <= MIGWIRE__CHANNEL__CHANNEL_ANNOUNCE; ch++)
 		t->protocols[ch] = (struct lws_protocols){
 			protocol_names[ch], callback, 0, FRAGMENT_BYTES, (unsigned)ch, NULL,
 			FRAGMENT_BYTES};
-	t->protocols[4] = (struct lws_protocols){NULL, NULL, 0, 0, 0, NULL, 0};
+	t->protocols[5] = (struct lws_protocols){NULL, NULL, 0, 0, 0, NULL, 0};
 
 	struct lws_context_creation_info info;
 	memset(&info, 0, sizeof(info));
@@ -1381,7 +1382,7 @@ int64_t mig__transport_connect(mig__transport *t, const char *url, int channel)
 	bool tls;
 	char host[256], path[256];
 	int port;
-	if (channel < 1 || channel > 3)
+	if (channel < 1 || channel > MIGWIRE__CHANNEL__CHANNEL_ANNOUNCE)
 		return MIG_EINVAL;
 	if (mig__url_parse(url, &tls, host, sizeof(host), &port, path, sizeof(path)) != 0)
 		return MIG_EINVAL;

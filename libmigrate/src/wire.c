@@ -544,6 +544,31 @@ static bool check_status(check *c, const Migwire__StatusReply *m)
 	return true;
 }
 
+/* Announce channel: the orchestrator stores and shows these fields. */
+static bool check_announce(check *c, const Migwire__Announce *m)
+{
+	if (!check_engine_id(c, "engine_id", m->engine_id, true) ||
+	    !check_url(c, "url", m->url, true) ||
+	    !check_app_url(c, "app_url", m->app_url) ||
+	    !check_engine_id(c, "library_version", m->library_version, false))
+		return false;
+	if (m->heartbeat_ms < 10 || m->heartbeat_ms > 3600000)
+		return fail(c, "heartbeat_ms %u is outside 10..3600000", m->heartbeat_ms);
+	return true;
+}
+
+static bool check_heartbeat(check *c, const Migwire__Heartbeat *m)
+{
+	if (!check_count(c, "users", m->n_users, WIRE_USER_STATES))
+		return false;
+	for (size_t i = 0; i < m->n_users; i++)
+		if (!protobuf_c_enum_descriptor_get_value(&migwire__user_state__descriptor,
+							  (int)m->users[i]->state))
+			return fail(c, "users[%zu] state has unknown value %d", i,
+				    (int)m->users[i]->state);
+	return true;
+}
+
 /* Exactly one of mid and user. */
 static bool check_cancel(check *c, const Migwire__CancelRequest *m)
 {
@@ -551,6 +576,43 @@ static bool check_cancel(check *c, const Migwire__CancelRequest *m)
 	if (has_mid == has_user)
 		return fail(c, "exactly one of mid and user must be set");
 	return has_mid ? check_mid(c, "mid", m->mid) : check_user(c, "user", m->user);
+}
+
+/* Replication (replica.c): ids, counts and unique domain names; epochs and
+ * sequence numbers are the replica module's to judge against its records. */
+static bool check_replica_update(check *c, const Migwire__ReplicaUpdate *m)
+{
+	if (!check_user(c, "user", m->user) ||
+	    !check_count(c, "light", m->n_light, MIG__MAX_DOMAINS))
+		return false;
+	if (m->epoch == 0 || m->seq == 0)
+		return fail(c, "epoch and seq start at 1");
+	if (m->keepalive && m->n_light)
+		return fail(c, "a keepalive carries no light state");
+	const char *names[MIG__MAX_DOMAINS];
+	for (size_t i = 0; i < m->n_light; i++) {
+		if (!check_domain_name(c, "light", i, m->light[i]->name))
+			return false;
+		names[i] = m->light[i]->name;
+	}
+	return check_unique(c, "light", names, m->n_light);
+}
+
+static bool check_replica_ack(check *c, const Migwire__ReplicaAck *m)
+{
+	return check_user(c, "user", m->user) && check_code(c, "code", m->code) &&
+	       check_reason(c, "reason", m->reason);
+}
+
+static bool check_replicate(check *c, const Migwire__ReplicateRequest *m)
+{
+	if (!check_user(c, "user", m->user))
+		return false;
+	if (m->stop)
+		return true;
+	if (m->interval_ms > 3600000)
+		return fail(c, "interval_ms %u is over 3600000", m->interval_ms);
+	return check_url(c, "standby_url", m->standby_url, true);
 }
 
 static bool check_reply(check *c, const Migwire__Reply *m)
@@ -659,6 +721,18 @@ static bool check_frame(check *c, const mig__frame *f)
 		return check_status(c, f->status);
 	case MIGWIRE__FRAME__BODY_CANCEL:
 		return check_cancel(c, f->cancel);
+	case MIGWIRE__FRAME__BODY_ANNOUNCE:
+		return check_announce(c, f->announce);
+	case MIGWIRE__FRAME__BODY_HEARTBEAT:
+		return check_heartbeat(c, f->heartbeat);
+	case MIGWIRE__FRAME__BODY_REPLICA_UPDATE:
+		return check_replica_update(c, f->replica_update);
+	case MIGWIRE__FRAME__BODY_REPLICA_ACK:
+		return check_replica_ack(c, f->replica_ack);
+	case MIGWIRE__FRAME__BODY_PROMOTE:
+		return check_user(c, "user", f->promote->user);
+	case MIGWIRE__FRAME__BODY_REPLICATE:
+		return check_replicate(c, f->replicate);
 	default:
 		return fail(c, "frame has unknown body %d", (int)f->body_case);
 	}
@@ -842,6 +916,18 @@ const char *mig__wire_body_name(const mig__frame *frame)
 		return "status";
 	case MIGWIRE__FRAME__BODY_CANCEL:
 		return "cancel";
+	case MIGWIRE__FRAME__BODY_ANNOUNCE:
+		return "announce";
+	case MIGWIRE__FRAME__BODY_HEARTBEAT:
+		return "heartbeat";
+	case MIGWIRE__FRAME__BODY_REPLICA_UPDATE:
+		return "replica_update";
+	case MIGWIRE__FRAME__BODY_REPLICA_ACK:
+		return "replica_ack";
+	case MIGWIRE__FRAME__BODY_PROMOTE:
+		return "promote";
+	case MIGWIRE__FRAME__BODY_REPLICATE:
+		return "replicate";
 	default:
 		return "unknown";
 	}

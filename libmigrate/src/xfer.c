@@ -35,7 +35,7 @@ struct mig__xfer *mig__xfer_new(mig_engine *e, struct mig_migration *m, bool out
 	x->compression = e->compression;
 	static const enum mig__fault_point src_faults[] = {
 		MIG__FAULT_FILE_CORRUPT_CHUNK, MIG__FAULT_FILE_TRUNCATE, MIG__FAULT_FILE_DOTDOT,
-		MIG__FAULT_FILE_CORRUPT_DATA};
+		MIG__FAULT_FILE_CORRUPT_DATA, MIG__FAULT_FILE_DATA_OVERRUN};
 	if (outgoing) {
 		for (size_t i = 0; i < MIG__ARRAY_LEN(src_faults) && !x->fault; i++)
 			if (mig__engine_fault_at(e, src_faults[i]))

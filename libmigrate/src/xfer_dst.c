@@ -58,6 +58,8 @@ static void stream_close(struct dst_stream *s)
 {
 	mig__patch_free(s->patch);
 	s->patch = NULL;
+	mig__sha256_free(s->hash);
+	s->hash = NULL;
 	if (s->basis_fd >= 0)
 		close(s->basis_fd);
 	if (s->out_fd >= 0)
@@ -137,6 +139,31 @@ static void send_credit(struct mig__xfer *x, bool force)
 
 /* ------------------------------------------------------------------ signatures */
 
+/* A signature stream (empty: no copy of that file here). */
+static int send_sig_stream(struct mig__xfer *x, size_t domain, const char *path,
+			   const mig__bytes *sig, uint8_t *buf)
+{
+	Migwire__FileStream fs = MIGWIRE__FILE_STREAM__INIT;
+	fs.mid = x->mid;
+	fs.stream = ++x->next_stream;
+	fs.kind = MIGWIRE__STREAM_KIND__STREAM_SIGNATURE;
+	fs.domain = x->dd[domain].d->name;
+	fs.path = (char *)path;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
+	f.file_stream = &fs;
+	int rc = mig__xfer_send(x, &f);
+	for (size_t off = 0; !rc && (off < sig->len || off == 0); off += XFER_CHUNK_BYTES) {
+		size_t n = sig->len - off > XFER_CHUNK_BYTES ? XFER_CHUNK_BYTES : sig->len - off;
+		if (n)
+			memcpy(buf, sig->data + off, n);
+		rc = mig__xfer_send_chunk(x, fs.stream, buf, n, off + n >= sig->len, false);
+		if (!sig->len)
+			break;
+	}
+	return rc;
+}
+
 static int send_signature(struct mig__xfer *x, size_t domain, const char *croot,
 			  const mig__file_entry *fe, uint8_t *buf)
 {
@@ -157,23 +184,7 @@ static int send_signature(struct mig__xfer *x, size_t domain, const char *croot,
 		sig.data[4] = 0x7f;
 		sig.data[5] = sig.data[6] = sig.data[7] = 0xff;
 	}
-	Migwire__FileStream fs = MIGWIRE__FILE_STREAM__INIT;
-	fs.mid = x->mid;
-	fs.stream = ++x->next_stream;
-	fs.kind = MIGWIRE__STREAM_KIND__STREAM_SIGNATURE;
-	fs.domain = x->dd[domain].d->name;
-	fs.path = fe->path;
-	mig__frame f = MIGWIRE__FRAME__INIT;
-	f.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
-	f.file_stream = &fs;
-	rc = mig__xfer_send(x, &f);
-	for (size_t off = 0; !rc && (off < sig.len || off == 0); off += XFER_CHUNK_BYTES) {
-		size_t n = sig.len - off > XFER_CHUNK_BYTES ? XFER_CHUNK_BYTES : sig.len - off;
-		memcpy(buf, sig.data + off, n);
-		rc = mig__xfer_send_chunk(x, fs.stream, buf, n, off + n >= sig.len, false);
-		if (!sig.len)
-			break;
-	}
+	rc = send_sig_stream(x, domain, fe->path, &sig, buf);
 	mig__bytes_free(&sig);
 	return rc;
 }
@@ -237,6 +248,37 @@ static void stream_job_free(void *arg)
 	mig__free(j);
 }
 
+/* The source asks for the signature of a staged file (one it sent in an
+ * earlier round and that changed since): signed from the staged copy, which
+ * holds exactly the bytes sent; an empty answer when there is none. Always
+ * answered, so the source never waits for nothing. */
+static void sign_staged_task(void *arg)
+{
+	struct stream_job *j = arg;
+	struct mig__xfer *x = j->x;
+	struct dst_domain *dd = &x->dd[j->domain];
+	struct dst_file *f = find_file(dd, j->path, false);
+	mig__bytes sig = {0};
+	uint8_t *buf = mig__malloc(XFER_CHUNK_BYTES);
+	int fd = f && f->hash && !x->failed
+			 ? mig__files_open_staging_read(dd->d->root, x->mid, j->path)
+			 : -1;
+	if (fd >= 0) {
+		mig__sig_params p;
+		mig__delta_params(f->size, &p);
+		if (mig__delta_signature(fd, UINT64_MAX, &p, &sig) != 0)
+			mig__bytes_free(&sig); /* no basis then: the file goes whole */
+		close(fd);
+	}
+	if (!buf)
+		fail(x, MIG_ENOMEM, "out of memory");
+	else
+		send_sig_stream(x, j->domain, j->path, &sig, buf);
+	mig__bytes_free(&sig);
+	mig__free(buf);
+	stream_job_free(j);
+}
+
 static struct dst_stream *find_stream(struct mig__xfer *x, uint32_t id)
 {
 	for (struct dst_stream *s = x->streams; s; s = s->next)
@@ -278,6 +320,22 @@ static void open_stream_task(void *arg)
 			fail(x, MIG_EIO, "%s/%s: cannot open the staged file", dd->d->name, j->path);
 		goto out;
 	}
+	if (j->kind == MIGWIRE__STREAM_KIND__STREAM_DATA) {
+		/* The whole file as plain bytes: no basis, no patch. */
+		if (j->size == UINT64_MAX) {
+			fail(x, MIG_EPROTO, "%s/%s: data stream without a size", dd->d->name,
+			     j->path);
+			goto out;
+		}
+		s->size = j->size;
+		snprintf(s->tmp, sizeof(s->tmp), "%u", s->id);
+		s->out_fd = mig__files_open_staging_tmp(root, x->mid, s->tmp);
+		if (s->out_fd < 0)
+			fail(x, MIG_EIO, "%s/%s: cannot create a staging file", dd->d->name, j->path);
+		else if (!(s->hash = mig__sha256_new()))
+			fail(x, MIG_ENOMEM, "out of memory");
+		goto out;
+	}
 	/* A delta: its basis is the staged file of an earlier round, else the
 	 * copy in the departed-user cache, else nothing. */
 	if (f && f->hash) {
@@ -295,9 +353,14 @@ static void open_stream_task(void *arg)
 		fail(x, MIG_EIO, "%s/%s: cannot create a staging file", dd->d->name, j->path);
 		goto out;
 	}
-	if (mig__patch_new(s->basis_fd, s->out_fd, &s->patch) != 0)
+	if (mig__patch_new(s->basis_fd, s->out_fd, &s->patch) != 0 ||
+	    !(s->hash = mig__sha256_new())) {
 		fail(x, MIG_ENOMEM, "out of memory");
-	else if (j->size != UINT64_MAX)
+		goto out;
+	}
+	/* The digest grows as the patch writes: no second read of the file. */
+	mig__patch_set_digest(s->patch, s->hash);
+	if (j->size != UINT64_MAX)
 		/* A few bytes of copy commands must not fill the disk. */
 		mig__patch_set_max_output(s->patch, j->size);
 out:
@@ -341,31 +404,65 @@ static void finish_stream(struct mig__xfer *x, struct dst_stream *s)
 		start_writeback(s->out_fd);
 		return;
 	}
-	int rc = mig__patch_finish(s->patch, why, sizeof(why));
-	if (rc) {
-		fail(x, rc, "%s/%s: %s", dd->d->name, s->path, why);
+	uint64_t size = s->written;
+	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_DELTA) {
+		int rc = mig__patch_finish(s->patch, why, sizeof(why));
+		if (rc) {
+			fail(x, rc, "%s/%s: %s", dd->d->name, s->path, why);
+			return;
+		}
+		size = mig__patch_output_size(s->patch);
+	} else if (s->written != s->size) {
+		fail(x, MIG_EPROTO, "%s/%s: data stream ended at %llu of its %llu bytes",
+		     dd->d->name, s->path, (unsigned long long)s->written,
+		     (unsigned long long)s->size);
 		return;
 	}
+	/* The stream's digest, of exactly the bytes written, becomes the
+	 * file's: it was computed as they went to disk. */
+	mig__sha256 *hash = s->hash;
+	s->hash = NULL;
+	start_writeback(s->out_fd);
 	stream_close(s);
+	mig__sha256_free(f->hash);
+	f->hash = NULL;
 	if (mig__files_staging_commit_tmp(root, x->mid, s->tmp, s->path) != 0) {
+		mig__sha256_free(hash);
 		fail(x, MIG_EIO, "%s/%s: cannot place the staged file", dd->d->name, s->path);
 		return;
 	}
-	int fd = mig__files_open_staging_read(root, x->mid, s->path);
-	start_writeback(fd);
-	struct stat st;
-	mig__sha256_free(f->hash);
-	f->hash = NULL;
-	rc = fd < 0 || fstat(fd, &st) != 0 ? MIG_EIO : mig__sha256_file(fd, UINT64_MAX, &f->hash);
-	if (rc) {
-		/* Out of memory is reported as such, not as a read error. */
-		fail(x, rc, "%s/%s: cannot read the staged file back: %s", dd->d->name, s->path,
-		     mig_strerror(rc));
-	} else {
-		f->size = (uint64_t)st.st_size;
+	f->hash = hash;
+	f->size = size;
+}
+
+/* Appends a DATA chunk to the staging file, no further than the announced
+ * size (a peer's bytes must not fill the disk past what it declared). */
+static int write_data(struct dst_stream *s, const uint8_t *data, size_t len, char *why,
+		      size_t why_len)
+{
+	if (len > s->size - s->written) {
+		snprintf(why, why_len, "data past the announced %llu bytes",
+			 (unsigned long long)s->size);
+		return MIG_EPROTO;
 	}
-	if (fd >= 0)
-		close(fd);
+	if (mig__sha256_update(s->hash, data, len) != 0) {
+		snprintf(why, why_len, "hashing failed");
+		return MIG_ESYSTEM;
+	}
+	size_t done = 0;
+	while (done < len) {
+		ssize_t n = write(s->out_fd, data + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			snprintf(why, why_len, "writing the staged file: %s",
+				 n < 0 ? strerror(errno) : "no progress");
+			return MIG_EIO;
+		}
+		done += (size_t)n;
+	}
+	s->written += len;
+	return 0;
 }
 
 static void chunk_task(void *arg)
@@ -383,12 +480,24 @@ static void chunk_task(void *arg)
 		goto out;
 	uint8_t *data = NULL;
 	size_t len = 0;
-	int rc = mig__xfer_chunk_data(&j->chunk, &data, &len, why, sizeof(why));
+	int rc = 0;
+	/* Plain chunks are used where they lie (the job's own copy). */
+	bool plain = j->chunk.compression == MIGWIRE__COMPRESSION__COMPRESSION_NONE;
+	if (plain) {
+		data = j->chunk.data.data;
+		len = j->chunk.data.len;
+	} else {
+		rc = mig__xfer_chunk_data(&j->chunk, &data, &len, why, sizeof(why));
+	}
 	if (rc) {
 		fail(x, rc, "%s: %s", s->path, why);
 		goto out;
 	}
-	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
+	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_DATA) {
+		rc = write_data(s, data, len, why, sizeof(why));
+		if (rc)
+			fail(x, rc, "%s/%s: %s", x->dd[s->domain].d->name, s->path, why);
+	} else if (s->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
 		struct dst_file *f = find_file(&x->dd[s->domain], s->path, false);
 		size_t done = 0;
 		while (done < len) {
@@ -410,7 +519,8 @@ static void chunk_task(void *arg)
 		if (rc)
 			fail(x, rc, "%s/%s: %s", x->dd[s->domain].d->name, s->path, why);
 	}
-	mig__free(data);
+	if (!plain)
+		mig__free(data);
 	if (j->last && !x->failed)
 		finish_stream(x, s);
 out:
@@ -541,7 +651,7 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 	case MIGWIRE__FRAME__BODY_FILE_STREAM: {
 		const Migwire__FileStream *fs = f->file_stream;
 		size_t d = domain_index(x, fs->domain);
-		if (d == SIZE_MAX || fs->kind == MIGWIRE__STREAM_KIND__STREAM_SIGNATURE) {
+		if (d == SIZE_MAX) {
 			mig__transport_close(e->transport, m->conn, 1008, "unexpected file stream");
 			return;
 		}
@@ -557,7 +667,11 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 		j->domain = d;
 		j->offset = fs->offset;
 		j->size = fs->has_size ? fs->size : UINT64_MAX;
-		rc = mig__strand_post(x->strand, open_stream_task, stream_job_free, j);
+		rc = mig__strand_post(x->strand,
+				      fs->kind == MIGWIRE__STREAM_KIND__STREAM_SIGNATURE
+					      ? sign_staged_task
+					      : open_stream_task,
+				      stream_job_free, j);
 		if (rc)
 			stream_job_free(j);
 		break;

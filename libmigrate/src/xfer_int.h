@@ -36,6 +36,8 @@ struct src_file {
 	int64_t sent_mtime_ns;
 	uint64_t sent_ino;
 	uint64_t last_cost; /* bytes the last send of this file took */
+	bool hot;           /* changed after it was sent: keep its signature when sent */
+	bool awaiting_sig;  /* asked the destination for the signature of its copy */
 	mig__sha256 *sha;   /* digest of the version the destination holds */
 };
 
@@ -50,6 +52,15 @@ struct src_domain {
 struct sig_stream {
 	struct sig_stream *next;
 	uint32_t id;
+	size_t domain;
+	char *path;
+	mig__bytes bytes;
+};
+
+/* A complete, checked signature waiting for the strand to take it (round 1
+ * runs while the destination is still sending them). */
+struct sig_ready {
+	struct sig_ready *next;
 	size_t domain;
 	char *path;
 	mig__bytes bytes;
@@ -81,6 +92,8 @@ struct dst_stream {
 	int basis_fd;
 	int out_fd;
 	mig__patch *patch;
+	mig__sha256 *hash; /* DELTA, DATA: digest of the output as it is written */
+	uint64_t size;     /* DATA: the announced size, the most it may write */
 	uint64_t written;
 };
 
@@ -115,6 +128,15 @@ struct mig__xfer {
 	size_t nsd;
 	struct sig_stream *sigs;       /* dispatch */
 	uint64_t sig_bytes;            /* dispatch */
+	/* Signatures handed from dispatch to round 1, under fc_lock (fc_cond
+	 * signals each one). The destination sends them sorted by path within
+	 * a domain, so once a stream for a later path has opened in a domain,
+	 * every earlier path there has its signature or has none. */
+	struct sig_ready *sig_ready;
+	char **sig_opened;             /* per domain: the latest path opened */
+	bool sigs_done;                /* RoundDone{0}: no more signatures */
+	unsigned sig_requests;         /* later rounds: signatures asked for, not yet opened */
+	uint64_t sigs_progress_us;     /* when the last signature stream opened */
 	uint32_t next_stream;          /* strand */
 	unsigned round;                /* dispatch: the round in flight (0 = signatures) */
 	unsigned worker_round;         /* strand: the round its task is sending */

@@ -84,6 +84,15 @@ void mig__xsrc_free(struct mig__xfer *x)
 		mig__free(s);
 		s = next;
 	}
+	for (struct sig_ready *r = x->sig_ready, *next; r; r = next) {
+		next = r->next;
+		mig__free(r->path);
+		mig__bytes_free(&r->bytes);
+		mig__free(r);
+	}
+	for (size_t i = 0; x->sig_opened && i < x->nsd; i++)
+		mig__free(x->sig_opened[i]);
+	mig__free(x->sig_opened);
 	mig__free(x->manifests);
 	mig__free(x->manifest_ptrs);
 	mig__free(x->entries);
@@ -196,6 +205,12 @@ static int open_stream(struct mig__xfer *x, size_t domain, struct src_file *f, i
 	fs.mode = f->mode;
 	fs.has_size = true;
 	fs.size = size;
+	if (x->fault == MIG__FAULT_FILE_DATA_OVERRUN && kind == MIGWIRE__STREAM_KIND__STREAM_DATA &&
+	    size > 0) {
+		/* A hostile source: more bytes follow than announced. */
+		x->fault = MIG__FAULT_NONE;
+		fs.size = size - 1;
+	}
 	mig__frame fr = MIGWIRE__FRAME__INIT;
 	fr.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
 	fr.file_stream = &fs;
@@ -235,13 +250,69 @@ static int send_tail(struct mig__xfer *x, size_t domain, struct src_file *f, int
 	return rc;
 }
 
+/* What the source keeps of the bytes it sends, computed in the pass that
+ * reads them: their digest (RoundEnd, the manifests) and, unless no round
+ * follows, their signature (the basis of the next round's delta). */
+struct sent_state {
+	mig__sha256 *sha;
+	mig__sigjob *sig;
+	mig__bytes next_sig;
+};
+
+static int sent_state_init(struct sent_state *ss, bool sign, uint64_t size)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (!(ss->sha = mig__sha256_new()))
+		return MIG_ENOMEM;
+	if (!sign)
+		return 0;
+	mig__sig_params p;
+	mig__delta_params(size, &p);
+	return mig__sigjob_new(&p, &ss->next_sig, &ss->sig);
+}
+
+static int sent_state_feed(const uint8_t *data, size_t len, void *ud)
+{
+	struct sent_state *ss = ud;
+	if (mig__sha256_update(ss->sha, data, len) != 0)
+		return MIG_ESYSTEM;
+	return ss->sig ? mig__sigjob_feed(ss->sig, data, len) : 0;
+}
+
+/* The file was sent: what the destination now holds is described by ss. */
+static int sent_state_keep(struct sent_state *ss, struct src_file *f, uint64_t limit)
+{
+	int rc = ss->sig ? mig__sigjob_finish(ss->sig) : 0;
+	if (rc)
+		return rc;
+	mig__sigjob_free(ss->sig);
+	ss->sig = NULL;
+	mig__bytes_free(&f->sig);
+	f->sig = ss->next_sig;
+	memset(&ss->next_sig, 0, sizeof(ss->next_sig));
+	mig__sha256_free(f->sha);
+	f->sha = ss->sha;
+	ss->sha = NULL;
+	f->sent_size = limit;
+	return 0;
+}
+
+static void sent_state_free(struct sent_state *ss)
+{
+	mig__sigjob_free(ss->sig);
+	mig__bytes_free(&ss->next_sig);
+	mig__sha256_free(ss->sha);
+}
+
 /* Sends a delta of the file against what the destination holds (its
- * signature, or nothing), then computes the signature and digest of exactly
- * the bytes sent, for the next round. The final round skips the signature:
- * no round follows it but a resend after a digest mismatch, which sends the
- * file whole (redo_task forgets the signature), so it would never be read,
- * and computing it (a BLAKE2 pass over the file) was a third of the
- * source's work with the user paused. */
+ * signature, or nothing), hashing the bytes in the same read (sent_state).
+ * A file that already changed once after it was sent (f->hot) is signed in
+ * that read too, for the next round's delta; any other file changing later
+ * is signed by the destination on request (request_signatures), so the
+ * common case, a file sent once and never touched again, costs no
+ * signature pass at the source. The final round signs nothing: no round
+ * follows it but a resend after a digest mismatch, which sends the file
+ * whole (redo_task forgets the signature). */
 static int send_delta(struct mig__xfer *x, size_t domain, struct src_file *f, int fd,
 		      struct sink_ctx *s, uint64_t limit, char *why, size_t why_len)
 {
@@ -251,38 +322,74 @@ static int send_delta(struct mig__xfer *x, size_t domain, struct src_file *f, in
 		if (rc)
 			return rc;
 	}
-	int rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_DELTA, 0, limit, &s->stream);
+	struct sent_state ss;
+	int rc = sent_state_init(&ss, !s->final && f->hot, limit);
 	if (!rc)
-		rc = mig__delta_generate(fd, limit, sig, XFER_CHUNK_BYTES, sink, s);
+		rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_DELTA, 0, limit,
+				 &s->stream);
+	if (!rc)
+		rc = mig__delta_generate_tap(fd, limit, sig, XFER_CHUNK_BYTES, sink, s,
+					     sent_state_feed, &ss);
 	mig__delta_sig_free(sig);
 	if (rc == MIG_ECANCELED && s->error)
 		rc = s->error;
 	if (!rc)
 		rc = flush_sink(s, true);
-	if (rc) {
-		if (rc == MIG_EIO)
-			snprintf(why, why_len, "%s: read failed", f->path);
-		return rc;
-	}
-	/* Second pass over the same byte range for the next round's basis. */
-	mig__bytes_free(&f->sig);
-	mig__sha256_free(f->sha);
-	f->sha = NULL;
-	mig__sig_params p;
-	mig__delta_params(limit, &p);
-	rc = lseek(fd, 0, SEEK_SET) < 0 ? MIG_EIO : 0;
-	if (!rc && !s->final)
-		rc = mig__delta_signature(fd, limit, &p, &f->sig);
 	if (!rc)
-		rc = mig__sha256_file(fd, limit, &f->sha);
-	if (rc) {
-		/* Out of memory is reported as such, not as a read error. */
-		snprintf(why, why_len, "%s: cannot compute its signature: %s", f->path,
-			 mig_strerror(rc));
-		return rc;
+		rc = sent_state_keep(&ss, f, limit);
+	sent_state_free(&ss);
+	if (rc && !why[0])
+		snprintf(why, why_len, "%s: %s", f->path,
+			 rc == MIG_EIO ? "read failed" : mig_strerror(rc));
+	return rc;
+}
+
+/* A file the destination has no copy of goes as plain bytes (a DATA
+ * stream): read once, hashed and signed in the same pass, no librsync job
+ * on either side. A file that shrinks while it is read is padded with
+ * zeros to the announced size; the size check after the send finds it torn
+ * and the next round sends it again. */
+static int send_data(struct mig__xfer *x, size_t domain, struct src_file *f, int fd,
+		     struct sink_ctx *s, uint64_t limit, char *why, size_t why_len)
+{
+	struct sent_state ss;
+	int rc = sent_state_init(&ss, !s->final && f->hot, limit);
+	if (!rc)
+		rc = open_stream(x, domain, f, MIGWIRE__STREAM_KIND__STREAM_DATA, 0, limit,
+				 &s->stream);
+	uint64_t off = 0;
+	bool eof = false;
+	while (!rc && off < limit) {
+		size_t want = XFER_CHUNK_BYTES;
+		if (limit - off < want)
+			want = (size_t)(limit - off);
+		ssize_t n = eof ? 0 : pread(fd, s->buf, want, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			snprintf(why, why_len, "%s: read failed: %s", f->path, strerror(errno));
+			rc = MIG_EIO;
+			break;
+		}
+		if (n == 0) {
+			eof = true;
+			memset(s->buf, 0, want);
+			n = (ssize_t)want;
+		}
+		rc = sent_state_feed(s->buf, (size_t)n, &ss);
+		s->len = (size_t)n;
+		off += (uint64_t)n;
+		if (!rc)
+			rc = flush_sink(s, off == limit);
 	}
-	f->sent_size = limit;
-	return 0;
+	if (!rc && limit == 0)
+		rc = flush_sink(s, true);
+	if (!rc)
+		rc = sent_state_keep(&ss, f, limit);
+	sent_state_free(&ss);
+	if (rc && !why[0])
+		snprintf(why, why_len, "%s: %s", f->path, mig_strerror(rc));
+	return rc;
 }
 
 static int send_file(struct mig__xfer *x, size_t domain, struct src_file *f, struct sink_ctx *s,
@@ -303,8 +410,11 @@ static int send_file(struct mig__xfer *x, size_t domain, struct src_file *f, str
 	uint64_t limit = (uint64_t)st0.st_size;
 	bool tail = sd->d->append_only && f->sent && f->sha && f->sent_ino == (uint64_t)st0.st_ino &&
 		    limit >= f->sent_size;
-	int rc = tail ? send_tail(x, domain, f, fd, s, limit, why, why_len)
-		      : send_delta(x, domain, f, fd, s, limit, why, why_len);
+	/* Tests: a corrupt delta needs a delta, even to an empty destination. */
+	bool data = !f->sig.len && x->fault != MIG__FAULT_FILE_CORRUPT_CHUNK;
+	int rc = tail   ? send_tail(x, domain, f, fd, s, limit, why, why_len)
+		 : data ? send_data(x, domain, f, fd, s, limit, why, why_len)
+			: send_delta(x, domain, f, fd, s, limit, why, why_len);
 	if (!rc && fstat(fd, &st1) == 0) {
 		bool changed = st1.st_size != st0.st_size ||
 			       st1.st_mtim.tv_sec != st0.st_mtim.tv_sec ||
@@ -326,6 +436,113 @@ static int send_file(struct mig__xfer *x, size_t domain, struct src_file *f, str
 	}
 	close(fd);
 	return rc;
+}
+
+/* ------------------------------------------------------------------ signatures in round 1 */
+
+/* Moves signatures dispatch has handed over into the file table; with
+ * `create`, also for files the table does not hold yet (only where no
+ * pointer into the table is held: find_file may move entries). Under
+ * fc_lock. */
+static int drain_signatures(struct mig__xfer *x, bool create)
+{
+	for (struct sig_ready **pp = &x->sig_ready; *pp;) {
+		struct sig_ready *r = *pp;
+		struct src_file *f = find_file(&x->sd[r->domain], r->path, create);
+		if (!f) {
+			if (create)
+				return MIG_ENOMEM;
+			pp = &r->next;
+			continue;
+		}
+		mig__bytes_free(&f->sig);
+		f->sig = r->bytes; /* empty: the destination holds no copy */
+		f->awaiting_sig = false;
+		*pp = r->next;
+		mig__free(r->path);
+		mig__free(r);
+	}
+	return 0;
+}
+
+/* Round 1 starts while the destination is still signing its copy: before
+ * a file is sent, wait until its signature has arrived or cannot come any
+ * more (a later path has opened in its domain, or RoundDone{0}). Gives up
+ * with MIG_ETIMEDOUT when no signature stream opens for `wait_us`. */
+static int wait_basis(struct mig__xfer *x, size_t domain, struct src_file *f, uint64_t wait_us,
+		      char *why, size_t why_len)
+{
+	int rc = 0;
+	pthread_mutex_lock(&x->fc_lock);
+	for (;;) {
+		drain_signatures(x, false);
+		const char *opened = x->sig_opened[domain];
+		if (f->awaiting_sig ? false
+				    : f->sig.len || x->sigs_done ||
+					      (opened && strcmp(opened, f->path) > 0))
+			break;
+		if (atomic_load(&x->cancelled)) {
+			rc = MIG_ECANCELED;
+			break;
+		}
+		uint64_t now = mig__now_us();
+		uint64_t until = x->sigs_progress_us + wait_us;
+		if (now >= until) {
+			rc = MIG_ETIMEDOUT;
+			snprintf(why, why_len, "no signature from the destination for %llu ms",
+				 (unsigned long long)(wait_us / 1000));
+			break;
+		}
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t ns = (uint64_t)ts.tv_nsec + (until - now) * 1000u;
+		ts.tv_sec += (time_t)(ns / 1000000000u);
+		ts.tv_nsec = (long)(ns % 1000000000u);
+		pthread_cond_timedwait(&x->fc_cond, &x->fc_lock, &ts);
+	}
+	pthread_mutex_unlock(&x->fc_lock);
+	return rc;
+}
+
+/* Later rounds: a file that changed since it was sent, and that the source
+ * did not sign when sending it, is signed by the destination from its
+ * staged copy (exactly the bytes sent). The requests go out before the
+ * round's first stream; wait_basis waits for each answer in turn. */
+static bool needs_send(const struct src_domain *sd, const struct src_file *f);
+
+static int request_signatures(struct mig__xfer *x)
+{
+	for (size_t i = 0; i < x->nsd; i++) {
+		struct src_domain *sd = &x->sd[i];
+		for (size_t k = 0; k < sd->n; k++) {
+			struct src_file *f = &sd->files[k];
+			if (!needs_send(sd, f) || !f->sent || f->sig.len || f->awaiting_sig)
+				continue;
+			if (sd->d->append_only && f->sha && f->sent_ino == f->ino &&
+			    f->size >= f->sent_size)
+				continue; /* a tail: no delta, no signature */
+			Migwire__FileStream fs = MIGWIRE__FILE_STREAM__INIT;
+			fs.mid = x->mid;
+			fs.stream = ++x->next_stream;
+			fs.kind = MIGWIRE__STREAM_KIND__STREAM_SIGNATURE;
+			fs.domain = sd->d->name;
+			fs.path = f->path;
+			fs.has_round = true;
+			fs.round = x->worker_round;
+			mig__frame fr = MIGWIRE__FRAME__INIT;
+			fr.body_case = MIGWIRE__FRAME__BODY_FILE_STREAM;
+			fr.file_stream = &fs;
+			pthread_mutex_lock(&x->fc_lock);
+			x->sig_requests++;
+			x->sigs_progress_us = mig__now_us();
+			pthread_mutex_unlock(&x->fc_lock);
+			int rc = mig__xfer_send(x, &fr);
+			if (rc)
+				return rc;
+			f->awaiting_sig = true;
+		}
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------------ rounds */
@@ -422,7 +639,8 @@ static void sent_free(struct sent_list *l)
 }
 
 /* Sends one round; `final` rounds also build the manifests. */
-static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len)
+static int send_round(struct mig__xfer *x, bool final, uint64_t sig_wait_us, char *why,
+		      size_t why_len)
 {
 	struct sink_ctx s = {.x = x, .final = final};
 	s.buf = mig__malloc(XFER_CHUNK_BYTES);
@@ -432,13 +650,18 @@ static int send_round(struct mig__xfer *x, bool final, char *why, size_t why_len
 	char **deleted = NULL;
 	size_t ndeleted = 0, cap_deleted = 0;
 	struct sent_list sent = {0};
+	if (x->worker_round > 1)
+		rc = request_signatures(x);
 	for (size_t i = 0; i < x->nsd && !rc; i++) {
 		struct src_domain *sd = &x->sd[i];
 		for (size_t k = 0; k < sd->n && !rc; k++) {
 			struct src_file *f = &sd->files[k];
 			if (needs_send(sd, f)) {
 				s.total = 0;
-				rc = send_file(x, i, f, &s, why, why_len);
+				f->hot = f->hot || f->sent;
+				rc = wait_basis(x, i, f, sig_wait_us, why, why_len);
+				if (!rc)
+					rc = send_file(x, i, f, &s, why, why_len);
 				/* A file written to while a pre-copy round read it
 				 * is not listed for the destination's digest check:
 				 * its digest (a later read) need not match the bytes
@@ -565,6 +788,7 @@ struct round_job {
 	uint64_t alpha_us;
 	unsigned max_rounds;
 	double throughput;
+	uint64_t sig_wait_us; /* round 1: how long to wait for a signature */
 };
 
 static void round_sent(mig_engine *e, struct mig_migration *m, int value, uint64_t aux, const char *why);
@@ -609,7 +833,12 @@ static void round_task(void *arg)
 	uint64_t estimate = 0;
 	x->worker_round = j->round;
 	atomic_store(&x->round_sent_bytes, 0);
-	int rc = atomic_load(&x->cancelled) ? MIG_ECANCELED : scan_all(x, &estimate, why, sizeof(why));
+	pthread_mutex_lock(&x->fc_lock);
+	int rc = drain_signatures(x, true);
+	pthread_mutex_unlock(&x->fc_lock);
+	if (!rc)
+		rc = atomic_load(&x->cancelled) ? MIG_ECANCELED
+						: scan_all(x, &estimate, why, sizeof(why));
 	if (!rc && !j->final && j->round > 1) {
 		/* The stop rule: the final round would be short, or rounds
 		 * stopped shrinking, or the cap is reached. */
@@ -625,7 +854,7 @@ static void round_task(void *arg)
 	}
 	x->prev_estimate = estimate;
 	if (!rc)
-		rc = send_round(x, j->final, why, sizeof(why));
+		rc = send_round(x, j->final, j->sig_wait_us, why, sizeof(why));
 	if (!rc && j->final)
 		rc = build_manifests(x);
 	if (rc) {
@@ -654,6 +883,7 @@ static void post_round(mig_engine *e, struct mig_migration *m, bool final)
 	j->alpha_us = (uint64_t)e->precopy_alpha_ms * 1000u;
 	j->max_rounds = e->precopy_max_rounds;
 	j->throughput = x->throughput;
+	j->sig_wait_us = mig__handoff_timeout_us(e);
 	x->round_started_us = mig__now_us();
 	m->deadline_us = 0; /* our own work: no peer deadline while it runs */
 	if (mig__strand_post(x->strand, round_task, round_job_free, j) != 0) {
@@ -769,7 +999,19 @@ int mig__xsrc_start(mig_engine *e, struct mig_migration *m)
 	x->nsd = e->nfdomains;
 	for (size_t i = 0; i < e->nfdomains; i++)
 		x->sd[i].d = &e->fdomains[i];
+	x->sig_opened = mig__calloc(x->nsd ? x->nsd : 1, sizeof(*x->sig_opened));
+	if (!x->sig_opened) {
+		mig__xfer_end(e, m, false);
+		return MIG_ENOMEM;
+	}
+	x->sigs_progress_us = mig__now_us();
 	m->deadline_us = mig__now_us() + mig__handoff_timeout_us(e);
+	/* With pre-copy, round 1 starts now and takes each file's signature
+	 * as it arrives (wait_basis), so the destination's signing overlaps
+	 * the source's deltas. Without pre-copy the user is paused only once
+	 * every signature is in (RoundDone{0}), as before. */
+	if (e->precopy_max_rounds > 1)
+		post_round(e, m, false);
 	return 0;
 }
 
@@ -804,15 +1046,25 @@ static struct sig_stream *find_sig_stream(struct mig__xfer *x, uint32_t id)
 /* A complete signature: checked, then kept as the basis for round 1. */
 static int accept_signature(struct mig__xfer *x, struct sig_stream *s, char *why, size_t why_len)
 {
-	int rc = mig__delta_check_signature(s->bytes.data, s->bytes.len, XFER_SIG_MAX, why, why_len);
+	/* Empty: the destination has no copy of a file the source asked about. */
+	int rc = s->bytes.len ? mig__delta_check_signature(s->bytes.data, s->bytes.len,
+							   XFER_SIG_MAX, why, why_len)
+			      : 0;
 	if (rc)
 		return rc;
-	struct src_file *f = find_file(&x->sd[s->domain], s->path, true);
-	if (!f)
+	struct sig_ready *r = mig__calloc(1, sizeof(*r));
+	if (!r || !(r->path = mig__strdup(s->path))) {
+		mig__free(r);
 		return MIG_ENOMEM;
-	mig__bytes_free(&f->sig);
-	f->sig = s->bytes;
+	}
+	r->domain = s->domain;
+	r->bytes = s->bytes;
 	memset(&s->bytes, 0, sizeof(s->bytes));
+	pthread_mutex_lock(&x->fc_lock);
+	r->next = x->sig_ready;
+	x->sig_ready = r;
+	pthread_cond_broadcast(&x->fc_cond);
+	pthread_mutex_unlock(&x->fc_lock);
 	return 0;
 }
 
@@ -825,18 +1077,31 @@ void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 	case MIGWIRE__FRAME__BODY_FILE_STREAM: {
 		const Migwire__FileStream *fs = f->file_stream;
 		size_t d = domain_index(x, fs->domain);
-		if (x->round != 0 || fs->kind != MIGWIRE__STREAM_KIND__STREAM_SIGNATURE ||
+		pthread_mutex_lock(&x->fc_lock);
+		bool expected = !x->sigs_done || x->sig_requests > 0;
+		if (expected && x->sigs_done && fs->kind == MIGWIRE__STREAM_KIND__STREAM_SIGNATURE)
+			x->sig_requests--; /* an answer to request_signatures */
+		pthread_mutex_unlock(&x->fc_lock);
+		if (!expected || fs->kind != MIGWIRE__STREAM_KIND__STREAM_SIGNATURE ||
 		    d == SIZE_MAX || find_sig_stream(x, fs->stream)) {
 			rc = MIG_EPROTO;
 			snprintf(why, sizeof(why), "unexpected file stream from the destination");
 			break;
 		}
 		struct sig_stream *s = mig__calloc(1, sizeof(*s));
-		if (!s || !(s->path = mig__strdup(fs->path))) {
+		char *opened = mig__strdup(fs->path);
+		if (!s || !opened || !(s->path = mig__strdup(fs->path))) {
 			mig__free(s);
+			mig__free(opened);
 			rc = MIG_ENOMEM;
 			break;
 		}
+		pthread_mutex_lock(&x->fc_lock);
+		mig__free(x->sig_opened[d]);
+		x->sig_opened[d] = opened;
+		x->sigs_progress_us = mig__now_us();
+		pthread_cond_broadcast(&x->fc_cond);
+		pthread_mutex_unlock(&x->fc_lock);
 		s->id = fs->stream;
 		s->domain = d;
 		s->next = x->sigs;
@@ -885,8 +1150,15 @@ void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 			rc = rd->code;
 			break;
 		}
+		if (rd->round == 0 && !x->sigs_done) {
+			/* Every signature is in: round 1 need not wait any more. */
+			pthread_mutex_lock(&x->fc_lock);
+			x->sigs_done = true;
+			pthread_cond_broadcast(&x->fc_cond);
+			pthread_mutex_unlock(&x->fc_lock);
+		}
 		if (rd->round != x->round)
-			return; /* a stray */
+			return; /* a stray, or round 0's end while round 1 runs */
 		if (rd->n_redo) {
 			mig__engine_log(e, MIG_LOG_INFO,
 					"migration %s: %zu files to resend whole after round %u",

@@ -446,6 +446,86 @@ static void test_precopy_while_appending(void **state)
 	fx_free(&f);
 }
 
+/* An app rewriting pages of a file in place (not append-only) during
+ * pre-copy: the source signs nothing when it first sends the file, so the
+ * later rounds ask the destination to sign its staged copy and send only a
+ * delta, not the file again. */
+struct rewriter {
+	struct fapp *a;
+	char path[512];
+	volatile int stop;
+	uint64_t pages;
+};
+
+static void *rewrite_main(void *arg)
+{
+	struct rewriter *rw = arg;
+	uint8_t page[4096];
+	for (unsigned i = 0; !rw->stop && i < 20000; i++) {
+		pthread_mutex_lock(&rw->a->lock);
+		if (rw->a->serving) {
+			test_fill(page, sizeof(page), 1000 + i);
+			int fd = open(rw->path, O_WRONLY);
+			if (fd >= 0) {
+				off_t at = (off_t)((i * 2654435761u) % 4096) * 4096;
+				if (pwrite(fd, page, sizeof(page), at) == (ssize_t)sizeof(page))
+					rw->pages++;
+				close(fd);
+			}
+		}
+		bool paused = rw->a->paused;
+		pthread_mutex_unlock(&rw->a->lock);
+		if (paused)
+			break;
+		usleep(2000);
+	}
+	return NULL;
+}
+
+static void test_precopy_while_rewriting(void **state)
+{
+	struct fx f;
+	fx_init(&f, "rewrite");
+	char path[512], src_copy[512], dst[512];
+	snprintf(path, sizeof(path), "%s/u9/state.bin", f.a.root);
+	const size_t size = 16 * MiB;
+	uint8_t *seed = malloc(size);
+	test_fill(seed, size, 77);
+	write_file(path, seed, size);
+	free(seed);
+	f.ea = make_engine(&f.a, "A", 0, 0);
+	f.eb = make_engine(&f.b, "B", 0, 0);
+	assert_int_equal(mig_user_add(f.ea, "u9"), 0);
+	struct rewriter rw = {.a = &f.a};
+	snprintf(rw.path, sizeof(rw.path), "%s", path);
+	pthread_t th;
+	pthread_create(&th, NULL, rewrite_main, &rw);
+	usleep(20000);
+	mig_migration_stats st;
+	int rc = migrate(f.ea, f.eb, "u9", &st);
+	rw.stop = 1;
+	pthread_join(th, NULL);
+	assert_int_equal(rc, 0);
+	print_message("# rewrite: %u rounds, %llu pages rewritten while migrating; round bytes:",
+		      st.rounds, (unsigned long long)rw.pages);
+	for (unsigned i = 0; i < st.rounds && i < 16; i++)
+		print_message(" %llu", (unsigned long long)st.round_bytes[i]);
+	print_message("\n");
+	assert_true(st.rounds > 1);
+	assert_true(rw.pages > 0);
+	/* Every round after the first carried a delta: the rewritten pages
+	 * and their blocks, never the 16 MiB again. */
+	assert_true(st.round_bytes[0] >= size);
+	for (unsigned i = 1; i < st.rounds && i < 16; i++)
+		assert_true(st.round_bytes[i] < size / 4);
+	/* The destination holds what the source had at the pause (the
+	 * source's folder went to its cache at release). */
+	snprintf(src_copy, sizeof(src_copy), "%s/.mig-cache/u9", f.a.root);
+	snprintf(dst, sizeof(dst), "%s/u9", f.b.root);
+	assert_true(same_tree(src_copy, dst));
+	fx_free(&f);
+}
+
 /* Done-when 4: A -> B -> A with 32 MiB; the return costs < 5 %. */
 static void test_back_and_forth(void **state)
 {
@@ -550,6 +630,13 @@ static void test_signature_block_len(void **state)
 static void test_truncated_stream(void **state)
 {
 	bad_input_case("truncated", MIG__FAULT_FILE_TRUNCATE, 0, 0);
+}
+
+/* A plain-data stream (destination without a copy) carrying more bytes than
+ * its announced size: refused before the extra byte is written. */
+static void test_data_overrun(void **state)
+{
+	bad_input_case("overrun", MIG__FAULT_FILE_DATA_OVERRUN, 0, MIG_EPROTO);
 }
 
 /* Wrong bytes that still patch cleanly (what a checksum false match
@@ -668,10 +755,12 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_delta_vs_rsync),
 		cmocka_unit_test(test_precopy_while_appending),
+		cmocka_unit_test(test_precopy_while_rewriting),
 		cmocka_unit_test(test_back_and_forth),
 		cmocka_unit_test(test_corrupt_delta_chunk),
 		cmocka_unit_test(test_signature_block_len),
 		cmocka_unit_test(test_truncated_stream),
+		cmocka_unit_test(test_data_overrun),
 		cmocka_unit_test(test_false_match_resent),
 		cmocka_unit_test(test_symlink_outside_root),
 		cmocka_unit_test(test_dotdot_path),

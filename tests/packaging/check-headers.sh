@@ -54,7 +54,7 @@ fi
 status=0
 
 # The public API is these headers (a missing one would otherwise go unseen).
-for required in migrate.h control.h client.h; do
+for required in migrate.h control.h client.h replicate.h; do
 	if [ ! -f "$incdir/migrate/$required" ]; then
 		echo "FAIL: public header migrate/$required is missing" >&2
 		status=1

@@ -68,6 +68,7 @@ main_header=$(find "$dest" -path '*/include/migrate/migrate.h' | head -n 1)
 incdir=$(dirname "$(dirname "$main_header")")
 [ -f "$incdir/migrate/control.h" ] || fail "migrate/control.h not installed"
 [ -f "$incdir/migrate/client.h" ] || fail "migrate/client.h not installed"
+[ -f "$incdir/migrate/replicate.h" ] || fail "migrate/replicate.h not installed"
 for h in "$srcinc"/migrate/*.h; do
 	[ -f "$incdir/migrate/$(basename "$h")" ] ||
 		fail "public header migrate/$(basename "$h") is not installed"

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "delta.h"
+#include "digest.h"
 
 #define KiB (1024u)
 #define MiB (1024u * 1024u)
@@ -501,6 +502,116 @@ static void test_offsets(void **state)
 
 /* ---------------------------------------------------------------- signature checks */
 
+/* A signature fed in pieces of any size (as the source signs what it sends)
+ * is byte-identical to one read from the file, and a delta made against
+ * it patches correctly; the patch's digest of its output equals a digest
+ * of the result. */
+static int tap_count(const uint8_t *data, size_t len, void *ud)
+{
+	mig__sha256_update(ud, data, len);
+	return 0;
+}
+
+static void test_sigjob_pieces(void **state)
+{
+	const size_t n = 3 * MiB + 12345;
+	uint8_t *data = rand_buf(n);
+	int fd = tmp_fd(data, n);
+	mig__sig_params p;
+	mig__delta_params(n, &p);
+	mig__bytes whole = {0};
+	assert_int_equal(mig__delta_signature(fd, UINT64_MAX, &p, &whole), 0);
+	assert_true(whole.len > MIG__SIG_HEADER_LEN);
+	/* RabinKarp + MD4 (RS_RK_MD4_SIG_MAGIC), big-endian */
+	assert_int_equal(whole.data[0] << 24 | whole.data[1] << 16 | whole.data[2] << 8 |
+				 whole.data[3],
+			 RS_RK_MD4_SIG_MAGIC);
+	static const size_t steps[] = {1, 7, 4096, 65535, 65536, 65537, 300000, 2 * MiB};
+	for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+		mig__bytes piecewise = {0};
+		mig__sigjob *j = NULL;
+		assert_int_equal(mig__sigjob_new(&p, &piecewise, &j), 0);
+		size_t off = 0, step = steps[k];
+		for (size_t i = 0; off < n; i++) {
+			size_t len = i % 2 ? step : step / 2 + 1; /* uneven pieces */
+			if (len > n - off)
+				len = n - off;
+			assert_int_equal(mig__sigjob_feed(j, data + off, len), 0);
+			off += len;
+		}
+		assert_int_equal(mig__sigjob_finish(j), 0);
+		mig__sigjob_free(j);
+		assert_int_equal(piecewise.len, whole.len);
+		assert_memory_equal(piecewise.data, whole.data, whole.len);
+		mig__bytes_free(&piecewise);
+	}
+	/* Freed unfinished: the output is cut back to where it was. */
+	mig__bytes keep = {0};
+	assert_int_equal(mig__bytes_append(&keep, "abc", 3), 0);
+	mig__sigjob *j = NULL;
+	assert_int_equal(mig__sigjob_new(&p, &keep, &j), 0);
+	assert_int_equal(mig__sigjob_feed(j, data, MiB), 0);
+	mig__sigjob_free(j);
+	assert_int_equal(keep.len, 3);
+	mig__bytes_free(&keep);
+	/* bad parameters */
+	mig__sig_params bad = {.block_len = 0x7fffffff, .strong_len = 8};
+	assert_int_equal(mig__sigjob_new(&bad, &keep, &j), MIG_EINVAL);
+	assert_null(j);
+
+	/* delta against it with a tap that sees every input byte once; the
+	 * patch hashes what it writes */
+	uint8_t *target = malloc(n);
+	memcpy(target, data, n);
+	for (size_t i = 0; i < 40; i++)
+		rand_fill(target + (rnd() % (n - 5000)), 3000);
+	mig__sig *sig = NULL;
+	char why[256];
+	assert_int_equal(mig__delta_load_signature(whole.data, whole.len, &sig, why, sizeof(why)), 0);
+	int tfd = tmp_fd(target, n);
+	sink_ctx sc = {.piece = 64 * 1024, .cancel_at = -1};
+	mig__sha256 *seen = mig__sha256_new();
+	assert_int_equal(mig__delta_generate_tap(tfd, UINT64_MAX, sig, sc.piece, sink_fn, &sc,
+						 tap_count, seen),
+			 0);
+	mig__sha256 *expect = mig__sha256_new();
+	mig__sha256_update(expect, target, n);
+	uint8_t a[32], b[32];
+	assert_int_equal(mig__sha256_peek(seen, a), 0);
+	assert_int_equal(mig__sha256_peek(expect, b), 0);
+	assert_memory_equal(a, b, 32);
+	char path[] = "/tmp/test_delta_out.XXXXXX";
+	int ofd = mkstemp(path);
+	assert_true(ofd >= 0);
+	unlink(path);
+	mig__patch *pt = NULL;
+	assert_int_equal(mig__patch_new(fd, ofd, &pt), 0);
+	mig__sha256 *written = mig__sha256_new();
+	mig__patch_set_digest(pt, written);
+	assert_int_equal(mig__patch_feed(pt, sc.out.data, sc.out.len, why, sizeof(why)), 0);
+	assert_int_equal(mig__patch_finish(pt, why, sizeof(why)), 0);
+	assert_int_equal(mig__patch_output_size(pt), n);
+	mig__patch_free(pt);
+	assert_int_equal(mig__sha256_peek(written, a), 0);
+	assert_memory_equal(a, b, 32);
+	size_t got_len = 0;
+	uint8_t *got = read_all(ofd, &got_len);
+	assert_int_equal(got_len, n);
+	assert_memory_equal(got, target, n);
+	free(got);
+	mig__sha256_free(seen);
+	mig__sha256_free(expect);
+	mig__sha256_free(written);
+	mig__delta_sig_free(sig);
+	mig__bytes_free(&sc.out);
+	mig__bytes_free(&whole);
+	close(ofd);
+	close(tfd);
+	close(fd);
+	free(target);
+	free(data);
+}
+
 static void put_be32(uint8_t *p, uint32_t v)
 {
 	p[0] = (uint8_t)(v >> 24);
@@ -553,10 +664,11 @@ static void test_check_signature(void **state)
 	expect_bad(buf, len, sizeof(buf), "strong sum length 0 out of range");
 	len = fake_sig(buf, RS_RK_BLAKE2_SIG_MAGIC, 2048, 33, 3);
 	expect_bad(buf, len, sizeof(buf), "strong sum length 33 out of range");
-	len = fake_sig(buf, RS_MD4_SIG_MAGIC, 2048, 8, 3);
-	expect_bad(buf, len, sizeof(buf), "MD4");
-	len = fake_sig(buf, RS_RK_MD4_SIG_MAGIC, 2048, 8, 3);
-	expect_bad(buf, len, sizeof(buf), "MD4");
+	/* every bound holds for the MD4 magics too */
+	len = fake_sig(buf, RS_RK_MD4_SIG_MAGIC, 0x7fffffff, 8, 3);
+	expect_bad(buf, len, sizeof(buf), "signature block length 2147483647 out of range");
+	len = fake_sig(buf, RS_MD4_SIG_MAGIC, 2048, 33, 3);
+	expect_bad(buf, len, sizeof(buf), "strong sum length 33 out of range");
 	len = fake_sig(buf, 0, 2048, 8, 3);
 	expect_bad(buf, len, sizeof(buf), "bad signature magic 0x00000000");
 	len = fake_sig(buf, 0xdeadbeef, 2048, 8, 3);
@@ -573,9 +685,13 @@ static void test_check_signature(void **state)
 	/* NULL why is allowed */
 	assert_int_equal(mig__delta_check_signature(buf, 3, 100, NULL, 0), MIG_EPROTO);
 
-	/* well-formed ones pass: both BLAKE2 magics, bounds inclusive */
+	/* well-formed ones pass: all four magics, bounds inclusive */
 	char why[256];
 	len = fake_sig(buf, RS_RK_BLAKE2_SIG_MAGIC, 2048, 8, 3);
+	assert_int_equal(mig__delta_check_signature(buf, len, len, why, sizeof(why)), 0);
+	len = fake_sig(buf, RS_RK_MD4_SIG_MAGIC, 2048, 8, 3);
+	assert_int_equal(mig__delta_check_signature(buf, len, len, why, sizeof(why)), 0);
+	len = fake_sig(buf, RS_MD4_SIG_MAGIC, 2048, 4, 3);
 	assert_int_equal(mig__delta_check_signature(buf, len, len, why, sizeof(why)), 0);
 	len = fake_sig(buf, RS_BLAKE2_SIG_MAGIC, MIG__SIG_MIN_BLOCK_LEN, 1, 0);
 	assert_int_equal(mig__delta_check_signature(buf, len, len, why, sizeof(why)), 0);
@@ -1052,6 +1168,7 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_repetitive),
 		cmocka_unit_test(test_offsets),
 		cmocka_unit_test(test_check_signature),
+		cmocka_unit_test(test_sigjob_pieces),
 		cmocka_unit_test(test_hostile_signature),
 		cmocka_unit_test(test_corrupt_delta),
 		cmocka_unit_test(test_patch_limits),

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Interoperability of delta.c with librsync's own rdiff tool:
 #   (a) our signature + delta, applied by `rdiff patch`;
-#   (b) `rdiff signature`, our delta, our patch (MD4 signatures refused);
+#   (b) `rdiff signature`, our delta, our patch (BLAKE2 and MD4 signatures);
 #   (c) our signature, `rdiff delta`, our patch;
 #   (d) a delta with no basis, applied by `rdiff patch /dev/null`.
 # Usage: test_delta_rdiff.sh PATH/TO/delta_tool. Exit 77 (skip) without rdiff.
@@ -95,13 +95,21 @@ for pair in "basis target" "basis basis" "target basis" "empty target" "basis em
 	rm -f sig.* delta.* out.*
 done
 
-# MD4 signatures from rdiff are refused.
-rdiff signature -H md4 basis sig.md4
-if "$tool" delta sig.md4 target delta.md4 2>err.md4; then
-	fail "MD4 signature accepted"
-fi
-grep -q MD4 err.md4 || fail "MD4 refusal says: $(cat err.md4)"
-echo "ok - MD4 signature refused"
+# rdiff's MD4 signatures (rollsum and RabinKarp) are accepted, and the
+# signatures we make (RabinKarp + MD4) are what `rdiff -H md4` makes.
+for r in rollsum rabinkarp; do
+	rdiff signature -H md4 -R "$r" basis sig.md4
+	"$tool" delta sig.md4 target delta.md4 || fail "MD4 ($r) signature refused"
+	rdiff patch basis delta.md4 out.md4
+	check "rdiff -H md4 -R $r signature, our delta, rdiff patch" target out.md4
+	rm -f sig.md4 delta.md4 out.md4
+done
+"$tool" signature basis sig.ours
+magic=$(od -An -tx1 -N4 sig.ours | tr -d ' ')
+[ "$magic" = 72730147 ] && fail "our signature still uses BLAKE2"
+[ "$magic" = 72730146 ] || fail "our signature magic is $magic, not RabinKarp + MD4 (72730146)"
+echo "ok - our signature is RabinKarp + MD4"
+rm -f sig.ours
 
 # A delta from rdiff that needs a basis is refused without one.
 rdiff signature basis sig.rdiff

@@ -864,6 +864,63 @@ static void test_reject_bad_status_cancel(void **state)
 	expect_reject_kind(MIGWIRE__FRAME__BODY_CANCEL, "user");
 }
 
+/* Announce channel (engine -> orchestrator): what the orchestrator stores
+ * and shows is checked like everywhere else. */
+static void test_announce_frames(void **state)
+{
+	(void)state;
+	Migwire__Announce an = MIGWIRE__ANNOUNCE__INIT;
+	Migwire__Frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_ANNOUNCE;
+	f.announce = &an;
+	an.engine_id = "edge-1";
+	an.url = "ws://10.0.0.1:7000";
+	an.app_url = "tcp://10.0.0.1:9000";
+	an.library_version = "0.1.0";
+	an.heartbeat_ms = 1000;
+	expect_accept(&f);
+	assert_string_equal(mig__wire_body_name(&f), "announce");
+	an.engine_id = "";
+	expect_reject(&f, "engine_id");
+	an.engine_id = "edge\x01";
+	expect_reject(&f, "engine_id");
+	an.engine_id = "edge-1";
+	an.url = "";
+	expect_reject(&f, "url");
+	an.url = "http://10.0.0.1:7000";
+	expect_reject(&f, "url");
+	an.url = "ws://10.0.0.1:7000";
+	an.app_url = "no scheme";
+	expect_reject(&f, "app_url");
+	an.app_url = NULL;
+	an.heartbeat_ms = 0;
+	expect_reject(&f, "heartbeat_ms");
+	an.heartbeat_ms = 3600001;
+	expect_reject(&f, "heartbeat_ms");
+	an.heartbeat_ms = 10;
+	expect_accept(&f);
+
+	Migwire__UserCount uc = MIGWIRE__USER_COUNT__INIT;
+	Migwire__UserCount *ucp[17];
+	for (size_t i = 0; i < MIG__ARRAY_LEN(ucp); i++)
+		ucp[i] = &uc;
+	Migwire__Heartbeat hb = MIGWIRE__HEARTBEAT__INIT;
+	f.body_case = MIGWIRE__FRAME__BODY_HEARTBEAT;
+	f.heartbeat = &hb;
+	hb.seq = 1;
+	uc.state = MIGWIRE__USER_STATE__USER_ACTIVE;
+	uc.count = 3;
+	hb.n_users = 1;
+	hb.users = ucp;
+	expect_accept(&f);
+	assert_string_equal(mig__wire_body_name(&f), "heartbeat");
+	uc.state = (Migwire__UserState)99;
+	expect_reject(&f, "state");
+	uc.state = MIGWIRE__USER_STATE__USER_ACTIVE;
+	hb.n_users = 17;
+	expect_reject(&f, "users");
+}
+
 static void test_body_names(void **state)
 {
 	static const char *const names[] = {
@@ -1249,7 +1306,7 @@ static void test_reject_bad_macs(void **state)
 
 static void test_reject_bad_enums(void **state)
 {
-	static const int bad_channel[] = {-1, 4, 1000};
+	static const int bad_channel[] = {-1, 5, 1000};
 	for (size_t i = 0; i < MIG__ARRAY_LEN(bad_channel); i++) {
 		F.hello.channel = (Migwire__Channel)bad_channel[i];
 		expect_reject_kind(MIGWIRE__FRAME__BODY_HELLO, "channel");
@@ -1855,6 +1912,7 @@ int main(void)
 		T(test_reject_bad_enums),
 		T(test_reject_bad_codes),
 		T(test_reject_bad_status_cancel),
+		T(test_announce_frames),
 		T(test_users_list_limit),
 		T(test_truncated),
 		T(test_random_garbage),

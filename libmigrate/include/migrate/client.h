@@ -180,6 +180,25 @@ MIG_EXPORT const char *mig_client_app_url(const mig_client *client);
  */
 MIG_EXPORT const char *mig_client_last_error(const mig_client *client);
 
+/**
+ * Failover (docs/FAILOVER.md): the standby engine's session URL and a
+ * failover token for it (minted at the primary with
+ * mig_replica_failover_token() and handed over by the app). When the engine
+ * stays unreachable for after_ms (0 means 3000) — its connection was lost
+ * and every attempt since failed — the helper attaches at the standby with
+ * that token instead. The standby refuses (MIG_ENOUSER, the token is not
+ * used up) until it has promoted the user; the helper keeps trying there
+ * with its backoff, and is ATTACHED there once the user is promoted. Used
+ * once: after attaching at the standby, set a new standby for a further
+ * failover; a redirect (the user migrated) also clears it. Calling again replaces the standby (e.g. with a fresh token
+ * before the old one expires); url NULL clears it.
+ * @return 0, MIG_EINVAL (bad URL or token), MIG_ENOMEM.
+ * Ownership: the strings are copied.
+ * Thread: the dispatching thread. Callback-safe: yes.
+ */
+MIG_EXPORT int mig_client_set_standby(mig_client *client, const char *url, const char *token,
+				      unsigned int after_ms);
+
 #ifdef __cplusplus
 }
 #endif

@@ -168,6 +168,31 @@ MIG_EXPORT int mig_ctl_watch(mig_ctl *ctl, int timeout_ms,
 			     int (*fn)(const mig_event *event, void *user_data),
 			     void *user_data);
 
+/* ---------------------------------------------------------------- failover (docs/FAILOVER.md) */
+
+/**
+ * On a standby engine: make its replica of `user` the active user there
+ * (the app's incoming, merge and activate hooks run; the user's epoch is
+ * the replica's + 1). Answered once done.
+ * @return 0 when promoted; MIG_ENOUSER (no replica of the user there),
+ *         MIG_EEXIST (the user is already there), MIG_ECALLBACK (a hook or
+ *         merge refused; the replica is kept), MIG_EINVAL, or a connection
+ *         error. mig_ctl_last_error() has the engine's reason.
+ * Thread: the thread using the client.
+ */
+MIG_EXPORT int mig_ctl_promote(mig_ctl *ctl, const char *user);
+
+/**
+ * On a primary engine: start replicating `user` to the engine at
+ * `standby_url` every interval_ms (0: 1000), like mig_replicate(); with
+ * standby_url NULL, stop replicating it.
+ * @return 0, MIG_ENOUSER (not active there / not replicated), MIG_EEXIST
+ *         (already replicated), MIG_EINVAL, or a connection error.
+ * Thread: the thread using the client.
+ */
+MIG_EXPORT int mig_ctl_replicate(mig_ctl *ctl, const char *user, const char *standby_url,
+				 unsigned int interval_ms);
+
 #ifdef __cplusplus
 }
 #endif

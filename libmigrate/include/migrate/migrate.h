@@ -277,6 +277,23 @@ typedef struct mig_engine_options {
 	 */
 	int metrics_off;
 
+	/* ---- orchestrator announce channel (docs/ORCHESTRATOR.md) ---- */
+	/**
+	 * An orchestrator to announce this engine to, "ws://host:port" or
+	 * "wss://host:port" (its engines port). When set, the engine
+	 * connects to it from mig_engine_dispatch(), authenticates with the
+	 * cluster secret (the secret itself is never sent), announces its id,
+	 * URL, app_url and library version, then sends a heartbeat with its
+	 * user counts every heartbeat_ms. If the orchestrator is down or the
+	 * link drops, the engine reconnects with backoff (0.25 s doubling to
+	 * 10 s, with jitter); none of this ever delays dispatch or a
+	 * handoff. NULL: no announcing. A URL that does not parse makes
+	 * mig_engine_new() fail with MIG_EINVAL.
+	 */
+	const char *orchestrator_url;
+	/** Heartbeat interval; 0 means 1000 ms; 10..3600000. */
+	unsigned int heartbeat_ms;
+
 	/* ---- session channel (see mig_session_token, <migrate/client.h>) ---- */
 	/**
 	 * Where this engine's app serves its own clients (any scheme, e.g.

@@ -1,0 +1,187 @@
+"""The orchestrator without a browser: announce and heartbeats from real
+engines, health on a stalled and on a killed engine, engines reconnecting to
+a restarted orchestrator, an engine with the wrong secret kept out, a
+migration through the API checked with migratectl, and every API error case.
+Prints TAP; exit 0 when every check passed.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import Cluster  # noqa: E402
+
+checks = []
+
+
+def check(name, cond, detail=''):
+    checks.append((name, bool(cond)))
+    print('%s %d - %s%s' % ('ok' if cond else 'not ok', len(checks), name,
+                            '' if cond or not detail else ' # ' + str(detail)), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for a in ('orchestrator', 'server', 'migratectl', 'web', 'workdir'):
+        ap.add_argument('--' + a, required=True)
+    ap.add_argument('--probe', required=True)
+    args = ap.parse_args()
+    c = Cluster(args, args.workdir, 'api-test')
+    try:
+        run(c)
+    finally:
+        c.close()
+    print('1..%d' % len(checks))
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+def run(c):
+    hb = 300
+    c.start_orchestrator()
+    c.start_engine('A', users=['alice', 'bob'], heartbeat_ms=hb)
+    c.start_engine('B', heartbeat_ms=hb)
+    # An engine with another cluster secret must never get in.
+    other = os.path.join(c.dir, 'other-secret')
+    with open(other, 'w') as f:
+        f.write('x' * 64 + '\n')
+    c.start_engine('intruder', users=['mallory'], heartbeat_ms=hb, secret=other)
+
+    c.wait_for('both engines healthy', lambda: c.health('A') == 'healthy' and c.health('B') == 'healthy')
+    c.wait_for('users of A', lambda: len([u for u in c.api('/api/users')[1] if u['engine'] == 'A']) == 2)
+    status, engines = c.api('/api/engines')
+    a = [e for e in engines if e['id'] == 'A'][0]
+    check('announce carries id, URL, version, heartbeat', status == 200 and
+          a['url'] == c.engine_url('A') and a['version'] and a['heartbeat_ms'] == hb and
+          a['connected'] is True, a)
+    check('heartbeat carries the user count', a['users'] == 2, a)
+    def intruder_refused():
+        with open(os.path.join(c.dir, 'engine-intruder.log')) as f:
+            return 'authentication failed' in f.read()
+    c.wait_for('the intruder to be refused', intruder_refused)
+    check('an engine with the wrong secret is refused and not registered',
+          all(e['id'] != 'intruder' for e in c.api('/api/engines')[1]) and
+          all(u['user'] != 'mallory' for u in c.api('/api/users')[1]))
+
+    # ---------------------------------------------------------------- bad engines
+    # Authenticated with the right secret but misbehaving: each is cut off
+    # with a reason, never registered, and the real engines are untouched.
+    for scenario, expect in (('mismatch', 'announced another engine id'),
+                             ('early', 'heartbeat before announce'),
+                             ('foreign', 'unexpected frame'),
+                             ('invalid', 'heartbeat_ms')):
+        r = subprocess.run([c.args.probe, c.engines_url, c.secret, 'probe-' + scenario, scenario],
+                           capture_output=True, text=True, timeout=20)
+        check('bad engine (%s) is disconnected: %s' % (scenario, r.stdout.strip()),
+              r.returncode == 0 and expect in r.stdout, (r.returncode, r.stdout, r.stderr))
+    names = [e['id'] for e in c.api('/api/engines')[1]]
+    check('no misbehaving engine registered', sorted(names) == ['A', 'B'], names)
+    check('real engines still healthy', c.health('A') == 'healthy' and c.health('B') == 'healthy')
+
+    # ---------------------------------------------------------------- API errors
+    s, b = c.api('/api/engines', token=False)
+    check('no token: 401', s == 401 and 'token' in b['error'], (s, b))
+    s, b = c.api('/api/engines', token='wrong-token-wrong-token')
+    check('wrong token: 401', s == 401, (s, b))
+    s, b = c.api('/api/migrations', 'POST', {'user': 'alice', 'to': 'B'}, token=False)
+    check('POST without token: 401, nothing started', s == 401 and c.api('/api/migrations')[1] == [], (s, b))
+    s, b = c.api('/api/migrations', 'POST', raw=b'{"user": "alice",')
+    check('malformed JSON: 400', s == 400 and 'JSON object' in b['error'], (s, b))
+    s, b = c.api('/api/migrations', 'POST', raw=b'["alice", "B"]')
+    check('JSON that is not an object: 400', s == 400, (s, b))
+    s, b = c.api('/api/migrations', 'POST', {'user': 7, 'to': 'B'})
+    check('user not a string: 400', s == 400 and '"user"' in b['error'], (s, b))
+    s, b = c.api('/api/migrations', 'POST', {'user': 'alice'})
+    check('no destination: 400', s == 400 and '"to"' in b['error'], (s, b))
+    s, b = c.api('/api/migrations', 'POST', {'user': 'nobody', 'to': 'B'})
+    check('unknown user: 404', s == 404 and 'unknown user' in b['error'], (s, b))
+    s, b = c.api('/api/migrations', 'POST', {'user': 'alice', 'to': 'Z'})
+    check('unknown engine: 404', s == 404 and 'unknown engine' in b['error'], (s, b))
+    s, b = c.api('/api/migrations', 'POST', {'user': 'alice', 'to': 'A'})
+    check('already there: 409', s == 409, (s, b))
+    s, b = c.api('/api/migrations', 'POST', raw=b'{"user": "' + b'a' * 5000 + b'", "to": "B"}')
+    check('oversize body: 413', s == 413 and '4096' in b['error'], (s, b))
+    s, b = c.api('/api/migrations', 'POST', raw=b'')
+    check('empty body: 400', s == 400, (s, b))
+    s, b = c.api('/api/nothing')
+    check('unknown API path: 404', s == 404, (s, b))
+    s, b = c.api('/api/engines', 'DELETE')
+    check('unknown method: 405', s == 405, (s, b))
+    s, b = c.api('/secret.txt', token=False)
+    check('only the dashboard files are served', s == 404, (s, b))
+    s, b = c.api('/api/migrations')
+    check('bad requests left no migration behind', s == 200 and b == [], b)
+    check('alice still on A (migratectl)', c.engine_users('A').get('alice') == 'active')
+
+    # ---------------------------------------------------------------- a migration
+    s, b = c.api('/api/migrations', 'POST', {'user': 'alice', 'to': 'B'})
+    check('POST a migration: 202', s == 202 and b['from'] == 'A' and b['to'] == 'B', (s, b))
+    mid = b['id']
+    m = c.wait_for('the migration to end', lambda: [x for x in c.api('/api/migrations')[1]
+                                                     if x['id'] == mid and x['state'] not in ('requested', 'running')])[0]
+    types = [e['type'] for e in m['events']]
+    check('migration committed, with timings', m['state'] == 'committed' and len(m['mid']) == 32 and
+          m['duration_us'] > 0 and m['downtime_us'] > 0 and m['ended_ms'] >= m['started_ms'] >= m['requested_ms'], m)
+    check('its events recorded in order with phases: %s' % types,
+          types[0] == 'started' and types[-1] == 'committed' and 'prepared' in types and
+          all(e['phase'] for e in m['events']) and
+          [e['bytes_sent'] for e in m['events']] == sorted(e['bytes_sent'] for e in m['events']), m['events'])
+    check('alice is on B now (migratectl)', c.engine_users('B').get('alice') == 'active' and
+          'alice' not in c.engine_users('A'))
+    c.wait_for('registry to show alice on B',
+               lambda: {'user': 'alice', 'engine': 'B', 'state': 'active'} in c.api('/api/users')[1])
+    check('registry shows alice on B', True)
+    s, b = c.api('/api/migrations', 'POST', {'user': 'alice', 'to': c.engine_url('A')})
+    check('destination by URL: 202', s == 202, (s, b))
+    c.wait_for('alice back on A', lambda: c.engine_users('A').get('alice') == 'active')
+    check('alice back on A (migratectl)', True)
+
+    # ---------------------------------------------------------------- health
+    c.signal_engine('B', signal.SIGSTOP)  # link stays open, heartbeats stop
+    t0 = time.monotonic()
+    c.wait_for('B unhealthy', lambda: c.health('B') == 'unhealthy', timeout=5, step=0.02)
+    took = time.monotonic() - t0
+    # Unhealthy once no heartbeat came for 3 intervals: the last one came
+    # at most one interval before the stop, and housekeeping runs every
+    # 100 ms, so this takes between 2 and 3 intervals (+ 100 ms + polling).
+    check('stalled engine unhealthy after 3 missed heartbeats (took %.0f ms)' % (took * 1000),
+          2 * hb / 1000.0 - 0.05 <= took <= 3 * hb / 1000.0 + 0.25, took)
+    s, b = c.api('/api/migrations', 'POST', {'user': 'bob', 'to': 'B'})
+    check('no migration to an unhealthy engine: 409', s == 409 and 'unhealthy' in b['error'], (s, b))
+    c.signal_engine('B', signal.SIGCONT)
+    c.wait_for('B healthy again', lambda: c.health('B') == 'healthy')
+    check('resumed engine healthy again', True)
+    c.signal_engine('B', signal.SIGKILL)
+    t0 = time.monotonic()
+    c.wait_for('B unhealthy', lambda: c.health('B') == 'unhealthy', timeout=5, step=0.02)
+    took = time.monotonic() - t0
+    check('killed engine unhealthy within 3 heartbeats (took %.0f ms)' % (took * 1000),
+          took < 3 * hb / 1000.0, took)
+
+    # ---------------------------------------------------------------- orchestrator restart
+    port = c.engines_url.rsplit(':', 1)[1]
+    check('orchestrator exits 0 on SIGTERM', c.stop_orchestrator() == 0)
+    time.sleep(1.0)  # A retries with backoff meanwhile
+    c.start_orchestrator(engines_port=int(port))
+    c.wait_for('A to announce again', lambda: c.health('A') == 'healthy', timeout=15)
+    check('engine reconnects to a restarted orchestrator', True)
+    s, b = c.api('/api/migrations')
+    check('history survives the restart (SQLite)', s == 200 and len(b) == 2 and
+          all(x['state'] == 'committed' for x in b), b)
+    check('the killed engine is remembered as unhealthy', c.health('B') == 'unhealthy')
+    check('orchestrator exits 0 on SIGTERM with engines connected', c.stop_orchestrator() == 0)
+
+    # An engine option that does not parse fails at start.
+    r = subprocess.run([c.args.server, '--id', 'bad', '--secret-file', c.secret,
+                        '--orchestrator', 'http://nowhere'], capture_output=True, timeout=10)
+    check('a bad orchestrator URL is refused at engine start', r.returncode != 0 and
+          b'invalid argument' in r.stderr, r.stderr)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
