@@ -5,7 +5,8 @@
 #   bench/bench_sandwich.sh [--build DIR (/tmp/bs-build)] [--out DIR]
 #                           [--users 50] [--rate 20] [--duration 30]
 #                           [--image-bytes 20480] [--reps 3] [--seed-mib 64]
-#                           [--movers 3] [--b-nice "0"] [--state-root DIR]
+#                           [--movers 3] [--b-nice "0"] [--worker-nice "0"]
+#                           [--state-root DIR]
 #
 # Builds (a release build in DIR, -Dtests=false) examples/sandwich_server,
 # examples/sandwich_server_plain (the same source with -DSANDWICH_NO_MIGRATE:
@@ -32,6 +33,10 @@
 #      per value, the engine threads of A and B (every thread but the main
 #      one) reniced by it: an experiment, does the interference come from
 #      the engines competing for the CPU with the app's thread?
+#      --worker-nice "0 -1" runs (b) once per value for each --b-nice value,
+#      A and B started with sandwich_server --worker-nice N (the engine
+#      option worker_nice: 0 = the library's default, 10; -1 = the workers
+#      at the app's priority, the library before that option).
 #
 # Then engine_footprint: an engine configured like the server's, RSS by
 # stage (OpenSSL init, new, start, idle, users) and its threads' idle CPU.
@@ -55,6 +60,7 @@ REPS=3
 SEED_MIB=64
 MOVERS=3
 BNICE=0
+BWNICE=0
 WARMUP=2
 STATE_ROOT=
 while [ $# -gt 0 ]; do
@@ -69,6 +75,7 @@ while [ $# -gt 0 ]; do
 	--seed-mib) SEED_MIB=$2; shift 2 ;;
 	--movers) MOVERS=$2; shift 2 ;;
 	--b-nice) BNICE=$2; shift 2 ;;
+	--worker-nice) BWNICE=$2; shift 2 ;;
 	--state-root) STATE_ROOT=$2; shift 2 ;;
 	-h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {print}' "$0"; exit 0 ;;
 	*) echo "unknown argument $1" >&2; exit 2 ;;
@@ -126,12 +133,13 @@ say "load: $USERS users x $RATE frames/s x $IMAGE B for $DURATION s (warm-up ${W
 say "ldd: $(basename "$PLAIN_BIN") links $(printf '%s\n' "$LDD_PLAIN" | awk '/=>/ {print $1}' | tr '\n' ' ')"
 say "ldd: $(basename "$ENGINE_BIN") links $(printf '%s\n' "$LDD_ENGINE" | awk '/=>/ {print $1}' | wc -l) libraries, libmigrate among them"
 
-# start_server KIND NAME DIR: sets SRV_PID, SRV_APP, SRV_URL.
+# start_server KIND NAME DIR [WORKER_NICE]: sets SRV_PID, SRV_APP, SRV_URL.
 start_server() {
 	local bin=$ENGINE_BIN
 	[ "$1" = plain ] && bin=$PLAIN_BIN
 	mkdir -p "$3"
-	"$bin" --id "$2" --secret-file "$OUT/secret" --state "$3" >"$3.log" 2>"$3.err" &
+	"$bin" --id "$2" --secret-file "$OUT/secret" --state "$3" --worker-nice "${4:-0}" \
+		>"$3.log" 2>"$3.err" &
 	SRV_PID=$!
 	PIDS+=("$SRV_PID")
 	for _ in $(seq 200); do
@@ -197,19 +205,22 @@ seed_frames=$(( (SEED_MIB * 1048576 + IMAGE + 29) / (IMAGE + 30) ))
 BDUR=$((DURATION + 10))
 [ "$BDUR" -ge $((10 * MOVERS + 6)) ] || BDUR=$((10 * MOVERS + 6)) # the last migration at 8 + 10 (MOVERS - 1) s
 brep=0
-for nice in $BNICE; do
+for nice_wn in $(for n in $BNICE; do for w in $BWNICE; do echo "$n/$w"; done; done); do
+	nice=${nice_wn%/*}
+	wn=${nice_wn#*/}
 	brep=$((brep + 1))
 	rd=$OUT/b-$(printf %02d "$brep")
 	mkdir -p "$rd"
 	echo "$brep" >"$rd/rep"
 	echo "$nice" >"$rd/nice"
+	echo "$wn" >"$rd/worker_nice"
 	echo "$WARMUP" >"$rd/warmup"
 	echo 2 >"$rd/gap"
 	say ""
-	say "(b) run $brep: $MOVERS users with ${SEED_MIB} MiB of frames each moved A -> B, one at a time, under the load; engine threads' nice $nice"
-	start_server engine A "$STATE_ROOT/s-bA"
+	say "(b) run $brep: $MOVERS users with ${SEED_MIB} MiB of frames each moved A -> B, one at a time, under the load; engine threads' nice $nice, worker_nice $wn"
+	start_server engine A "$STATE_ROOT/s-bA" "$wn"
 	PID_A=$SRV_PID; APP_A=$SRV_APP; URL_A=$SRV_URL
-	start_server engine B "$STATE_ROOT/s-bB"
+	start_server engine B "$STATE_ROOT/s-bB" "$wn"
 	PID_B=$SRV_PID; URL_B=$SRV_URL
 	if [ "$nice" != 0 ]; then
 		for p in $PID_A $PID_B; do

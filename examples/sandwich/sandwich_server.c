@@ -709,7 +709,8 @@ static int listen_tcp(const char *address, int port, int *bound_port)
 static void usage(void)
 {
 	fprintf(stderr, "usage: sandwich_server --id NAME --secret-file FILE --state DIR\n"
-			"                       [--port P] [--app-port P] [--listen ADDRESS]\n");
+			"                       [--port P] [--app-port P] [--listen ADDRESS]\n"
+			"                       [--worker-nice N]\n");
 	exit(2);
 }
 
@@ -717,7 +718,7 @@ int main(int argc, char **argv)
 {
 	static struct server s; /* large (hash table): not on the stack */
 	const char *secret_file = NULL, *listen_address = "127.0.0.1";
-	int port = 0, app_port = 0, opt;
+	int port = 0, app_port = 0, worker_nice = 0, opt;
 	static const struct option longopts[] = {
 		{"id", required_argument, NULL, 'i'},
 		{"secret-file", required_argument, NULL, 's'},
@@ -725,6 +726,7 @@ int main(int argc, char **argv)
 		{"port", required_argument, NULL, 'p'},
 		{"app-port", required_argument, NULL, 'a'},
 		{"listen", required_argument, NULL, 'l'},
+		{"worker-nice", required_argument, NULL, 'n'}, /* engine option worker_nice */
 		{NULL, 0, NULL, 0},
 	};
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -747,6 +749,9 @@ int main(int argc, char **argv)
 		case 'l':
 			listen_address = optarg;
 			break;
+		case 'n':
+			worker_nice = atoi(optarg);
+			break;
 		default:
 			usage();
 		}
@@ -761,8 +766,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 #else
-	(void)port; /* --port and --secret-file are accepted and unused */
+	(void)port; /* --port, --secret-file, --worker-nice: accepted, unused */
 	(void)secret_file;
+	(void)worker_nice;
 	if (!s.name || !s.root || optind != argc)
 		usage();
 #endif
@@ -803,6 +809,7 @@ int main(int argc, char **argv)
 	o.on_event = on_event;
 	o.on_log = on_log;
 	o.log_level = MIG_LOG_WARN;
+	o.worker_nice = worker_nice;
 	o.user_data = &s;
 	int rc = mig_engine_new(&s.engine, &o);
 	if (rc) {

@@ -160,8 +160,8 @@ void mig__delta_params(uint64_t size, mig__sig_params *p)
 	unsigned strong = bits > 32 ? (bits - 32 + 7) / 8 + 1 : 1;
 	if (strong < 4)
 		strong = 4;
-	if (strong > RS_MAX_STRONG_SUM_LENGTH)
-		strong = RS_MAX_STRONG_SUM_LENGTH;
+	if (strong > (unsigned)RS_MD4_SUM_LENGTH) /* the signatures made here use MD4 */
+		strong = (unsigned)RS_MD4_SUM_LENGTH;
 	p->block_len = (uint32_t)block_for(size, strong, k);
 	p->strong_len = strong;
 }
@@ -267,7 +267,7 @@ int mig__sigjob_new(const mig__sig_params *p, mig__bytes *out, mig__sigjob **jp)
 	*jp = NULL;
 	if (!p || !out || p->block_len < MIG__SIG_MIN_BLOCK_LEN ||
 	    p->block_len > MIG__SIG_MAX_BLOCK_LEN || p->strong_len < 1 ||
-	    p->strong_len > RS_MAX_STRONG_SUM_LENGTH)
+	    p->strong_len > (uint32_t)RS_MD4_SUM_LENGTH)
 		return MIG_EINVAL;
 	rs_init();
 	mig__sigjob *j = mig__calloc(1, sizeof(*j));
@@ -408,6 +408,13 @@ int mig__delta_check_signature(const uint8_t *sig, size_t len, size_t max_len, c
 	if (strong_len < 1 || strong_len > RS_MAX_STRONG_SUM_LENGTH) {
 		set_why(why, why_len, "signature strong sum length %u out of range [1, %d]",
 			strong_len, RS_MAX_STRONG_SUM_LENGTH);
+		return MIG_EPROTO;
+	}
+	if ((magic == RS_MD4_SIG_MAGIC || magic == RS_RK_MD4_SIG_MAGIC) &&
+	    strong_len > (uint32_t)RS_MD4_SUM_LENGTH) {
+		/* librsync refuses these too; never let it see them. */
+		set_why(why, why_len, "signature strong sum length %u out of range [1, %d] for MD4",
+			strong_len, RS_MD4_SUM_LENGTH);
 		return MIG_EPROTO;
 	}
 	size_t body = len - MIG__SIG_HEADER_LEN;

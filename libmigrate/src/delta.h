@@ -39,8 +39,9 @@ void mig__bytes_free(mig__bytes *b);
 
 /* Signature of the first `limit` bytes of the file open on `fd` (from
  * offset 0, to EOF if it is shorter; UINT64_MAX for all of it), with MD4
- * strong sums and RabinKarp weak sums (RS_RK_MD4_SIG_MAGIC). Appends to `out`. Returns 0, MIG_EIO, MIG_ENOMEM. A file that
- * grows while it is read (an app appending) is read only up to `limit`, so
+ * strong sums (p->strong_len at most 16) and RabinKarp weak sums
+ * (RS_RK_MD4_SIG_MAGIC). Appends to `out`. Returns 0, MIG_EINVAL, MIG_EIO,
+ * MIG_ENOMEM. A file that grows while it is read (an app appending) is read only up to `limit`, so
  * the signature describes exactly the bytes a delta of the same limit sent. */
 int mig__delta_signature(int fd, uint64_t limit, const mig__sig_params *p, mig__bytes *out);
 
@@ -59,7 +60,8 @@ void mig__sigjob_free(mig__sigjob *j); /* accepts NULL */
 /* Checks an untrusted signature: magic is one of librsync's four signature
  * magics (MD4 or BLAKE2 strong sums, rollsum or RabinKarp weak sums), block
  * length within [MIG__SIG_MIN_BLOCK_LEN, MIG__SIG_MAX_BLOCK_LEN], strong
- * length within [1, 32], and the body is a whole number of blocks no larger
+ * length within [1, 32] ([1, 16] for MD4), and the body is a whole number
+ * of blocks no larger
  * than `max_len` in total. Returns 0 or MIG_EPROTO with a reason. */
 int mig__delta_check_signature(const uint8_t *sig, size_t len, size_t max_len, char *why,
 			       size_t why_len);

@@ -229,7 +229,7 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 	if (o->engine_id && !mig__valid_user(o->engine_id))
 		return MIG_EINVAL;
 	if (o->compression < MIG_COMPRESSION_AUTO || o->compression > MIG_COMPRESSION_ON ||
-	    o->worker_threads > 64)
+	    o->worker_threads > 64 || o->worker_nice < -1 || o->worker_nice > 19)
 		return MIG_EINVAL;
 	if ((o->app_url && !mig__valid_app_url(o->app_url)) ||
 	    o->session_token_ttl_s > MIG__SESSION_TTL_MAX_S)
@@ -293,6 +293,7 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 			      : o->file_cache_bytes ? o->file_cache_bytes
 						    : 1024ull * 1024 * 1024;
 	e->worker_threads = o->worker_threads ? o->worker_threads : 2;
+	e->worker_nice = o->worker_nice == -1 ? 0 : o->worker_nice ? o->worker_nice : 10;
 	e->on_event = o->on_event;
 	e->on_log = o->on_log;
 	e->log_level = o->log_level;
@@ -389,7 +390,7 @@ MIG_EXPORT int mig_engine_start(mig_engine *e)
 		}
 	}
 	if (e->nfdomains && !e->workers) {
-		rc = mig__workers_new(&e->workers, e->worker_threads);
+		rc = mig__workers_new(&e->workers, e->worker_threads, e->worker_nice);
 		if (!rc && !(e->maint = mig__strand_new(e->workers)))
 			rc = MIG_ENOMEM;
 		if (rc) {

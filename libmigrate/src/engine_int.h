@@ -235,6 +235,7 @@ struct mig_engine {
 	int compression;
 	uint64_t file_cache_bytes; /* 0 = keep no cache */
 	unsigned worker_threads;
+	int worker_nice; /* added to the starting thread's; 0 = app's priority */
 	struct mig__workers *workers;
 	struct mig__strand *maint; /* releases to the departed cache, in order */
 

@@ -1,5 +1,8 @@
 /* Thread pool with serial strands; see workers.h. */
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
+#include <sys/resource.h>
 
 #include "workers.h"
 
@@ -31,6 +34,7 @@ struct mig__workers {
 	unsigned running; /* tasks being run */
 	size_t strands;   /* alive */
 	bool stopping;
+	int nice; /* each worker's niceness; INT_MIN: left as inherited */
 };
 
 static void ready_push(mig__workers *w, mig__strand *s)
@@ -57,6 +61,12 @@ static void strand_destroy(mig__workers *w, mig__strand *s)
 static void *worker_main(void *arg)
 {
 	mig__workers *w = arg;
+	/* Linux keeps a niceness per thread, and PRIO_PROCESS with 0 means
+	 * the calling thread. Raising one's own niceness needs no privilege;
+	 * should it fail anyway, the worker runs at the app's priority, which
+	 * is slower for the app's tail but not wrong. */
+	if (w->nice != INT_MIN)
+		(void)setpriority(PRIO_PROCESS, 0, w->nice);
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		while (!w->ready_head && !w->stopping)
@@ -90,12 +100,20 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int mig__workers_new(mig__workers **out, unsigned threads)
+int mig__workers_new(mig__workers **out, unsigned threads, int nicer)
 {
 	*out = NULL;
 	mig__workers *w = mig__calloc(1, sizeof(*w));
 	if (!w)
 		return MIG_ENOMEM;
+	w->nice = INT_MIN;
+	if (nicer > 0) {
+		errno = 0;
+		int base = getpriority(PRIO_PROCESS, 0); /* this thread's */
+		if (base == -1 && errno)
+			base = 0;
+		w->nice = base + nicer > 19 ? 19 : base + nicer;
+	}
 	w->threads = mig__calloc(threads ? threads : 1, sizeof(*w->threads));
 	if (!w->threads) {
 		mig__free(w);

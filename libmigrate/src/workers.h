@@ -18,7 +18,11 @@ typedef struct mig__strand mig__strand;
  * if the pool shuts down first (frees `arg`); may be NULL. */
 typedef void (*mig__task_fn)(void *arg);
 
-int mig__workers_new(mig__workers **out, unsigned threads);
+/* Starts `threads` workers (0: one). nicer > 0: each worker sets its
+ * niceness to the calling thread's plus `nicer` (at most 19) before taking
+ * work; 0 leaves them at the caller's. Returns 0, MIG_ENOMEM or
+ * MIG_ESYSTEM (a thread could not be created). Call from one thread. */
+int mig__workers_new(mig__workers **out, unsigned threads, int nicer);
 /* Runs nothing new: discards queued tasks, waits for running ones, joins. */
 void mig__workers_free(mig__workers *w);
 

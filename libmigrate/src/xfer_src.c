@@ -477,9 +477,9 @@ static int wait_basis(struct mig__xfer *x, size_t domain, struct src_file *f, ui
 	for (;;) {
 		drain_signatures(x, false);
 		const char *opened = x->sig_opened[domain];
-		if (f->awaiting_sig ? false
-				    : f->sig.len || x->sigs_done ||
-					      (opened && strcmp(opened, f->path) > 0))
+		bool known = !f->awaiting_sig &&
+			     (f->sig.len || x->sigs_done || (opened && strcmp(opened, f->path) > 0));
+		if (known)
 			break;
 		if (atomic_load(&x->cancelled)) {
 			rc = MIG_ECANCELED;

@@ -547,6 +547,46 @@ static void test_old_primary_superseded(void **state)
 	mig_engine_free(s);
 }
 
+/* Opt-in automatic promotion: nothing from the primary for 400 ms and no
+ * link to it: the standby promotes by itself. Not before: while updates and
+ * keepalives flow it stays a standby. */
+static void test_auto_promote(void **state)
+{
+	(void)state;
+	struct fapp pa, sa;
+	fapp_init(&pa, "primary");
+	fapp_init(&sa, "standby");
+	mig_engine *p = fapp_engine(&pa, "primary", 0);
+	mig_engine *s = fapp_engine(&sa, "standby", 0);
+	mig_engine *both[] = {p, s};
+	assert_int_equal(mig_replica_set_auto_promote(NULL, 1), MIG_EINVAL);
+	assert_int_equal(mig_replica_set_auto_promote(s, 400), 0);
+	fapp_add(&pa, p, 2);
+	const char *user = pa.users[2].id;
+	fapp_step(&pa, 2);
+	mig_replicate_options o = {.interval_ms = 50};
+	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
+	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
+	/* Unchanged state: keepalives keep the standby from promoting. */
+	test_dispatch_for(both, 2, 1000);
+	assert_int_equal(count_ev(&sa, MIG_REPLICA_PROMOTED, NULL), 0);
+	assert_int_equal(mig_user_get_state(s, user), MIG_USER_ABSENT);
+	mig_engine_free(p);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_true(wait_ev(&s, 1, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	print_message("# auto-promotion %ld ms after the primary was freed (threshold 400 ms)\n",
+		      ms);
+	assert_true(ms >= 250); /* 400 ms after the last keepalive, sent every 50 ms */
+	assert_int_equal(mig_user_get_state(s, user), MIG_USER_ACTIVE);
+	assert_int_equal(sa.users[2].step, 1);
+	assert_int_equal(mig_user_epoch(s, user), 2);
+	check_no_violations(&sa);
+	mig_engine_free(s);
+}
+
 /* ---------------------------------------------------------------- bad input */
 
 struct sender {
@@ -588,11 +628,9 @@ static void send_update(struct sender *x, const char *user, uint64_t epoch, uint
 	pthread_mutex_unlock(&x->e->lock);
 }
 
-/* Sends and waits for the standby's verdict: returns the last event. */
+/* Waits for the standby's verdict on what was just sent: its last event. */
 static struct rev verdict(mig_engine **es, struct fapp *sa, int before)
 {
-	struct evwait w = {sa, 0, 0};
-	(void)w;
 	struct rev r;
 	memset(&r, 0, sizeof(r));
 	for (int t = 0; t < 500; t++) {
@@ -1228,6 +1266,20 @@ static void test_migratectl(void **state)
 		mig_replica_info_get(s, "user-0", &si);
 	}
 	assert_true(si.standby);
+	/* Stopped: the standby keeps its replica. */
+	rc = run_ctl(mig_engine_url(p), "replicate", "user-0", "none", out, sizeof(out));
+	if (rc)
+		fail_msg("migratectl replicate --to none: %d: %s", rc, out);
+	assert_non_null(strstr(out, "replication of user user-0 stops"));
+	for (int t = 0; t < 500; t++) {
+		mig_replica_info pi;
+		if (mig_replica_info_get(p, "user-0", &pi) == MIG_ENOUSER)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(run_ctl(mig_engine_url(p), "replicate", "user-0", "none", out,
+				 sizeof(out)),
+			 5);
 	test_runner_stop(rp);
 	mig_engine_free(p);
 	rc = run_ctl(mig_engine_url(s), "promote", "user-0", NULL, out, sizeof(out));
@@ -1253,6 +1305,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_old_primary_superseded),
 		cmocka_unit_test(test_bad_updates),
 		cmocka_unit_test(test_promote_merge_fails),
+		cmocka_unit_test(test_auto_promote),
 		cmocka_unit_test(test_sigkill_primary),
 		cmocka_unit_test(test_sigstop_primary),
 		cmocka_unit_test(test_client_failover),

@@ -669,6 +669,8 @@ static void test_check_signature(void **state)
 	expect_bad(buf, len, sizeof(buf), "signature block length 2147483647 out of range");
 	len = fake_sig(buf, RS_MD4_SIG_MAGIC, 2048, 33, 3);
 	expect_bad(buf, len, sizeof(buf), "strong sum length 33 out of range");
+	len = fake_sig(buf, RS_RK_MD4_SIG_MAGIC, 2048, 17, 3);
+	expect_bad(buf, len, sizeof(buf), "strong sum length 17 out of range [1, 16] for MD4");
 	len = fake_sig(buf, 0, 2048, 8, 3);
 	expect_bad(buf, len, sizeof(buf), "bad signature magic 0x00000000");
 	len = fake_sig(buf, 0xdeadbeef, 2048, 8, 3);

@@ -83,6 +83,7 @@ class EngineOptions(Structure):
         ("file_cache_bytes", c_uint64),
         ("file_cache_off", c_int),
         ("worker_threads", c_uint),
+        ("worker_nice", c_int),
         ("metrics_off", c_int),
         ("orchestrator_url", c_char_p),
         ("heartbeat_ms", c_uint),

@@ -151,7 +151,8 @@ class Engine:
                  peer_timeout_ms: int = 0, precopy_alpha_ms: int = 0,
                  precopy_max_rounds: int = 0, compression: Compression = Compression.AUTO,
                  file_cache_bytes: int = 0, file_cache_off: bool = False,
-                 worker_threads: int = 0, metrics_off: bool = False,
+                 worker_threads: int = 0, worker_nice: int = 0,
+                 metrics_off: bool = False,
                  orchestrator_url: Optional[str] = None, heartbeat_ms: int = 0,
                  session_token_ttl_s: int = 0,
                  on_event: Optional[Callable[[Event], Any]] = None,
@@ -186,6 +187,7 @@ class Engine:
         o.file_cache_bytes = check_int("file_cache_bytes", file_cache_bytes, 0, 2**64 - 1)
         o.file_cache_off = 1 if file_cache_off else 0
         o.worker_threads = check_int("worker_threads", worker_threads, 0, _UINT_MAX)
+        o.worker_nice = check_int("worker_nice", worker_nice, -1, 19)
         o.metrics_off = 1 if metrics_off else 0
         o.orchestrator_url = check_str("orchestrator_url", orchestrator_url, optional=True)
         o.heartbeat_ms = check_int("heartbeat_ms", heartbeat_ms, 0, _UINT_MAX)

@@ -54,6 +54,7 @@ int main(void)
 	OFF(mig_engine_options, file_cache_bytes);
 	OFF(mig_engine_options, file_cache_off);
 	OFF(mig_engine_options, worker_threads);
+	OFF(mig_engine_options, worker_nice);
 	OFF(mig_engine_options, metrics_off);
 	OFF(mig_engine_options, orchestrator_url);
 	OFF(mig_engine_options, heartbeat_ms);

@@ -268,6 +268,23 @@ typedef struct mig_engine_options {
 	int file_cache_off;
 	/** Threads for signatures, deltas, patches and digests; 0 means 2. */
 	unsigned int worker_threads;
+	/**
+	 * How much nicer than the thread that calls mig_engine_start() the
+	 * worker threads run (each sets its own niceness to that thread's
+	 * plus this, at most 19, with setpriority() on its thread id).
+	 * 0 means 10; -1 keeps them at the app's priority; 1..19 otherwise,
+	 * anything else makes mig_engine_new() fail with MIG_EINVAL.
+	 *
+	 * Why: the workers' signatures, deltas and patches are CPU-heavy;
+	 * at the app's priority they take CPU time from the app's own threads
+	 * during a migration, which shows in the other users' latency tail on
+	 * a busy machine (docs/BENCHMARKS.md, "Cost to the application").
+	 * The trade-off: when the machine is saturated, a migration's file
+	 * rounds get less CPU and take longer. On an idle core nothing changes.
+	 * The I/O thread (framing, zstd, SHA-256 of what is sent) and the
+	 * handoff itself keep the app's priority, so the pause stays short.
+	 */
+	int worker_nice;
 
 	/**
 	 * Set to 1 to turn off the Prometheus endpoint. By default the
