@@ -35,8 +35,8 @@
 #      the engines competing for the CPU with the app's thread?
 #      --worker-nice "0 -1" runs (b) once per value for each --b-nice value,
 #      A and B started with sandwich_server --worker-nice N (the engine
-#      option worker_nice: 0 = the library's default, 10; -1 = the workers
-#      at the app's priority, the library before that option).
+#      option worker_nice: 0 = the library's default, 10; -1 = the engine's
+#      threads at the app's priority, as the library ran before that option).
 #
 # Then engine_footprint: an engine configured like the server's, RSS by
 # stage (OpenSSL init, new, start, idle, users) and its threads' idle CPU.

@@ -343,6 +343,7 @@ MIG_EXPORT int mig_engine_start(mig_engine *e)
 	mig__transport_cfg cfg;
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.listen = true;
+	cfg.thread_nice = e->worker_nice;
 	cfg.listen_address = e->listen_address;
 	cfg.listen_port = e->listen_port;
 	cfg.tls_cert_file = e->tls_cert_file;

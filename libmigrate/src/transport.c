@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <libwebsockets.h>
 #include <openssl/err.h>
@@ -1198,6 +1199,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 static void *service_thread(void *arg)
 {
 	mig__transport *t = arg;
+	if (t->cfg.thread_nice > 0) {
+		/* This thread's niceness, inherited from its creator; raising
+		 * it needs no privilege, and if it fails the thread just keeps
+		 * the app's priority. */
+		errno = 0;
+		int base = getpriority(PRIO_PROCESS, 0);
+		if (!(base == -1 && errno))
+			(void)setpriority(PRIO_PROCESS, 0,
+					  base + t->cfg.thread_nice > 19 ? 19
+									 : base + t->cfg.thread_nice);
+	}
 	for (;;) {
 		pthread_mutex_lock(&t->lock);
 		bool stop = t->stopping;

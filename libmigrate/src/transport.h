@@ -75,6 +75,9 @@ typedef struct mig__transport_cfg {
 	 * NULL callback: every HTTP request gets 404. */
 	char *(*render_metrics)(void *ctx, size_t *len);
 	void *metrics_ctx;
+	/* > 0: the I/O thread runs this much nicer than the thread calling
+	 * mig__transport_start() (at most 19). */
+	int thread_nice;
 } mig__transport_cfg;
 
 /* Creates the lws context (binding the port if listening). */

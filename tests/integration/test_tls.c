@@ -674,6 +674,45 @@ static void test_rogue_ca(void **state)
 	assert_int_equal(mig_user_count(er), 0);
 }
 
+/* No tls_ca_file: an engine trusts the system CA store (OpenSSL's default
+ * paths, which SSL_CERT_FILE and SSL_CERT_DIR override), read at its first
+ * wss:// connect and not at start, so that an engine with no wss:// peer
+ * does not hold it in memory. */
+static void test_system_store(void **state)
+{
+	const struct tls_cfg no_ca = {"server.pem", "server.key", NULL, 0};
+	char dir[] = "/tmp/test_tls_nocerts.XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(setenv("SSL_CERT_DIR", dir, 1), 0);
+	assert_int_equal(setenv("SSL_CERT_FILE", cert("rogue-ca.pem"), 1), 0);
+
+	/* The store holds only the rogue CA at A's first connect: refused. */
+	struct fixture *f = *state = fixture_new(&no_ca, &GOOD);
+	check_migration_refused(f, f->eb, mig_engine_url(f->eb), "system store: rogue CA");
+
+	/* C starts while the store would hold the rogue CA and first connects
+	 * once it holds the test CA: the migration passes only if the store
+	 * was read at the connect. */
+	mig_engine *ec = extra_engine(f, 0, "engine-c", &no_ca);
+	assert_int_equal(setenv("SSL_CERT_FILE", cert("ca.pem"), 1), 0);
+	struct app *c = f->xapp[0];
+	assert_int_equal(mig_user_add(ec, "user-3"), 0);
+	c->users[3].state = malloc(16);
+	assert_non_null(c->users[3].state);
+	memset(c->users[3].state, 0x3c, 16);
+	c->users[3].len = 16;
+	c->users[3].present = c->users[3].active = true;
+	int rc = migrate_direct(ec, f->eb, "user-3", mig_engine_url(f->eb));
+	if (rc)
+		fail_msg("system store: test CA: %s: %s", mig_err_name(rc), c->abort_reason);
+	assert_int_equal(mig_user_get_state(f->eb, "user-3"), MIG_USER_ACTIVE);
+	assert_int_equal(f->b->users[3].activated, 1);
+
+	unsetenv("SSL_CERT_FILE");
+	unsetenv("SSL_CERT_DIR");
+	rmdir(dir);
+}
+
 /* Host names: the SAN covers localhost and 127.0.0.1; a certificate for
  * another name or an expired one is refused by clients and engines. */
 static void test_hostname(void **state)
@@ -763,6 +802,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_wss_there_and_back, teardown),
 		cmocka_unit_test_teardown(test_mutual_tls, teardown),
 		cmocka_unit_test_teardown(test_rogue_ca, teardown),
+		cmocka_unit_test_teardown(test_system_store, teardown),
 		cmocka_unit_test_teardown(test_hostname, teardown),
 		cmocka_unit_test(test_bad_files),
 	};

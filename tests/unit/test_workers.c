@@ -21,7 +21,7 @@
 #include "support.h"
 #include "workers.h"
 
-static int thread_nice(void)
+static int worker_nice(void)
 {
 	errno = 0;
 	int n = getpriority(PRIO_PROCESS, 0);
@@ -39,7 +39,7 @@ struct probe {
 static void probe_run(void *arg)
 {
 	struct probe *p = arg;
-	int n = thread_nice();
+	int n = worker_nice();
 	pthread_mutex_lock(&p->lock);
 	p->nice = n;
 	p->done = true;
@@ -73,21 +73,21 @@ static int capped(int n)
 static void test_pool_nicer(void **state)
 {
 	(void)state;
-	int base = thread_nice();
+	int base = worker_nice();
 	assert_int_equal(pool_task_nice(0), base);
 	assert_int_equal(pool_task_nice(3), capped(base + 3));
 	assert_int_equal(pool_task_nice(19), 19);
 	/* The creating thread is left as it was. */
-	assert_int_equal(thread_nice(), base);
+	assert_int_equal(worker_nice(), base);
 }
 
 /* From a thread at niceness 15 (raised on itself), nicer 10 caps at 19. */
 static void *from_nice_15(void *arg)
 {
 	int *out = arg;
-	if (thread_nice() < 15)
+	if (worker_nice() < 15)
 		assert_int_equal(setpriority(PRIO_PROCESS, 0, 15), 0);
-	out[0] = thread_nice();
+	out[0] = worker_nice();
 	out[1] = pool_task_nice(10);
 	out[2] = pool_task_nice(2);
 	return NULL;
@@ -173,24 +173,29 @@ static int wait_threads_at_nice(int n, int want)
 static void test_engine_worker_nice(void **state)
 {
 	(void)state;
-	int base = thread_nice();
-	if (base >= 17)
-		skip(); /* nothing to tell apart: everything runs at 19 */
+	int base = worker_nice();
+	if (base >= 17) {
+		/* Nothing to tell apart: every setting gives 19 or nearly. The
+		 * pool tests above still ran. (cmocka's skip() would fail the
+		 * TAP run.) */
+		print_message("# test process at niceness %d: engine check not run\n", base);
+		return;
+	}
 	int rc;
 	int others = threads_at_nice(capped(base + 10)); /* none of ours yet */
 
-	/* The default: 2 workers at base + 10. */
+	/* The default: the I/O thread and 2 workers at base + 10. */
 	mig_engine *e = start_engine(0, 0, &rc);
 	assert_int_equal(rc, 0);
-	assert_int_equal(wait_threads_at_nice(capped(base + 10), others + 2), others + 2);
+	assert_int_equal(wait_threads_at_nice(capped(base + 10), others + 3), others + 3);
 	mig_engine_free(e);
 	assert_int_equal(wait_threads_at_nice(capped(base + 10), others), others);
 
-	/* 3 workers, 2 nicer. */
+	/* The I/O thread and 3 workers, 2 nicer. */
 	others = threads_at_nice(base + 2);
 	e = start_engine(2, 3, &rc);
 	assert_int_equal(rc, 0);
-	assert_int_equal(wait_threads_at_nice(base + 2, others + 3), others + 3);
+	assert_int_equal(wait_threads_at_nice(base + 2, others + 4), others + 4);
 	mig_engine_free(e);
 
 	/* -1: every thread of the engine at the app's priority. */

@@ -270,19 +270,21 @@ typedef struct mig_engine_options {
 	unsigned int worker_threads;
 	/**
 	 * How much nicer than the thread that calls mig_engine_start() the
-	 * worker threads run (each sets its own niceness to that thread's
-	 * plus this, at most 19, with setpriority() on its thread id).
+	 * engine's own threads run: the workers and, despite the name, the
+	 * I/O thread too (each sets its niceness to that thread's plus this,
+	 * at most 19; Linux keeps a niceness per thread). The app's threads
+	 * are not touched.
 	 * 0 means 10; -1 keeps them at the app's priority; 1..19 otherwise,
 	 * anything else makes mig_engine_new() fail with MIG_EINVAL.
 	 *
-	 * Why: the workers' signatures, deltas and patches are CPU-heavy;
-	 * at the app's priority they take CPU time from the app's own threads
-	 * during a migration, which shows in the other users' latency tail on
-	 * a busy machine (docs/BENCHMARKS.md, "Cost to the application").
-	 * The trade-off: when the machine is saturated, a migration's file
-	 * rounds get less CPU and take longer. On an idle core nothing changes.
-	 * The I/O thread (framing, zstd, SHA-256 of what is sent) and the
-	 * handoff itself keep the app's priority, so the pause stays short.
+	 * Why: during a migration the workers (reading, signatures, deltas,
+	 * patches) and the I/O thread (zstd, SHA-256, WebSocket framing) are
+	 * CPU-heavy for about a second; at the app's priority they take the
+	 * CPU from the app's threads, which shows in the other users' latency
+	 * tail when the cores are busy (docs/BENCHMARKS.md, "Cost to the
+	 * application"). The trade-off: on a saturated machine a migration,
+	 * and its pause, get less CPU and take longer; with a free core
+	 * nothing changes.
 	 */
 	int worker_nice;
 
