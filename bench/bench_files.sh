@@ -3,6 +3,7 @@
 #
 #   sudo bench/bench_files.sh [--build DIR] [--reps N (5)] [--log FILE]
 #                             [--no-link] [--no-profile]   (skip C / the perf runs)
+#                             [--only A|B|C|AB|...]        (just those sections)
 #
 # Builds bench_files (a release build in DIR, default /tmp/bench-files-build)
 # and runs, on the same generated files and changes, in one run:
@@ -37,6 +38,7 @@ REPS=5
 LOG=/tmp/bench_files-results.txt
 NOLINK=
 NOPROFILE=
+CASES=ABC
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--build) BUILD=$2; shift 2 ;;
@@ -44,7 +46,8 @@ while [ $# -gt 0 ]; do
 	--log) LOG=$2; shift 2 ;;
 	--no-link) NOLINK=1; shift ;;
 	--no-profile) NOPROFILE=1; shift ;;
-	-h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+	--only) CASES=$2; shift 2 ;;
+	-h|--help) sed -n '2,30p' "$0"; exit 0 ;;
 	*) echo "unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -70,6 +73,8 @@ cleanup() {
 	fi
 	rm -rf "$W"
 }
+# has X: section X was asked for (--only)
+has() { case "$CASES" in *"$1"*) return 0 ;; esac; return 1; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -163,6 +168,7 @@ MB64=$((64 * 1024 * 1024))
 
 # ------------------------------------------------------------------ A: delta vs rsync
 
+if has A; then
 say ""
 say "### A. Loopback: 64 MiB (8 x 8 MiB, random), destination holds the copy before 1 % changed (64 runs of 10 KiB)"
 say ""
@@ -204,6 +210,7 @@ say "| median | $mrb | $mlb | $(calc '%.3f' "$mlb / $mrb") | $(calc '%.0f' "$mrt
 say "| best | | | | $(calc '%.0f' "$(min "${A_RT[@]}") / 1000") | $(calc '%.0f' "$(min "${A_LT[@]}") / 1000") | $(calc '%.2f' "$(min "${A_LT[@]}") / $(min "${A_RT[@]}")") | | | $(calc '%.0f' "$(min "${A_OFF[@]}") / 1000") |"
 say ""
 say "Time: libmigrate from mig_migrate() to COMMITTED at the source (the destination has installed, fsynced and activated); rsync: its wall time. Time ratio: median of the per-run ratios (the runs alternate). Targets: bytes <= rsync's: $(awk -v a="$mlb" -v b="$mrb" 'BEGIN {print (a <= b) ? "met" : "MISSED"}'); time <= rsync's: $(awk -v a="$mr" 'BEGIN {print (a <= 1) ? "met" : "MISSED"}') ($mr x)."
+fi
 
 # ------------------------------------------------------------------ where the time goes
 
@@ -266,7 +273,9 @@ profile() {
 	done
 	rm -rf "$ra" "$rb" "$pd"
 }
-if [ -z "$NOPROFILE" ] && command -v perf >/dev/null && perf record -q -o "$W/perf.test" -- true 2>/dev/null; then
+if ! has A; then
+	:
+elif [ -z "$NOPROFILE" ] && command -v perf >/dev/null && perf record -q -o "$W/perf.test" -- true 2>/dev/null; then
 	profile delta "$D/old"
 else
 	say ""
@@ -303,11 +312,12 @@ tcp_copy() {
 }
 mbps() { calc '%.1f' "$1 / $2"; } # bytes, microseconds -> MB/s
 
+if has B; then
 say ""
 say "### B. Loopback: the same 64 MiB to a destination holding nothing"
 say ""
-say "| run | raw TCP copy (MB/s) | raw TCP copy + fsync (MB/s) | libmigrate, pre-copy on (MB/s) | libmigrate, pre-copy off (MB/s) | on / raw TCP | off / raw TCP | on / TCP+fsync |"
-say "|---|---:|---:|---:|---:|---:|---:|---:|"
+say "| run | raw TCP copy (MB/s) | raw TCP copy + fsync (MB/s) | libmigrate, pre-copy on (MB/s) | libmigrate, pre-copy off (MB/s) | on / raw TCP | off / raw TCP | on / TCP+fsync | CPU s, pre-copy on: source + dest |"
+say "|---|---:|---:|---:|---:|---:|---:|---:|---|"
 B_T=(); B_TF=(); B_ON=(); B_OFF=(); B_R=()
 for rep in $(seq "$REPS"); do
 	tcp_copy "B.tcp.$rep" "$D/new" "" "" 127.0.0.1
@@ -317,10 +327,11 @@ for rep in $(seq "$REPS"); do
 	migrate "B.on.$rep" "$D/new" "" "" 127.0.0.1 "" 127.0.0.1
 	[ "$(kv "$RES" verified)" = yes ] || { echo "B: destination differs" >&2; exit 1; }
 	on=$(kv "$RES" duration_us)
+	on_cpu=$(calc '%.2f + %.2f' "($(kv "$RES" cpu_user_us) + $(kv "$RES" cpu_sys_us)) / 1e6, ($(kv "$DEST" cpu_user_us) + $(kv "$DEST" cpu_sys_us)) / 1e6")
 	migrate "B.off.$rep" "$D/new" "" "" 127.0.0.1 "" 127.0.0.1 --max-rounds 1
 	[ "$(kv "$RES" verified)" = yes ] || { echo "B: destination differs" >&2; exit 1; }
 	off=$(kv "$RES" duration_us)
-	say "| $rep | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $(calc '%.2f' "$t / $on") | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") |"
+	say "| $rep | $(mbps $MB64 "$t") | $(mbps $MB64 "$tf") | $(mbps $MB64 "$on") | $(mbps $MB64 "$off") | $(calc '%.2f' "$t / $on") | $(calc '%.2f' "$t / $off") | $(calc '%.2f' "$tf / $on") | $on_cpu |"
 	B_T+=("$t"); B_TF+=("$tf"); B_ON+=("$on"); B_OFF+=("$off"); B_R+=("$(calc '%.3f' "$t / $on")")
 done
 t=$(median "${B_T[@]}"); tf=$(median "${B_TF[@]}"); on=$(median "${B_ON[@]}"); off=$(median "${B_OFF[@]}")
@@ -333,6 +344,7 @@ if [ -z "$NOPROFILE" ] && command -v perf >/dev/null && perf record -q -o "$W/pe
 fi
 say ""
 say "MB/s: 64 MiB of files over the time to COMMITTED (libmigrate) or to the receiver's acknowledgement (TCP); ratios in the median row are medians of the per-run ratios. Target: fresh transfer >= 0.5 x raw TCP copy on loopback: $(awk -v a="$br" 'BEGIN {print (a >= 0.5) ? "met" : "MISSED"}') ($br x with pre-copy on)."
+fi
 
 # ------------------------------------------------------------------ C: shaped link
 
@@ -341,6 +353,8 @@ say "### C. Two network namespaces, veth shaped with tc tbf to 100 Mbit/s"
 skip=
 if [ -n "$NOLINK" ]; then
 	skip="--no-link"
+elif ! has C; then
+	skip="--only $CASES"
 elif [ "$(id -u)" != 0 ]; then
 	skip="not root"
 elif ! ip netns add "$NSA" 2>"$W/netns.err"; then

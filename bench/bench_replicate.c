@@ -13,10 +13,18 @@
  * encoded updates and keepalives), updates acknowledged, and the mean lag
  * (extraction -> ack).
  *
+ * --files 1: the frames go to file state instead, as the sandwich server
+ * keeps them: each step appends the frame to the user's frames.bin in a
+ * file domain (the light domain then holds the progress only), and
+ * replication carries the file's growth as deltas against the standby's
+ * copy. The file grows for the whole run (no window).
+ *
  * Links only the public shared library. Run from a release build:
  *   meson setup /tmp/bench-build --buildtype=release -Dtests=false
  *   ninja -C /tmp/bench-build && /tmp/bench-build/bench/bench_replicate */
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -25,6 +33,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,6 +51,7 @@ struct user {
 	uint8_t progress[PROGRESS_BYTES];
 	uint8_t *frames; /* window * frame_bytes, a ring */
 	size_t nframes;
+	int fd; /* --files: frames.bin, appended to */
 };
 
 static struct {
@@ -51,7 +61,11 @@ static struct {
 	unsigned interval_ms;
 	size_t frame_bytes;
 	size_t window;
-} cfg = {50, 10, 100, 0, 1024, 16};
+	int files;
+} cfg = {50, 10, 100, 0, 1024, 16, 0};
+
+static char proot[64] = "/tmp/bench-replicate-p-XXXXXX";
+static char sroot[64] = "/tmp/bench-replicate-s-XXXXXX";
 
 static struct user users[MAX_USERS];
 static uint64_t acks, lag_sum_us;
@@ -103,7 +117,7 @@ static void on_replica(mig_engine *e, const mig_replica_event *ev, void *ud)
 	}
 }
 
-static mig_engine *engine(const char *id, int port)
+static mig_engine *engine(const char *id, int port, const char *root)
 {
 	mig_engine_options o = {0};
 	o.engine_id = id;
@@ -116,8 +130,11 @@ static mig_engine *engine(const char *id, int port)
 		exit(1);
 	mig_light_domain d0 = {"progress", "bench.Progress", 1, extract_progress, merge_any};
 	mig_light_domain d1 = {"frames", "bench.Frames", 1, extract_frames, merge_any};
-	if (mig_light_domain_register(e, &d0, NULL) || mig_light_domain_register(e, &d1, NULL) ||
-	    mig_engine_start(e)) {
+	mig_file_domain fd = {.name = "frames-files", .version = 1, .root = root,
+			      .append_only = 1};
+	if (mig_light_domain_register(e, &d0, NULL) ||
+	    (!cfg.files && mig_light_domain_register(e, &d1, NULL)) ||
+	    (cfg.files && mig_file_domain_register(e, &fd)) || mig_engine_start(e)) {
 		fprintf(stderr, "bench_replicate: cannot start %s: %s\n", id,
 			mig_engine_last_error(e));
 		exit(1);
@@ -160,10 +177,29 @@ static void step(struct user *u)
 	u->progress[8 + u->step % (PROGRESS_BYTES - 8)] ^= 0x5a;
 	size_t slot = u->step % cfg.window;
 	uint8_t *f = u->frames + slot * cfg.frame_bytes;
-	for (size_t k = 0; k < cfg.frame_bytes; k++)
-		f[k] = (uint8_t)(u->step * 31 + k);
+	/* Pseudo-random content (xorshift64): a recorded frame does not repeat
+	 * earlier ones, so neither a delta nor compression can shrink it. */
+	uint64_t x = u->step * 0x9e3779b97f4a7c15ull + (uint64_t)(u - users) + 1;
+	for (size_t k = 0; k < cfg.frame_bytes; k++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		f[k] = (uint8_t)x;
+	}
 	if (u->nframes < cfg.window)
 		u->nframes++;
+	if (cfg.files && write(u->fd, f, cfg.frame_bytes) != (ssize_t)cfg.frame_bytes) {
+		perror("bench_replicate: frames.bin");
+		exit(1);
+	}
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	(void)st;
+	(void)flag;
+	(void)f;
+	return remove(path);
 }
 
 /* Runs the load for cfg.seconds; returns the CPU used in microseconds. */
@@ -205,10 +241,12 @@ int main(int argc, char **argv)
 			cfg.frame_bytes = (size_t)v;
 		else if (strcmp(argv[i], "--window") == 0)
 			cfg.window = (size_t)v;
+		else if (strcmp(argv[i], "--files") == 0)
+			cfg.files = v != 0;
 		else {
 			fprintf(stderr,
 				"usage: bench_replicate [--users N] [--seconds S] [--step-ms MS] "
-				"[--interval-ms MS] [--frame-bytes B] [--window W]\n");
+				"[--interval-ms MS] [--frame-bytes B] [--window W] [--files 0|1]\n");
 			return 2;
 		}
 	}
@@ -217,12 +255,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_replicate: bad arguments\n");
 		return 2;
 	}
+	if (!mkdtemp(proot) || !mkdtemp(sroot)) {
+		perror("bench_replicate: mkdtemp");
+		return 1;
+	}
 	int port = free_port();
 	pid_t pid = fork();
 	if (pid < 0)
 		return 1;
 	if (pid == 0) {
-		mig_engine *s = engine("standby", port);
+		mig_engine *s = engine("standby", port, sroot);
 		mig_engine_run(s, -1);
 		_exit(0);
 	}
@@ -231,17 +273,36 @@ int main(int argc, char **argv)
 		users[i].frames = calloc(cfg.window, cfg.frame_bytes);
 		if (!users[i].frames)
 			return 1;
+		users[i].fd = -1;
+		if (cfg.files) {
+			char path[256];
+			if (snprintf(path, sizeof(path), "%s/user-%d", proot, i) >= (int)sizeof(path))
+				return 1;
+			mkdir(path, 0700);
+			if (snprintf(path, sizeof(path), "%s/user-%d/frames.bin", proot, i) >=
+			    (int)sizeof(path))
+				return 1;
+			users[i].fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+			if (users[i].fd < 0)
+				return 1;
+		}
 	}
-	mig_engine *p = engine("primary", 0);
+	mig_engine *p = engine("primary", 0, proot);
 	mig_replica_set_handler(p, on_replica, NULL);
 	for (int i = 0; i < cfg.users; i++)
 		mig_user_add(p, users[i].id);
 	char url[64];
 	snprintf(url, sizeof(url), "ws://127.0.0.1:%d", port);
 
+	char load[96];
+	if (cfg.files)
+		snprintf(load, sizeof(load), "a %zu B frame appended to a file", cfg.frame_bytes);
+	else
+		snprintf(load, sizeof(load), "a window of %zu x %zu B frames", cfg.window,
+			 cfg.frame_bytes);
 	printf("# bench_replicate: %d users, a step every %u ms each, progress %d B + "
-	       "window of %zu x %zu B frames, %d s per phase, interval %u ms%s\n",
-	       cfg.users, cfg.step_ms, PROGRESS_BYTES, cfg.window, cfg.frame_bytes, cfg.seconds,
+	       "%s, %d s per phase, interval %u ms%s\n",
+	       cfg.users, cfg.step_ms, PROGRESS_BYTES, load, cfg.seconds,
 	       cfg.interval_ms ? cfg.interval_ms : MIG_REPLICATE_INTERVAL_MS_DEFAULT,
 	       cfg.interval_ms ? "" : " (default)");
 	uint64_t wall0, cpu0 = run_phase(p, &wall0);
@@ -288,7 +349,12 @@ int main(int argc, char **argv)
 	mig_engine_free(p);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	for (int i = 0; i < cfg.users; i++)
+	for (int i = 0; i < cfg.users; i++) {
 		free(users[i].frames);
+		if (users[i].fd >= 0)
+			close(users[i].fd);
+	}
+	nftw(proot, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	nftw(sroot, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	return 0;
 }

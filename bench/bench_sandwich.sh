@@ -37,6 +37,10 @@
 #      A and B started with sandwich_server --worker-nice N (the engine
 #      option worker_nice: 0 = the library's default, 10; -1 = the engine's
 #      threads at the app's priority, as the library ran before that option).
+#  (c) idle after one migration: engine servers A and B, idle 5 s, then one
+#      user with 20 frames on A moved to B, then 5 s idle again: VmRSS,
+#      RssAnon, RssFile and RSS by mapping of both, before and after (the
+#      migration has used the secret's HMAC, the workers, file digests).
 #
 # Then engine_footprint: an engine configured like the server's, RSS by
 # stage (OpenSSL init, new, start, idle, users) and its threads' idle CPU.
@@ -277,6 +281,52 @@ for nice_wn in $(for n in $BNICE; do for w in $BWNICE; do echo "$n/$w"; done; do
 	cp "$STATE_ROOT/s-bB.log" "$rd/B.log"
 	rm -rf "$STATE_ROOT/s-bA" "$STATE_ROOT/s-bB"
 done
+
+# ------------------------------------------------------------------ (c)
+
+say ""
+say "(c) idle, then one user (20 frames) moved A -> B, then idle again"
+rd=$OUT/c
+mkdir -p "$rd"
+start_server engine A "$STATE_ROOT/s-cA"
+PID_A=$SRV_PID; APP_A=$SRV_APP; URL_A=$SRV_URL
+start_server engine B "$STATE_ROOT/s-cB"
+PID_B=$SRV_PID; URL_B=$SRV_URL
+sleep 5
+for s in A B; do
+	p=$PID_A; [ "$s" = B ] && p=$PID_B
+	$REPORT snap "$p" >"$rd/snap${s}0.json"
+	$REPORT smaps "$p" >"$rd/smaps${s}0.json"
+done
+timeout 60 "$LOAD" --server "$APP_A" --users 0 --extra c-1 --rate 0 --frames 20 --duration 30 \
+	--warmup 0 --image-bytes "$IMAGE" >"$rd/seed.json" 2>"$rd/seed.err" ||
+	{ cat "$rd/seed.err" >&2; echo "bench_sandwich: (c) seeding failed" >&2; exit 1; }
+"$CTL" --engine "$URL_A" --secret-file "$OUT/secret" --timeout 60 migrate c-1 --to "$URL_B" \
+	>"$rd/migratectl.out" 2>&1 ||
+	{ cat "$rd/migratectl.out" >&2; echo "bench_sandwich: (c) migration failed" >&2; exit 1; }
+sleep 5
+for s in A B; do
+	p=$PID_A; [ "$s" = B ] && p=$PID_B
+	$REPORT snap "$p" >"$rd/snap${s}1.json"
+	$REPORT smaps "$p" >"$rd/smaps${s}1.json"
+done
+stop_server "$PID_A"
+stop_server "$PID_B"
+rm -rf "$STATE_ROOT/s-cA" "$STATE_ROOT/s-cB"
+python3 - "$rd" <<-'EOF' | tee -a "$OUT/report.md"
+	import json, sys
+	d = sys.argv[1]
+	j = lambda n: json.load(open("%s/%s.json" % (d, n)))
+	print("| engine | | VmRSS kB | RssAnon kB | RssFile kB | libcrypto | libssl | [heap] | [anon] |")
+	print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	for s, role in (("A", "source"), ("B", "destination")):
+	    for i, when in ((0, "idle, never migrated"), (1, "idle after one migration")):
+	        sn, sm = j("snap%s%d" % (s, i)), j("smaps%s%d" % (s, i))
+	        print("| %s (%s) | %s | %d | %d | %d | %d | %d | %d | %d |" % (
+	            s, role, when, sn["VmRSS"], sn["RssAnon"], sn["RssFile"],
+	            sm.get("libcrypto.so.3", 0), sm.get("libssl.so.3", 0), sm.get("[heap]", 0),
+	            sm.get("[anon]", 0)))
+	EOF
 
 say ""
 "$BUILD/bench/engine_footprint" --users "$USERS" --idle-s 5 >"$OUT/footprint.jsonl"

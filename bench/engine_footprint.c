@@ -10,21 +10,24 @@
  * (mallinfo2), the thread count, and the mappings whose RSS changed most
  * since the stage before (/proc/self/smaps):
  *
- *   start       main() reached (shared libraries mapped, little touched)
- *   openssl     OPENSSL_init_ssl(): what libwebsockets' global TLS init does
- *               anyway, measured apart
+ *   start       main() reached (shared libraries mapped and relocated,
+ *               little else touched)
  *   new         mig_engine_new()
  *   domains     light and file domains registered, hooks set
- *   started     mig_engine_start(): the libwebsockets context (listening),
- *               a client SSL_CTX, the I/O thread and two worker threads
+ *   started     mig_engine_start(): the libwebsockets context (listening,
+ *               ws://, so OpenSSL is not initialised), the I/O thread and two
+ *               worker threads
  *   idle        after --idle-s s of idle dispatching (the app's loop: epoll on
  *               mig_engine_fd(), one dispatch per second when nothing comes);
  *               this line also has each thread's CPU over the idle time (ms,
  *               /proc/self/task/TID/schedstat) and wake-ups (context switches)
  *   users       --users users added, and a session token minted for each
- *               (what the sandwich server does on a new user's Hello)
+ *               (what the sandwich server does on a new user's Hello): the
+ *               first token derives the session key, libcrypto's first use
+ *   tls         OPENSSL_init_ssl() and a client SSL_CTX made and freed: what
+ *               the engine's first wss:// connect adds (it makes both then)
  *
- * Links the public shared library (and libssl for the openssl stage). */
+ * Links the public shared library (and libssl for the tls stage). */
 #include <dirent.h>
 #include <inttypes.h>
 #include <malloc.h>
@@ -223,9 +226,6 @@ int main(int argc, char **argv)
 	read_maps(&prev_maps);
 	stage("start", NULL);
 
-	OPENSSL_init_ssl(0, NULL);
-	stage("openssl", NULL);
-
 	static const char secret[] = "0123456789abcdef0123456789abcdef";
 	mig_engine_options o = {0};
 	o.listen_address = "127.0.0.1";
@@ -315,6 +315,10 @@ int main(int argc, char **argv)
 	}
 	mig_engine_dispatch(e);
 	stage("users", NULL);
+
+	OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
+	SSL_CTX_free(SSL_CTX_new(TLS_client_method()));
+	stage("tls", NULL);
 
 	mig_engine_free(e);
 	close(ep);

@@ -102,31 +102,6 @@ static int read_secret(const char *path, char *buf, size_t cap, size_t *len)
 
 /* ------------------------------------------------------------------ formatting */
 
-static const char *state_name(mig_user_state s)
-{
-	switch (s) {
-	case MIG_USER_ACTIVE:
-		return "active";
-	case MIG_USER_MIGRATING:
-		return "migrating";
-	case MIG_USER_PAUSED:
-		return "paused";
-	case MIG_USER_INCOMING:
-		return "incoming";
-	case MIG_USER_PARKED:
-		return "parked";
-	default:
-		return "absent";
-	}
-}
-
-static const char *event_name(mig_event_type t)
-{
-	static const char *const names[] = {"started",  "prepared",  "committed", "aborted",
-					    "incoming", "activated", "dropped",   "progress"};
-	return (unsigned)t < sizeof(names) / sizeof(names[0]) ? names[t] : "event";
-}
-
 /* "512 B", "12.0 KiB", "48.2 MiB", "1.50 GiB". */
 static const char *human_bytes(uint64_t n, char *buf, size_t len)
 {
@@ -232,7 +207,7 @@ static void json_num_field(FILE *out, const char *key, uint64_t value, bool *fir
 static void json_event(const mig_event *ev)
 {
 	bool first = true;
-	json_str_field(stdout, "event", event_name(ev->type), &first);
+	json_str_field(stdout, "event", mig_event_type_name(ev->type), &first);
 	json_str_field(stdout, "mid", ev->mid, &first);
 	json_str_field(stdout, "user", ev->user, &first);
 	json_str_field(stdout, "peer_url", ev->peer_url, &first);
@@ -262,7 +237,7 @@ static void print_user(const char *user, mig_user_state state, void *ud)
 {
 	struct users_out *o = ud;
 	if (!o->json) {
-		printf("%s\t%s\n", user, state_name(state));
+		printf("%s\t%s\n", user, mig_user_state_name(state));
 		return;
 	}
 	if (!o->first)
@@ -270,7 +245,7 @@ static void print_user(const char *user, mig_user_state state, void *ud)
 	o->first = false;
 	bool first = true;
 	json_str_field(stdout, "user", user, &first);
-	json_str_field(stdout, "state", state_name(state), &first);
+	json_str_field(stdout, "state", mig_user_state_name(state), &first);
 	fputc('}', stdout);
 }
 
@@ -286,7 +261,7 @@ static void print_status_json(const mig_ctl_engine_status *s)
 	bool ufirst = true;
 	json_num_field(stdout, "total", s->users, &ufirst);
 	for (int st = MIG_USER_ACTIVE; st <= MIG_USER_PARKED; st++)
-		json_num_field(stdout, state_name((mig_user_state)st), s->users_by_state[st],
+		json_num_field(stdout, mig_user_state_name((mig_user_state)st), s->users_by_state[st],
 			       &ufirst);
 	fputc('}', stdout);
 	json_key(stdout, "totals", &first);
@@ -483,7 +458,7 @@ static void on_migrate_event(const mig_event *ev, void *ud)
 	switch (ev->type) {
 	case MIG_EVENT_STARTED:
 	case MIG_EVENT_PREPARED:
-		printf("%s %s (migration %s)\n", event_name(ev->type), ev->user, ev->mid);
+		printf("%s %s (migration %s)\n", mig_event_type_name(ev->type), ev->user, ev->mid);
 		break;
 	case MIG_EVENT_PROGRESS:
 		printf("progress %s phase=%s round=%u bytes_sent=%" PRIu64
@@ -533,6 +508,39 @@ static int exit_for_request(int rc)
 	}
 }
 
+/* The library's reason for the last request's failure, or the code's text. */
+static const char *ctl_why(mig_ctl *ctl, int rc)
+{
+	return mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc);
+}
+
+/* The answer to a request that only succeeds or fails (cancel, replicate,
+ * promote): with --json one object {subject_key: arg, done_key: bool, code,
+ * error, reason}, else the library's text on success; a failure also goes
+ * to stderr. Returns the exit status. */
+static int report_outcome(mig_ctl *ctl, const char *cmd, const char *subject_key,
+			  const char *arg, const char *done_key, int rc, bool json)
+{
+	const char *why = ctl_why(ctl, rc);
+	if (json) {
+		bool first = true;
+		json_str_field(stdout, subject_key, arg, &first);
+		json_key(stdout, done_key, &first);
+		fputs(rc ? "false" : "true", stdout);
+		json_key(stdout, "code", &first);
+		fprintf(stdout, "%d", rc);
+		json_str_field(stdout, "error", rc ? mig_err_name(rc) : "", &first);
+		json_str_field(stdout, "reason", why, &first);
+		fputs("}\n", stdout);
+	} else if (!rc) {
+		printf("%s\n", why);
+	}
+	if (!rc)
+		return 0;
+	fprintf(stderr, "migratectl: %s %s: %s (%s)\n", cmd, arg, why, mig_err_name(rc));
+	return exit_for_request(rc);
+}
+
 static int do_migrate(mig_ctl *ctl, const char *user, const char *to, long timeout_s, bool json)
 {
 	struct progress p;
@@ -542,7 +550,7 @@ static int do_migrate(mig_ctl *ctl, const char *user, const char *to, long timeo
 	int rc = mig_ctl_migrate(ctl, user, to, (unsigned)(timeout_s * 1000), on_migrate_event, &p,
 				 &final);
 	end_bar(&p);
-	const char *why = mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc);
+	const char *why = ctl_why(ctl, rc);
 	if (json) {
 		if (!p.saw_final) {
 			/* Refused before it started, lost, or timed out: the last
@@ -592,7 +600,7 @@ static int print_event(const mig_event *ev, void *ud)
 	} else {
 		printf("%s user=%s mid=%s peer=%s bytes_sent=%llu bytes_received=%llu "
 		       "duration_ms=%.3f downtime_ms=%.3f",
-		       event_name(ev->type), ev->user, ev->mid, ev->peer_url,
+		       mig_event_type_name(ev->type), ev->user, ev->mid, ev->peer_url,
 		       (unsigned long long)ev->bytes_sent, (unsigned long long)ev->bytes_received,
 		       ev->duration_us / 1000.0, ev->downtime_us / 1000.0);
 		if (ev->phase && ev->phase[0])
@@ -765,73 +773,30 @@ int main(int argc, char **argv)
 		if (json)
 			fputs("]}\n", stdout);
 		if (rc < 0) {
-			fprintf(stderr, "migratectl: users: %s\n",
-				mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl)
-							   : mig_strerror(rc));
+			fprintf(stderr, "migratectl: users: %s\n", ctl_why(ctl, rc));
 			status = exit_for_request(rc);
 		}
 	} else if (strcmp(cmd, "status") == 0) {
 		bool j = json != 0;
 		rc = mig_ctl_status(ctl, print_status, &j);
 		if (rc) {
-			fprintf(stderr, "migratectl: status: %s\n",
-				mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl)
-							   : mig_strerror(rc));
+			fprintf(stderr, "migratectl: status: %s\n", ctl_why(ctl, rc));
 			status = exit_for_request(rc);
 		}
 	} else if (strcmp(cmd, "cancel") == 0) {
 		rc = mig_ctl_cancel(ctl, arg);
-		const char *why =
-			mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc);
-		if (json) {
-			bool first = true;
-			json_str_field(stdout, "target", arg, &first);
-			json_key(stdout, "canceled", &first);
-			fputs(rc ? "false" : "true", stdout);
-			json_key(stdout, "code", &first);
-			fprintf(stdout, "%d", rc);
-			json_str_field(stdout, "error", rc ? mig_err_name(rc) : "", &first);
-			json_str_field(stdout, "reason", why, &first);
-			fputs("}\n", stdout);
-		} else if (!rc) {
-			printf("%s\n", why);
-		}
-		if (rc) {
-			fprintf(stderr, "migratectl: cancel %s: %s (%s)\n", arg, why,
-				mig_err_name(rc));
-			status = exit_for_request(rc);
-		}
+		status = report_outcome(ctl, cmd, "target", arg, "canceled", rc, json != 0);
 	} else if (strcmp(cmd, "replicate") == 0 || strcmp(cmd, "promote") == 0) {
 		bool promote = strcmp(cmd, "promote") == 0;
 		rc = promote ? mig_ctl_promote(ctl, arg)
 			     : mig_ctl_replicate(ctl, arg, strcmp(to, "none") ? to : NULL, 0);
-		const char *why =
-			mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl) : mig_strerror(rc);
-		if (json) {
-			bool first = true;
-			json_str_field(stdout, "user", arg, &first);
-			json_key(stdout, promote ? "promoted" : "replicating", &first);
-			fputs(rc ? "false" : "true", stdout);
-			json_key(stdout, "code", &first);
-			fprintf(stdout, "%d", rc);
-			json_str_field(stdout, "error", rc ? mig_err_name(rc) : "", &first);
-			json_str_field(stdout, "reason", why, &first);
-			fputs("}\n", stdout);
-		} else if (!rc) {
-			printf("%s\n", why);
-		}
-		if (rc) {
-			fprintf(stderr, "migratectl: %s %s: %s (%s)\n", cmd, arg, why,
-				mig_err_name(rc));
-			status = exit_for_request(rc);
-		}
+		status = report_outcome(ctl, cmd, "user", arg, promote ? "promoted" : "replicating",
+					rc, json != 0);
 	} else if (strcmp(cmd, "watch") == 0) {
 		struct watch w = {count, json != 0};
 		rc = mig_ctl_watch(ctl, (int)(timeout_s * 1000), print_event, &w);
 		if (rc && !(rc == MIG_ETIMEDOUT && count <= 0)) {
-			fprintf(stderr, "migratectl: watch: %s\n",
-				mig_ctl_last_error(ctl)[0] ? mig_ctl_last_error(ctl)
-							   : mig_strerror(rc));
+			fprintf(stderr, "migratectl: watch: %s\n", ctl_why(ctl, rc));
 			status = exit_for_request(rc);
 		}
 	} else {

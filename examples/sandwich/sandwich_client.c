@@ -14,7 +14,15 @@
  *
  *   sandwich_client --server tcp://HOST:PORT --users u1,u2,...
  *                   [--interval-ms 100] [--hold 12,6,8] [--image-bytes 8192]
- *                   [--timeout 120]
+ *                   [--timeout 120] [--standby URL [--failover-ms 3000]]
+ *
+ * Failover (docs/FAILOVER.md): with --standby URL (the standby cloudlet's
+ * engine URL), the failover token each user's server hands over (a Standby
+ * message) goes to its reconnect helper with mig_client_set_standby(); when
+ * the server stays unreachable for --failover-ms and the user is promoted at
+ * the standby, the helper attaches there and the app connection follows
+ * (mig_client_app_url()). The standby resumes at its last replicated state:
+ * the frames and steps after it are sent and made again, and counted.
  *
  * User number i (from 0, in --users order) holds each item in view for
  * hold[i % n] frames; users 0, 3, ... first show cucumber, users 1, 4, ...
@@ -25,10 +33,18 @@
  * and at the end one line per user:
  *   summary user=U done=1 final_step=done steps=bread,ham,...,done
  *           corrections=N frames=N waits=N redirects=N cloudlets=A,B,A
- *           log_bytes=N log_fnv=HEX consistent=1
+ *           log_bytes=N log_fnv=HEX consistent=1 failovers=N
+ *           resumed_step=S resumed_frame=N steps_redone=N frames_redone=N
+ *           corrections_redone=N
  * where log_bytes and log_fnv describe exactly what STATE/<user>/frames.log
- * must hold (frames 1..frames, in order, once each). Exit status 0 when every
- * user finished. */
+ * must hold (frames 1..frames, in order, once each). After a failover,
+ * resumed_step is the step the standby resumed at and resumed_frame the
+ * first frame it expected; steps_redone and frames_redone are the loss
+ * (steps and frames the client had been answered before the failover and
+ * that were made again), corrections_redone the corrections given again;
+ * "steps" lists each step once, and a redone step that differs from the
+ * first run makes consistent=0 (resumed_step is "-" without failover).
+ * Exit status 0 when every user finished. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -92,6 +108,24 @@ struct cuser {
 	mig_client *helper;
 	bool helper_retired; /* freed after the current epoll batch */
 	bool follow;         /* redirected: move the app connection */
+	char engine_id[64];  /* the engine it was last attached to or sent to */
+	char standby_token[MIG_SESSION_TOKEN_MAX]; /* "" until the server sends one */
+	/* the token armed last, until a failover used it: if the old engine
+	 * itself turns the helper away because the user is not there (it let
+	 * go of the user when the standby superseded it), the client attaches
+	 * at the standby with it */
+	char armed_token[MIG_SESSION_TOKEN_MAX];
+	uint64_t standby_retry_at; /* monotonic ms; 0: no attempt due */
+
+	/* failover: the standby resumes at its replica, maybe behind us */
+	bool failing_over; /* attached at the standby: the next Welcome may go back */
+	int failovers;
+	int replay_pos;        /* steps[replay_pos] is the step being redone; -1: none */
+	uint64_t replay_until; /* frames up to this one are made again */
+	Sandwich__Step resumed_step;
+	uint64_t resumed_frame;
+	int steps_redone, corrections_redone;
+	uint64_t frames_redone;
 
 	/* what happened, for the summary */
 	Sandwich__Step steps[MAX_STEPS];
@@ -110,6 +144,8 @@ struct client {
 	int ep;
 	unsigned image_bytes;
 	unsigned interval_ms;
+	const char *standby_url; /* --standby */
+	unsigned failover_ms;
 };
 
 /* ---------------------------------------------------------------- output */
@@ -288,6 +324,41 @@ static void on_helper_state(mig_client *c, mig_client_state st, int error, const
 	struct cuser *u = ud;
 	say(u, "session", "state=%s error=%s detail=\"%s\"", mig_client_state_name(st),
 	    mig_err_name(error), detail);
+	if (st == MIG_CLIENT_FAILED && error == MIG_ENOUSER && u->armed_token[0] && !u->done)
+		u->standby_retry_at = sw_mono_ms(); /* the next tick: drive() */
+	if (st != MIG_CLIENT_ATTACHED)
+		return;
+	const char *engine = mig_client_engine_id(c), *app = mig_client_app_url(c);
+	if (u->engine_id[0] && strcmp(engine, u->engine_id) != 0 && !u->done) {
+		/* Attached at another engine without a redirect: the helper
+		 * failed over to the standby, which promoted the user. The app
+		 * connection goes there too. */
+		u->failovers++;
+		u->failing_over = true;
+		u->armed_token[0] = '\0'; /* used up */
+		u->standby_retry_at = 0;
+		say(u, "failover", "to=%s app=%s", engine, app[0] ? app : "-");
+		if (app[0])
+			snprintf(u->app_url, sizeof(u->app_url), "%s", app);
+		u->follow = true;
+	}
+	snprintf(u->engine_id, sizeof(u->engine_id), "%s", engine);
+}
+
+/* The server's failover token for its standby: armed in the helper. */
+static void arm_standby(struct client *cl, struct cuser *u)
+{
+	if (!cl->standby_url || !u->helper || !u->standby_token[0])
+		return;
+	int rc = mig_client_set_standby(u->helper, cl->standby_url, u->standby_token,
+					cl->failover_ms);
+	if (rc) {
+		say(u, "error", "reason=\"standby: %s\"", mig_strerror(rc));
+	} else {
+		say(u, "standby", "url=%s after_ms=%u", cl->standby_url, cl->failover_ms);
+		memcpy(u->armed_token, u->standby_token, sizeof(u->armed_token));
+	}
+	u->standby_token[0] = '\0';
 }
 
 /* The user now lives at another cloudlet: the app connection goes there. */
@@ -296,6 +367,7 @@ static void on_redirect(mig_client *c, const mig_client_redirect *r, void *ud)
 	struct cuser *u = ud;
 	u->redirects++;
 	say(u, "redirect", "to=%s app=%s", r->engine_id, r->app_url[0] ? r->app_url : "-");
+	snprintf(u->engine_id, sizeof(u->engine_id), "%s", r->engine_id);
 	if (r->app_url[0])
 		snprintf(u->app_url, sizeof(u->app_url), "%s", r->app_url);
 	u->follow = true; /* the main loop moves the connection: follow_redirect() */
@@ -326,7 +398,31 @@ static void on_welcome(struct client *cl, struct cuser *u, const Sandwich__Welco
 	u->welcomed = true;
 	u->hello_in_flight = false;
 	note_cloudlet(u, w->cloudlet);
-	note_step(u, w->step, false);
+	if (u->failing_over && w->next_frame_id >= 1) {
+		/* The standby's replica: what was answered after it is lost
+		 * and made again (the script is the same frame by frame). */
+		u->failing_over = false;
+		u->resumed_step = w->step;
+		u->resumed_frame = w->next_frame_id;
+		int pos = -1;
+		for (int i = 0; i < u->nsteps; i++)
+			if (u->steps[i] == w->step)
+				pos = i;
+		if (w->next_frame_id - 1 < u->acked) {
+			u->frames_redone += u->acked - (w->next_frame_id - 1);
+			u->replay_until = u->acked;
+			u->acked = w->next_frame_id - 1;
+			if (pos >= 0) {
+				u->steps_redone += u->nsteps - 1 - pos;
+				u->replay_pos = pos < u->nsteps - 1 ? pos : -1;
+			}
+		}
+		say(u, "failover-resumed",
+		    "step=%s next_frame=%" PRIu64 " frames_redone=%" PRIu64 " steps_redone=%d",
+		    sw_step_name(w->step), w->next_frame_id, u->frames_redone, u->steps_redone);
+	}
+	if (u->replay_pos < 0)
+		note_step(u, w->step, false);
 	if (w->next_frame_id < 1 || w->next_frame_id - 1 < u->acked) {
 		/* the server forgot frames it acknowledged: a reset */
 		say(u, "error", "reason=\"server expects frame %" PRIu64 " after %" PRIu64 "\"",
@@ -350,6 +446,8 @@ static void on_welcome(struct client *cl, struct cuser *u, const Sandwich__Welco
 		o.on_state = on_helper_state;
 		o.on_redirect = on_redirect;
 		o.user_data = u;
+		if (cl->standby_url) /* a promoted standby is found within a second */
+			o.backoff_max_ms = 1000;
 		int rc = mig_client_new(&u->helper, &o);
 		if (rc) {
 			say(u, "error", "reason=\"reconnect helper: %s\"", mig_strerror(rc));
@@ -358,6 +456,7 @@ static void on_welcome(struct client *cl, struct cuser *u, const Sandwich__Welco
 		u->helper_w = (struct watch){W_HELPER, u};
 		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &u->helper_w};
 		epoll_ctl(cl->ep, EPOLL_CTL_ADD, mig_client_fd(u->helper), &ev);
+		arm_standby(cl, u);
 	} else if (u->helper && mig_client_get_state(u->helper) == MIG_CLIENT_FAILED &&
 		   w->session_token[0]) {
 		mig_client_attach(u->helper, w->session_url, w->session_token);
@@ -386,14 +485,37 @@ static void on_instruction(struct client *cl, struct cuser *u, const Sandwich__I
 		    now - u->gap_from_ms);
 		u->gap_from_ms = 0;
 	}
-	if (in->kind == SANDWICH__KIND__KIND_STEP) {
+	bool redo = in->frame_id <= u->replay_until;
+	if (in->kind == SANDWICH__KIND__KIND_STEP && u->replay_pos >= 0) {
+		/* Made again after a failover: the same step as the first time. */
+		if (u->steps[u->replay_pos + 1] != in->step) {
+			say(u, "error", "reason=\"step %s redone after failover, expected %s\"",
+			    sw_step_name(in->step), sw_step_name(u->steps[u->replay_pos + 1]));
+			u->consistent = false;
+		}
+		if (++u->replay_pos >= u->nsteps - 1)
+			u->replay_pos = -1;
+		say(u, "step", "step=%s frame=%" PRIu64 " redone=1 text=\"%s\"",
+		    sw_step_name(in->step), in->frame_id, in->text);
+	} else if (in->kind == SANDWICH__KIND__KIND_STEP) {
 		note_step(u, in->step, true);
 		say(u, "step", "step=%s frame=%" PRIu64 " text=\"%s\"", sw_step_name(in->step),
 		    in->frame_id, in->text);
 	} else if (in->kind == SANDWICH__KIND__KIND_CORRECTION) {
-		u->corrections++;
+		if (redo)
+			u->corrections_redone++;
+		else
+			u->corrections++;
 		say(u, "correction", "step=%s frame=%" PRIu64 " text=\"%s\"",
 		    sw_step_name(in->step), in->frame_id, in->text);
+	}
+	if (!redo && u->replay_pos >= 0) {
+		/* Past the frames answered before the failover, and a step
+		 * answered then was not made again. */
+		say(u, "error", "reason=\"frame %" PRIu64 ": step %s not redone after failover\"",
+		    in->frame_id, sw_step_name(u->steps[u->replay_pos + 1]));
+		u->consistent = false;
+		u->replay_pos = -1;
 	}
 	if (in->step == SANDWICH__STEP__STEP_DONE) {
 		u->done = true;
@@ -466,6 +588,15 @@ static void sock_read(struct client *cl, struct cuser *u)
 		case SANDWICH__SERVER_MSG__BODY_WAIT:
 			on_wait(cl, u, m->wait);
 			break;
+		case SANDWICH__SERVER_MSG__BODY_STANDBY:
+			/* A failover token for the server's standby. */
+			if (m->standby->failover_token &&
+			    strlen(m->standby->failover_token) < sizeof(u->standby_token)) {
+				snprintf(u->standby_token, sizeof(u->standby_token), "%s",
+					 m->standby->failover_token);
+				arm_standby(cl, u);
+			}
+			break;
 		case SANDWICH__SERVER_MSG__BODY_MOVED:
 			/* The user left this cloudlet: the redirect says where to. */
 			say(u, "moved", "reason=\"%s\"", m->moved->reason);
@@ -515,6 +646,16 @@ static void sock_writable(struct client *cl, struct cuser *u)
 /* What each user does now: connect, say Hello, or send the next frame. */
 static void drive(struct client *cl, struct cuser *u, uint64_t now)
 {
+	if (u->standby_retry_at && now >= u->standby_retry_at && u->helper && !u->done &&
+	    mig_client_get_state(u->helper) == MIG_CLIENT_FAILED) {
+		/* The engine turned the helper away: the user is not served
+		 * there any more. Try the standby (until it promotes the user,
+		 * it refuses without using the token up). */
+		say(u, "standby-attach", "url=%s reason=\"%s\"", cl->standby_url,
+		    mig_client_last_error(u->helper));
+		u->standby_retry_at = now + (cl->failover_ms ? cl->failover_ms : 3000);
+		mig_client_attach(u->helper, cl->standby_url, u->armed_token);
+	}
 	if (u->done || u->stuck || now < u->retry_at)
 		return;
 	if (u->fd < 0)
@@ -562,10 +703,13 @@ static void summary(const struct cuser *u, unsigned image_bytes)
 	free(img);
 	printf("summary user=%s done=%d final_step=%s steps=%s corrections=%d frames=%" PRIu64
 	       " waits=%d redirects=%d cloudlets=%s log_bytes=%" PRIu64 " log_fnv=%016" PRIx64
-	       " consistent=%d\n",
+	       " consistent=%d failovers=%d resumed_step=%s resumed_frame=%" PRIu64
+	       " steps_redone=%d frames_redone=%" PRIu64 " corrections_redone=%d\n",
 	       u->id, u->done, u->nsteps ? sw_step_name(u->steps[u->nsteps - 1]) : "-",
 	       steps[0] ? steps : "-", u->corrections, u->acked, u->waits, u->redirects,
-	       u->cloudlets[0] ? u->cloudlets : "-", bytes, h, u->consistent);
+	       u->cloudlets[0] ? u->cloudlets : "-", bytes, h, u->consistent, u->failovers,
+	       u->failovers ? sw_step_name(u->resumed_step) : "-", u->resumed_frame,
+	       u->steps_redone, u->frames_redone, u->corrections_redone);
 }
 
 static void retire_helpers(struct client *cl)
@@ -584,7 +728,8 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: sandwich_client --server tcp://HOST:PORT --users u1,u2,...\n"
 			"                       [--interval-ms 100] [--hold 12,6,8] "
-			"[--image-bytes 8192] [--timeout 120]\n");
+			"[--image-bytes 8192] [--timeout 120]\n"
+			"                       [--standby URL [--failover-ms 3000]]\n");
 	exit(2);
 }
 
@@ -601,6 +746,8 @@ int main(int argc, char **argv)
 		{"hold", required_argument, NULL, 'h'},
 		{"image-bytes", required_argument, NULL, 'b'},
 		{"timeout", required_argument, NULL, 't'},
+		{"standby", required_argument, NULL, 'S'},
+		{"failover-ms", required_argument, NULL, 'f'},
 		{NULL, 0, NULL, 0},
 	};
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -623,12 +770,26 @@ int main(int argc, char **argv)
 		case 't':
 			timeout_s = (unsigned)atoi(optarg);
 			break;
+		case 'S':
+			cl.standby_url = optarg;
+			break;
+		case 'f':
+			cl.failover_ms = (unsigned)atoi(optarg);
+			break;
 		default:
 			usage();
 		}
 	}
 	char host[128];
 	int port;
+	if (cl.standby_url && strncmp(cl.standby_url, "ws://", 5) != 0 &&
+	    strncmp(cl.standby_url, "wss://", 6) != 0) {
+		fprintf(stderr,
+			"sandwich_client: --standby needs an engine URL (ws://HOST:PORT or "
+			"wss://...), not \"%s\"\n",
+			cl.standby_url);
+		usage();
+	}
 	if (!server || !users || optind != argc || cl.interval_ms == 0 ||
 	    cl.image_bytes > SW_MAX_MSG / 2 || sw_parse_tcp_url(server, host, sizeof(host), &port))
 		usage();
@@ -656,6 +817,7 @@ int main(int argc, char **argv)
 		u->fd = -1;
 		u->next_frame = 1;
 		u->consistent = true;
+		u->replay_pos = -1;
 		u->sock_w = (struct watch){W_SOCK, u};
 		if (make_script(u, k, holds[k % nholds]) < 0)
 			return 1;

@@ -17,10 +17,21 @@
  *
  *   sandwich_server --id NAME --secret-file FILE --state DIR
  *                   [--port P] [--app-port P] [--listen ADDRESS]
+ *                   [--standby URL [--replicate-ms N] [--no-replicate-steps]]
+ *                   [--auto-promote-ms N]
  *
  * Prints "url <engine url>" and "app <app url>" first, then one line per
  * event, "<wall clock> <cloudlet> <what> <user> key=value...", and on
  * SIGTERM/SIGINT one "final" line per user it holds.
+ *
+ * Failover (docs/FAILOVER.md): with --standby URL (another sandwich_server's
+ * engine URL) every user served here is replicated to that standby every
+ * --replicate-ms (default 1000), and at once after each step unless
+ * --no-replicate-steps; its client gets a failover token for the standby
+ * (a Standby message). A standby is an ordinary sandwich_server; promote a
+ * user there with `migratectl promote`, or let it promote by itself with
+ * --auto-promote-ms N (opt-in: see the split-brain caveat). Each
+ * acknowledged update prints "replicated <user> seq=N step=S frame=N ...".
  *
  * Built with -DSANDWICH_NO_MIGRATE (examples/meson.build makes it
  * sandwich_server_plain, for bench/bench_sandwich.sh), every libmigrate call
@@ -50,12 +61,16 @@
 
 #ifndef SANDWICH_NO_MIGRATE
 #include <migrate/migrate.h>
+#include <migrate/replicate.h>
 #endif
 
 #include "sandwich.h"
 
 #define NBUCKETS 1024
 #define RETRY_MS 100 /* what a paused user's client is told to wait */
+/* A failover token lives session_token_ttl_s (600 s by default): the
+ * client gets a fresh one at the first acknowledged update after this. */
+#define FAILOVER_TOKEN_REFRESH_US (300ull * 1000000u)
 
 enum watch_kind {
 	W_LISTEN,
@@ -88,9 +103,16 @@ struct user {
 	uint32_t mistakes;
 	char last_label[32];
 	/* the app's own view */
-	bool serving;      /* frames advance it here */
-	struct conn *conn; /* its client, if connected */
-	struct user *next; /* hash chain */
+	bool serving; /* frames advance it here */
+	/* failover (--standby): what the last replication extract saw (the
+	 * update in flight is the last one extracted: the library sends one at
+	 * a time), and when the client last got a failover token */
+	Sandwich__Step repl_step;
+	uint64_t repl_frame;
+	uint64_t token_us;  /* 0: none handed out yet */
+	bool replica_acked; /* the standby answered: a token can be minted */
+	struct conn *conn;  /* its client, if connected */
+	struct user *next;  /* hash chain */
 };
 
 struct server {
@@ -98,6 +120,9 @@ struct server {
 	const char *root; /* file domain root: ROOT/<user>/frames.log */
 #ifndef SANDWICH_NO_MIGRATE
 	mig_engine *engine;
+	const char *standby_url; /* --standby: replicate every user there */
+	unsigned replicate_ms;   /* 0: the library's default */
+	bool replicate_steps;    /* also replicate at once after each step */
 #endif
 	int ep;
 	struct watch listener, engine_w, signal_w;
@@ -279,6 +304,11 @@ static void send_moved(struct server *s, struct conn *c, const char *user, const
 	conn_send(s, c, &m);
 }
 
+#ifndef SANDWICH_NO_MIGRATE
+static void replicate_user(struct server *s, struct user *u);
+static void send_standby(struct server *s, struct user *u);
+#endif
+
 /* ---------------------------------------------------------------- the app */
 
 static int write_all(int fd, const void *data, size_t len)
@@ -398,6 +428,9 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 #endif
 		u->serving = true;
 		say(s, "new", u->id, "step=%s", sw_step_name(u->step));
+#ifndef SANDWICH_NO_MIGRATE
+		replicate_user(s, u);
+#endif
 	}
 	if (!u->serving) { /* paused (leaving) or not yet activated (arriving) */
 		send_wait(s, c, 0, "moving between cloudlets", 0);
@@ -432,6 +465,10 @@ static void on_hello(struct server *s, struct conn *c, const Sandwich__Hello *h)
 	say(s, "hello", u->id, "step=%s next_frame=%" PRIu64, sw_step_name(u->step),
 	    w.next_frame_id);
 	conn_send(s, c, &m);
+#ifndef SANDWICH_NO_MIGRATE
+	if (u->replica_acked)
+		send_standby(s, u); /* a new connection: its failover token */
+#endif
 }
 
 static void on_frame(struct server *s, struct conn *c, const Sandwich__Frame *f)
@@ -468,12 +505,19 @@ static void on_frame(struct server *s, struct conn *c, const Sandwich__Frame *f)
 		kind = assist(u, f->label, &text);
 		u->frames_seen++;
 		u->last_frame_id = f->frame_id;
-		if (kind == SANDWICH__KIND__KIND_STEP)
+		if (kind == SANDWICH__KIND__KIND_STEP) {
 			say(s, "step", u->id, "step=%s frame=%" PRIu64, sw_step_name(u->step),
 			    f->frame_id);
-		else if (kind == SANDWICH__KIND__KIND_CORRECTION)
+#ifndef SANDWICH_NO_MIGRATE
+			/* A step is what the user would redo after a failover:
+			 * send it to the standby now, not at the next interval. */
+			if (s->standby_url && s->replicate_steps)
+				mig_replicate_now(s->engine, u->id);
+#endif
+		} else if (kind == SANDWICH__KIND__KIND_CORRECTION) {
 			say(s, "correction", u->id, "step=%s frame=%" PRIu64, sw_step_name(u->step),
 			    f->frame_id);
+		}
 	}
 	Sandwich__Instruction in = SANDWICH__INSTRUCTION__INIT;
 	in.step = u->step;
@@ -558,6 +602,10 @@ static int extract_progress(mig_engine *e, const char *user, mig_buf *out, void 
 	struct user *u = user_find(ud, user);
 	if (!u)
 		return -1;
+	if (u->serving) { /* replication (a migration extracts after pause) */
+		u->repl_step = u->step;
+		u->repl_frame = u->last_frame_id;
+	}
 	Sandwich__Progress p = SANDWICH__PROGRESS__INIT;
 	p.step = u->step;
 	p.last_instruction = u->text;
@@ -640,13 +688,86 @@ static int on_incoming(mig_engine *e, const char *user, void *ud)
 	return user_new(s, user) ? 0 : -1; /* inactive: serving is false */
 }
 
+/* Cuts `path` at the first record (frames.log) or line (frames.idx) of a
+ * frame after `last`. Returns the number of frames cut, with the first and
+ * last of them in *from and *to; -1 if the file is unreadable or malformed
+ * (then it is left as it is); *end receives the last frame id it holds. */
+static int cut_after(const char *path, bool log, uint64_t last, uint64_t *from, uint64_t *to,
+		     uint64_t *end)
+{
+	FILE *f = fopen(path, "r+e");
+	if (!f)
+		return errno == ENOENT ? 0 : -1;
+	char line[160];
+	off_t cut = -1;
+	int n = 0, rc = 0;
+	for (;;) {
+		off_t off = ftello(f);
+		if (!fgets(line, sizeof(line), f))
+			break;
+		uint64_t id, len = 0;
+		char label[32];
+		if (!strchr(line, '\n') ||
+		    (log ? sscanf(line, "frame %" SCNu64 " %31s %" SCNu64, &id, label, &len) != 3
+			 : sscanf(line, "%" SCNu64, &id) != 1) ||
+		    (log && (len > SW_MAX_MSG || fseeko(f, (off_t)len + 1, SEEK_CUR) < 0))) {
+			rc = -1;
+			break;
+		}
+		*end = id;
+		if (id > last) {
+			if (cut < 0) {
+				cut = off;
+				*from = id;
+			}
+			*to = id;
+			n++;
+		}
+	}
+	if (rc == 0 && cut >= 0 && ftruncate(fileno(f), cut) < 0)
+		rc = -1;
+	fclose(f);
+	return rc ? rc : n;
+}
+
+/* A promoted user's files come from the standby's replica, whose files can
+ * be a little ahead of its progress (the library reads the files after it
+ * extracted the light state, while the user was served). The progress is
+ * the commit point: frames after last_frame_id are cut, and the client sends
+ * them again. Files behind the progress cannot be mended: said, not hidden.
+ * After a migration (the user was paused) nothing is ever cut. */
+static void reconcile_frames(struct server *s, struct user *u)
+{
+	char path[PATH_MAX + 16];
+	const char *names[] = {"frames.log", "frames.idx"};
+	for (int i = 0; i < 2; i++) {
+		uint64_t from = 0, to = 0, end = 0;
+		snprintf(path, sizeof(path), "%s/%s/%s", s->root, u->id, names[i]);
+		int n = cut_after(path, i == 0, u->last_frame_id, &from, &to, &end);
+		if (n < 0)
+			say(s, "error", u->id, "%s: unreadable or malformed: left as it is",
+			    names[i]);
+		else if (n > 0)
+			say(s, "trimmed", u->id,
+			    "file=%s frames=%" PRIu64 "..%" PRIu64 " last_frame=%" PRIu64
+			    " reason=\"ahead of the progress\"",
+			    names[i], from, to, u->last_frame_id);
+		else if (end < u->last_frame_id)
+			say(s, "error", u->id,
+			    "%s ends at frame %" PRIu64 ", the progress is at frame %" PRIu64,
+			    names[i], end, u->last_frame_id);
+	}
+}
+
 static void on_activate(mig_engine *e, const char *user, void *ud)
 {
 	struct user *u = user_find(ud, user);
 	if (!u)
 		return;
+	reconcile_frames(ud, u);
 	u->serving = true;
 	say(ud, "activate", user, "step=%s frames=%" PRIu64, sw_step_name(u->step), u->frames_seen);
+	replicate_user(ud, u); /* arrived (migration or promotion): replicate it too */
 }
 
 static void on_drop(mig_engine *e, const char *user, void *ud)
@@ -675,6 +796,92 @@ static void on_event(mig_engine *e, const mig_event *ev, void *ud)
 		    ev->reason);
 		break;
 	default:
+		break;
+	}
+}
+
+/* ---------------------------------------------------------------- libmigrate: failover */
+
+/* --standby: keep the standby's copy of the user's progress up to date. */
+static void replicate_user(struct server *s, struct user *u)
+{
+	if (!s->standby_url)
+		return;
+	mig_replicate_options ro = {.interval_ms = s->replicate_ms};
+	u->replica_acked = false;
+	u->token_us = 0;
+	int rc = mig_replicate(s->engine, u->id, s->standby_url, &ro);
+	if (rc)
+		say(s, "error", u->id, "cannot replicate to %s: %s", s->standby_url,
+		    mig_strerror(rc));
+}
+
+/* Hands the user's client a failover token for the standby (its reconnect
+ * helper attaches there with it if this cloudlet dies). */
+static void send_standby(struct server *s, struct user *u)
+{
+	char token[MIG_SESSION_TOKEN_MAX];
+	if (!u->conn || u->conn->closing)
+		return;
+	int rc = mig_replica_failover_token(s->engine, u->id, token, sizeof(token));
+	if (rc) {
+		say(s, "error", u->id, "no failover token: %s", mig_strerror(rc));
+		return;
+	}
+	Sandwich__Standby sb = SANDWICH__STANDBY__INIT;
+	sb.user = u->id;
+	sb.failover_token = token;
+	Sandwich__ServerMsg m = SANDWICH__SERVER_MSG__INIT;
+	m.body_case = SANDWICH__SERVER_MSG__BODY_STANDBY;
+	m.standby = &sb;
+	u->token_us = (uint64_t)(sw_wall() * 1e6);
+	conn_send(s, u->conn, &m);
+}
+
+static void on_replica(mig_engine *e, const mig_replica_event *ev, void *ud)
+{
+	struct server *s = ud;
+	struct user *u = user_find(s, ev->user);
+	switch (ev->type) {
+	case MIG_REPLICA_ACKED:
+		/* The standby holds this update: a failover resumes here or later. */
+		say(s, "replicated", ev->user,
+		    "seq=%" PRIu64 " step=%s frame=%" PRIu64 " bytes=%" PRIu64 " lag_us=%" PRIu64,
+		    ev->seq, u ? sw_step_name(u->repl_step) : "-", u ? u->repl_frame : 0, ev->bytes,
+		    ev->lag_us);
+		if (u && (!u->replica_acked || !u->token_us ||
+			  (uint64_t)(sw_wall() * 1e6) - u->token_us > FAILOVER_TOKEN_REFRESH_US)) {
+			u->replica_acked = true;
+			send_standby(s, u);
+		}
+		break;
+	case MIG_REPLICA_REFUSED:
+		say(s, "replica-refused", ev->user, "seq=%" PRIu64 " error=%s reason=\"%s\"",
+		    ev->seq, mig_err_name(ev->error), ev->reason);
+		break;
+	case MIG_REPLICA_SUPERSEDED:
+		/* Promoted at the standby while we were away: the library ran
+		 * pause and release here (on_release closed the client). */
+		say(s, "superseded", ev->user, "epoch=%" PRIu64 " by=%s", ev->epoch, ev->peer_url);
+		break;
+	case MIG_REPLICA_STOPPED:
+		say(s, "replica-stopped", ev->user, "seq=%" PRIu64 " reason=\"%s\"", ev->seq,
+		    ev->reason);
+		break;
+	case MIG_REPLICA_INSTALLED: /* standby: one line per update would flood the log */
+		break;
+	case MIG_REPLICA_REJECTED:
+		say(s, "replica-rejected", ev->user, "seq=%" PRIu64 " error=%s reason=\"%s\"",
+		    ev->seq, mig_err_name(ev->error), ev->reason);
+		break;
+	case MIG_REPLICA_PROMOTED:
+		say(s, "promoted", ev->user,
+		    "epoch=%" PRIu64 " seq=%" PRIu64 " replica_age_us=%" PRIu64, ev->epoch, ev->seq,
+		    ev->lag_us);
+		break;
+	case MIG_REPLICA_PROMOTE_FAILED:
+		say(s, "promote-failed", ev->user, "error=%s reason=\"%s\"",
+		    mig_err_name(ev->error), ev->reason);
 		break;
 	}
 }
@@ -708,9 +915,12 @@ static int listen_tcp(const char *address, int port, int *bound_port)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: sandwich_server --id NAME --secret-file FILE --state DIR\n"
-			"                       [--port P] [--app-port P] [--listen ADDRESS]\n"
-			"                       [--worker-nice N]\n");
+	fprintf(stderr,
+		"usage: sandwich_server --id NAME --secret-file FILE --state DIR\n"
+		"                       [--port P] [--app-port P] [--listen ADDRESS]\n"
+		"                       [--worker-nice N]\n"
+		"                       [--standby URL [--replicate-ms N] [--no-replicate-steps]]\n"
+		"                       [--auto-promote-ms N]\n");
 	exit(2);
 }
 
@@ -719,6 +929,9 @@ int main(int argc, char **argv)
 	static struct server s; /* large (hash table): not on the stack */
 	const char *secret_file = NULL, *listen_address = "127.0.0.1";
 	int port = 0, app_port = 0, worker_nice = 0, opt;
+	int replicate_ms = 0, auto_promote_ms = 0;
+	const char *standby_url = NULL;
+	bool replicate_steps = true;
 	static const struct option longopts[] = {
 		{"id", required_argument, NULL, 'i'},
 		{"secret-file", required_argument, NULL, 's'},
@@ -727,6 +940,10 @@ int main(int argc, char **argv)
 		{"app-port", required_argument, NULL, 'a'},
 		{"listen", required_argument, NULL, 'l'},
 		{"worker-nice", required_argument, NULL, 'n'}, /* engine option worker_nice */
+		{"standby", required_argument, NULL, 'S'},
+		{"replicate-ms", required_argument, NULL, 'r'},
+		{"no-replicate-steps", no_argument, NULL, 'N'},
+		{"auto-promote-ms", required_argument, NULL, 'P'},
 		{NULL, 0, NULL, 0},
 	};
 	while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -752,13 +969,49 @@ int main(int argc, char **argv)
 		case 'n':
 			worker_nice = atoi(optarg);
 			break;
+		case 'S':
+			standby_url = optarg;
+			break;
+		case 'r':
+			replicate_ms = atoi(optarg);
+			break;
+		case 'N':
+			replicate_steps = false;
+			break;
+		case 'P':
+			auto_promote_ms = atoi(optarg);
+			break;
 		default:
 			usage();
 		}
 	}
 #ifndef SANDWICH_NO_MIGRATE
+	if (standby_url && strncmp(standby_url, "ws://", 5) != 0 &&
+	    strncmp(standby_url, "wss://", 6) != 0) {
+		fprintf(stderr,
+			"sandwich_server: --standby needs the standby's engine URL "
+			"(ws://HOST:PORT or wss://...), not \"%s\"\n",
+			standby_url);
+		usage();
+	}
+	if (replicate_ms < 0 || (replicate_ms && (replicate_ms < 10 || replicate_ms > 3600000))) {
+		fprintf(stderr, "sandwich_server: --replicate-ms must be 10..3600000\n");
+		usage();
+	}
+	if ((replicate_ms || !replicate_steps) && !standby_url) {
+		fprintf(stderr, "sandwich_server: --replicate-ms and --no-replicate-steps need "
+				"--standby\n");
+		usage();
+	}
+	if (auto_promote_ms < 0) {
+		fprintf(stderr, "sandwich_server: --auto-promote-ms must be 0 (off) or more\n");
+		usage();
+	}
 	if (!s.name || !secret_file || !s.root || optind != argc)
 		usage();
+	s.standby_url = standby_url;
+	s.replicate_ms = (unsigned)replicate_ms;
+	s.replicate_steps = replicate_steps;
 	char secret[256];
 	size_t secret_len = 0;
 	if (sw_read_secret(secret_file, secret, sizeof(secret), &secret_len)) {
@@ -769,6 +1022,10 @@ int main(int argc, char **argv)
 	(void)port; /* --port, --secret-file, --worker-nice: accepted, unused */
 	(void)secret_file;
 	(void)worker_nice;
+	(void)replicate_ms; /* failover options: accepted, unused */
+	(void)auto_promote_ms;
+	(void)standby_url;
+	(void)replicate_steps;
 	if (!s.name || !s.root || optind != argc)
 		usage();
 #endif
@@ -828,6 +1085,8 @@ int main(int argc, char **argv)
 	if ((rc = mig_light_domain_register(s.engine, &progress, &s)) ||
 	    (rc = mig_file_domain_register(s.engine, &frames)) ||
 	    (rc = mig_engine_set_hooks(s.engine, &hooks, &s)) ||
+	    (rc = mig_replica_set_handler(s.engine, on_replica, &s)) ||
+	    (rc = mig_replica_set_auto_promote(s.engine, (unsigned)auto_promote_ms)) ||
 	    (rc = mig_engine_start(s.engine))) {
 		fprintf(stderr, "sandwich_server: %s: %s\n", mig_strerror(rc),
 			mig_engine_last_error(s.engine));

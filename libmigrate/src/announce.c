@@ -89,23 +89,9 @@ static void send_announce(mig_engine *e, struct mig__announce *a)
 
 static void send_heartbeat(mig_engine *e, struct mig__announce *a, uint64_t now)
 {
-	uint32_t counts[MIG_USER_PARKED + 1] = {0};
-	for (size_t b = 0; b < e->users.nbuckets; b++)
-		for (mig__user *u = e->users.buckets[b]; u; u = u->next)
-			if ((unsigned)u->state <= MIG_USER_PARKED)
-				counts[u->state]++;
 	Migwire__UserCount uc[MIG_USER_PARKED + 1];
 	Migwire__UserCount *ucp[MIG_USER_PARKED + 1];
-	size_t nu = 0;
-	for (int st = 0; st <= MIG_USER_PARKED; st++) {
-		if (!counts[st])
-			continue;
-		migwire__user_count__init(&uc[nu]);
-		uc[nu].state = (Migwire__UserState)st;
-		uc[nu].count = counts[st];
-		ucp[nu] = &uc[nu];
-		nu++;
-	}
+	size_t nu = mig__users_count_states(&e->users, uc, ucp);
 	uint32_t running = 0;
 	for (struct mig_migration *m = e->migrations; m; m = m->next)
 		if (m->phase != MIG__DONE)

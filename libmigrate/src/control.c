@@ -140,23 +140,9 @@ static void status(mig_engine *e, uint64_t conn, uint32_t request_id)
 		mp[i] = s;
 		i++;
 	}
-	uint32_t counts[MIG_USER_PARKED + 1] = {0};
-	for (size_t b = 0; b < e->users.nbuckets; b++)
-		for (mig__user *u = e->users.buckets[b]; u; u = u->next)
-			if ((unsigned)u->state <= MIG_USER_PARKED)
-				counts[u->state]++;
 	Migwire__UserCount uc[MIG_USER_PARKED + 1];
 	Migwire__UserCount *ucp[MIG_USER_PARKED + 1];
-	size_t nu = 0;
-	for (int st = 0; st <= MIG_USER_PARKED; st++) {
-		if (!counts[st])
-			continue;
-		migwire__user_count__init(&uc[nu]);
-		uc[nu].state = (Migwire__UserState)st;
-		uc[nu].count = counts[st];
-		ucp[nu] = &uc[nu];
-		nu++;
-	}
+	size_t nu = mig__users_count_states(&e->users, uc, ucp);
 	Migwire__StatusReply r = MIGWIRE__STATUS_REPLY__INIT;
 	r.request_id = request_id;
 	r.engine_id = e->engine_id;
@@ -193,6 +179,11 @@ static void cancel(mig_engine *e, uint64_t conn, const Migwire__CancelRequest *r
 	struct mig_migration *m = NULL;
 	if (r->mid && *r->mid) {
 		m = mig__handoff_find(e, r->mid);
+		if (!m && mig__outcomes_find(&e->outcomes, r->mid)) {
+			snprintf(why, sizeof(why), "migration %s has ended", r->mid);
+			reply(e, conn, r->request_id, MIG_ESTATE, why, NULL);
+			return;
+		}
 		if (!m) {
 			/* A user id may look like a migration id. */
 			mig__user *u = mig__users_find(&e->users, r->mid);

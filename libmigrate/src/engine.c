@@ -129,6 +129,7 @@ static void engine_release(mig_engine *e)
 	 * then stop the transport. */
 	for (struct mig_migration *m = e->migrations; m; m = m->next)
 		mig__xfer_end(e, m, false);
+	mig__replica_stop(e); /* its strands, before the pool goes */
 	mig__strand_release(e->maint);
 	e->maint = NULL;
 	mig__workers_free(e->workers);
@@ -920,8 +921,13 @@ MIG_EXPORT int mig_migration_wait(mig_migration *m, int timeout_ms)
 	uint64_t end = timeout_ms >= 0 ? mig__now_us() + (uint64_t)timeout_ms * 1000u : 0;
 	for (;;) {
 		mig_engine *e = m->engine;
-		if (!e)
-			return m->state == MIG_MIGRATION_COMMITTED ? 0 : (m->error ? m->error : MIG_ECLOSED);
+		if (!e) { /* ended and retired, or the engine is freed */
+			if (m->state == MIG_MIGRATION_COMMITTED)
+				return 0;
+			if (m->state == MIG_MIGRATION_ABORTED)
+				return m->error ? m->error : MIG_ECANCELED;
+			return m->error ? m->error : MIG_ECLOSED;
+		}
 		pthread_mutex_lock(&e->lock);
 		mig_migration_state state = m->state;
 		int error = m->error;
@@ -950,9 +956,11 @@ MIG_EXPORT int mig_migration_wait(mig_migration *m, int timeout_ms)
 
 MIG_EXPORT int mig_migration_cancel(mig_migration *m)
 {
-	if (!m || !m->engine)
+	if (!m)
 		return MIG_EINVAL;
 	mig_engine *e = m->engine;
+	if (!e) /* the engine let go of it: it ended, or the engine is freed */
+		return m->phase == MIG__DONE ? MIG_ESTATE : MIG_EINVAL;
 	int rc = 0;
 	pthread_mutex_lock(&e->lock);
 	if (m->state != MIG_MIGRATION_RUNNING || m->phase == MIG__SRC_COMMIT ||

@@ -16,6 +16,7 @@
 #include "common.h"
 #include "auth.h"
 #include "evq.h"
+#include "outcome.h"
 #include "token.h"
 #include "transport.h"
 #include "wire.h"
@@ -94,6 +95,7 @@ enum mig__fault_point {
 	MIG__FAULT_FILE_BAD_SIGNATURE, /* destination sends block length 2^31-1 */
 	MIG__FAULT_FILE_CORRUPT_DATA,  /* source flips bytes inside its first chunk's data */
 	MIG__FAULT_FILE_DATA_OVERRUN,  /* source announces a plain-data stream 1 byte short */
+	MIG__FAULT_FILE_SYNC,          /* destination: the first fsync of a staged file fails */
 };
 
 enum mig__fault_action {
@@ -103,9 +105,12 @@ enum mig__fault_action {
 
 struct mig_migration {
 	atomic_int refs;
-	mig_engine *engine; /* NULL once the engine is freed */
-	struct mig_migration *next;       /* running list, or outcome FIFO once done */
-	struct mig_migration *hash_next;  /* outcome hash chain */
+	/* NULL once the engine lets go of the record (retired at the end of
+	 * the tick in which it ended: the outcome memory keeps a slim copy)
+	 * or is freed; atomic, so a handle's reader that sees NULL also sees
+	 * the final state. */
+	mig_engine *_Atomic engine;
+	struct mig_migration *next; /* running list */
 	char mid[MIG__MID_LEN + 1];
 	char *user;
 	char *peer_url;
@@ -255,11 +260,8 @@ struct mig_engine {
 	struct mig_migration *migrations; /* running (and just-finished, until the tick ends) */
 	size_t nmigrations;
 	/* Finished migrations, remembered to answer repeats and OUTCOME
-	 * queries: oldest first, and hashed by mid. */
-	struct mig_migration *outcomes_head;
-	struct mig_migration *outcomes_tail;
-	struct mig_migration **outcome_buckets;
-	size_t noutcomes;
+	 * queries (outcome.h): slim records, oldest first, hashed by mid. */
+	mig__outcomes outcomes;
 	mig__conn_rec *conns;
 	mig__pending_log *logs_head;
 	mig__pending_log *logs_tail;
@@ -269,6 +271,7 @@ struct mig_engine {
 	char *app_url;              /* option: the app's client endpoint */
 	unsigned session_ttl_s;     /* option: lifetime of minted tokens */
 	mig__session_key session_key; /* signs and checks session tokens */
+	bool session_key_ready; /* derived: see mig__session_key_get() */
 	mig__nonce_cache used_nonces; /* tokens accepted here, until expiry */
 	uint64_t nonce_prune_us;    /* next prune of used_nonces */
 	uint64_t session_next_us;   /* earliest session_renew_us (0 = none) */
@@ -311,6 +314,11 @@ mig__user *mig__users_find(mig__users *u, const char *id);
 int mig__users_insert(mig__users *u, const char *id, mig_user_state state,
 		      mig__user **out);
 void mig__users_remove(mig__users *u, const char *id);
+/* Fills uc[] and ucp[] with one entry per state that has users (how many
+ * users are in it), for Heartbeat and StatusReply; returns the number of
+ * entries filled. Caller holds e->lock. */
+size_t mig__users_count_states(const mig__users *u, Migwire__UserCount uc[MIG_USER_PARKED + 1],
+			       Migwire__UserCount *ucp[MIG_USER_PARKED + 1]);
 
 /* handoff.c */
 /* Creates a source migration (phase NEW) and wakes dispatch. */
@@ -323,13 +331,23 @@ void mig__handoff_on_conn_down(mig_engine *e, uint64_t conn, int error,
 /* Starts NEW migrations, applies cancels, fires deadlines, forgets old
  * outcomes. Returns the earliest next deadline (0 = none). */
 uint64_t mig__handoff_tick(mig_engine *e, uint64_t now);
+/* The running (or just-finished, until the tick ends) migration `mid`, or
+ * NULL; once retired, a migration is only in the outcome memory:
+ * mig__outcomes_find(&e->outcomes, mid). */
 struct mig_migration *mig__handoff_find(mig_engine *e, const char *mid);
+/* Counts the bytes of a frame about a retired migration, and of the answer
+ * (`sent`: mig__engine_send()'s result, negative if nothing went out), into
+ * the metrics' totals. */
+void mig__handoff_count_retired(mig_engine *e, uint64_t received, int sent);
 
 /* session.c: the session channel (clients' reconnect helpers). */
 #define MIG__SESSION_TTL_DEFAULT_S 600u
 #define MIG__SESSION_TTL_MAX_S 3600u
 #define MIG__SESSION_NONCES_MAX 100000u
 int mig__session_init(mig_engine *e);
+/* The key of session tokens, derived at its first use; NULL if that fails
+ * (MIG_ESYSTEM for the caller). Thread: any, with or without e->lock. */
+const mig__session_key *mig__session_key_get(mig_engine *e);
 void mig__session_destroy(mig_engine *e);
 void mig__session_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f);
 /* Source, after COMMITTED: sends every client attached as m->user a

@@ -1197,9 +1197,11 @@ int mig__files_remove_user(const char *root, const char *user)
  * over), then the directory itself; with start_only, only starts the
  * writeback of the files' data (sync_file_range), so that the fsyncs of a
  * second pass find it under way together and ext4 commits its journal for
- * all of them at once instead of once per file. Anything but files and
- * directories (nothing we staged) fails the install. */
-static int sync_tree(int fd, int depth, bool start_only)
+ * all of them at once instead of once per file. Without files, regular
+ * files are left alone (the caller synced each already) and only the
+ * directories are fsynced. Anything but files and directories (nothing we
+ * staged) fails the install. */
+static int sync_tree(int fd, int depth, bool start_only, bool files)
 {
 	DIR *d = fdopendir(fd);
 	if (!d) {
@@ -1224,11 +1226,13 @@ static int sync_tree(int fd, int depth, bool start_only)
 			}
 			cfd = openat(fd, de->d_name,
 				     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (cfd < 0 || sync_tree(cfd, depth + 1, start_only) < 0) {
+			if (cfd < 0 || sync_tree(cfd, depth + 1, start_only, files) < 0) {
 				rc = -1;
 				break;
 			}
 		} else if (t == DT_REG) {
+			if (!files)
+				continue;
 			cfd = openat(fd, de->d_name,
 				     O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 			if (cfd < 0) {
@@ -1260,7 +1264,51 @@ static int sync_tree(int fd, int depth, bool start_only)
 	return rc;
 }
 
+int mig__files_staging_sync(const char *root, const char *mid, const char *rel)
+{
+	int fd = mig__files_open_staging_read(root, mid, rel);
+	if (fd < 0)
+		return fd == MIG_EINVAL ? fd : MIG_EIO;
+	int rc = fsync(fd) < 0 ? err_io(errno) : 0;
+	close(fd);
+	return rc;
+}
+
+int mig__files_staging_sync_dirs(const char *root, const char *mid)
+{
+	if (!root_ok(root) || !mig__valid_mid(mid))
+		return err_inval();
+	int rfd = open_root(root, O_PATH);
+	if (rfd < 0)
+		return err_io(errno);
+	int rc = 0;
+	int sfd = beneath_open(rfd, MIG__STAGING_DIR, O_PATH | O_DIRECTORY, 0);
+	int mfd = sfd < 0 ? -1 : beneath_open(sfd, mid, O_RDONLY | O_DIRECTORY, 0);
+	if (mfd < 0) {
+		/* Nothing staged: nothing to make durable. */
+		if (errno != ENOENT)
+			rc = err_io(errno);
+	} else if (sync_tree(mfd, 1, false, false) < 0) {
+		rc = err_io(errno);
+	}
+	close_keep(sfd);
+	close_keep(rfd);
+	return rc;
+}
+
+static int install(const char *root, const char *user, const char *mid, bool synced);
+
 int mig__files_install(const char *root, const char *user, const char *mid)
+{
+	return install(root, user, mid, false);
+}
+
+int mig__files_install_synced(const char *root, const char *user, const char *mid)
+{
+	return install(root, user, mid, true);
+}
+
+static int install(const char *root, const char *user, const char *mid, bool synced)
 {
 	if (!root_ok(root) || !user_ok(user) || !mig__valid_mid(mid))
 		return err_inval();
@@ -1282,10 +1330,11 @@ int mig__files_install(const char *root, const char *user, const char *mid)
 	if (mkdirat(sfd, mid, 0700) < 0 && errno != EEXIST)
 		goto fail;
 	/* Durability: every staged byte and name is on disk before the rename
-	 * makes it visible, so a crash never shows a half-written file. */
-	for (int pass = 0; pass < 2; pass++) {
+	 * makes it visible, so a crash never shows a half-written file (with
+	 * synced, the caller made sure of it). */
+	for (int pass = 0; pass < 2 && !synced; pass++) {
 		mfd = beneath_open(sfd, mid, O_RDONLY | O_DIRECTORY, 0);
-		if (mfd < 0 || sync_tree(mfd, 1, pass == 0) < 0)
+		if (mfd < 0 || sync_tree(mfd, 1, pass == 0, true) < 0)
 			goto fail;
 	}
 

@@ -81,6 +81,18 @@ int mig__files_sha256_fd(int fd, uint8_t out[32]);
  * otherwise a plain rename.
  * Returns 0 or MIG_EIO. */
 int mig__files_install(const char *root, const char *user, const char *mid);
+/* The same, for a staged folder the caller has already made durable (each
+ * file with mig__files_staging_sync(), then mig__files_staging_sync_dirs()):
+ * only the rename and the two folders it changes are fsynced. */
+int mig__files_install_synced(const char *root, const char *user, const char *mid);
+
+/* fsyncs staging/<mid>/<rel>: its bytes and size are on disk when it
+ * returns 0 (MIG_EINVAL for a bad name, MIG_EIO otherwise). Any thread. */
+int mig__files_staging_sync(const char *root, const char *mid, const char *rel);
+/* fsyncs every folder of staging/<mid> (not the files): with every file
+ * synced, the staged tree is then complete on disk. Nothing staged is
+ * fine. Returns 0, MIG_EINVAL or MIG_EIO. */
+int mig__files_staging_sync_dirs(const char *root, const char *mid);
 
 /* Patch output is written under ROOT/.mig-staging/<mid>.tmp/<name> (name: a
  * single component) and moved to staging/<mid>/<rel> once complete, so a

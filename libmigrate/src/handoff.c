@@ -1,6 +1,7 @@
 /* The two-phase handoff, common part: migration records, events, sending,
- * timers and the outcome memory. The source's steps are in handoff_src.c,
- * the destination's in handoff_dst.c.
+ * timers, and retiring finished migrations to the outcome memory
+ * (outcome.c), which answers for them from then on. The source's steps are
+ * in handoff_src.c, the destination's in handoff_dst.c.
  *
  * Everything here runs inside dispatch with the engine lock held; the lock is
  * released only around application callbacks (see engine_int.h). */
@@ -14,55 +15,24 @@
 #define OUTCOME_TTL_US (10ull * 60 * 1000000)
 #define OUTCOME_MAX 10000
 
-#define OUTCOME_BUCKETS 16384 /* a power of two, > OUTCOME_MAX */
-
-static size_t mid_bucket(const char *mid)
-{
-	/* Migration ids are random hex: their first 8 digits hash well. */
-	uint32_t h = 0;
-	for (int i = 0; i < 8 && mid[i]; i++)
-		h = h * 16 + (uint32_t)(mid[i] <= '9' ? mid[i] - '0' : mid[i] - 'a' + 10);
-	return h & (OUTCOME_BUCKETS - 1);
-}
-
 struct mig_migration *mig__handoff_find(mig_engine *e, const char *mid)
 {
-	/* Running migrations are few; finished ones are many and hashed, so a
-	 * BEGIN for a new id costs no scan of the outcome memory. */
 	for (struct mig_migration *m = e->migrations; m; m = m->next)
-		if (strcmp(m->mid, mid) == 0)
-			return m;
-	if (!e->outcome_buckets)
-		return NULL;
-	for (struct mig_migration *m = e->outcome_buckets[mid_bucket(mid)]; m; m = m->hash_next)
 		if (strcmp(m->mid, mid) == 0)
 			return m;
 	return NULL;
 }
 
-static void outcome_forget(mig_engine *e)
+void mig__handoff_count_retired(mig_engine *e, uint64_t received, int sent)
 {
-	struct mig_migration *m = e->outcomes_head;
-	e->outcomes_head = m->next;
-	if (!e->outcomes_head)
-		e->outcomes_tail = NULL;
-	for (struct mig_migration **pp = &e->outcome_buckets[mid_bucket(m->mid)]; *pp;
-	     pp = &(*pp)->hash_next)
-		if (*pp == m) {
-			*pp = m->hash_next;
-			break;
-		}
-	e->noutcomes--;
-	m->engine = NULL;
-	mig__migration_unref(m);
+	e->metrics.forgotten_received += received;
+	if (sent > 0)
+		e->metrics.forgotten_sent += (uint64_t)sent;
 }
 
 void mig__handoff_free_all(mig_engine *e)
 {
-	while (e->outcomes_head)
-		outcome_forget(e);
-	mig__free(e->outcome_buckets);
-	e->outcome_buckets = NULL;
+	mig__outcomes_destroy(&e->outcomes);
 	struct mig_migration *m = e->migrations;
 	while (m) {
 		struct mig_migration *next = m->next;
@@ -255,6 +225,10 @@ Migwire__OutcomeState mig__handoff_outcome_of(mig_engine *e, const char *mid, co
 			return MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED;
 		return MIGWIRE__OUTCOME_STATE__OUTCOME_PENDING;
 	}
+	const mig__outcome *r = mig__outcomes_find(&e->outcomes, mid);
+	if (r)
+		return r->committed ? MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED
+				    : MIGWIRE__OUTCOME_STATE__OUTCOME_ABORTED;
 	mig__user *u = mig__users_find(&e->users, user);
 	return u && u->state == MIG_USER_ACTIVE ? MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ACTIVE
 						: MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ABSENT;
@@ -283,6 +257,8 @@ void mig__handoff_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f, si
 		struct mig_migration *m = mig__handoff_find(e, q->mid);
 		if (m)
 			m->bytes_received += bytes;
+		else if (mig__outcomes_find(&e->outcomes, q->mid))
+			mig__handoff_count_retired(e, bytes, 0);
 		mig__handoff_reply_outcome(e, conn, q->mid, mig__handoff_outcome_of(e, q->mid, q->user));
 		return;
 	}
@@ -332,8 +308,12 @@ void mig__handoff_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f, si
 	}
 	struct mig_migration *m = mig__handoff_find(e, mid);
 	if (!m) {
-		mig__engine_log(e, MIG_LOG_INFO, "%s for unknown migration %s ignored",
-				mig__wire_body_name(f), mid);
+		/* A late answer about a migration that ended, or none at all. */
+		bool ended = mig__outcomes_find(&e->outcomes, mid) != NULL;
+		if (ended)
+			mig__handoff_count_retired(e, bytes, 0);
+		mig__engine_log(e, MIG_LOG_INFO, "%s for %s migration %s ignored",
+				mig__wire_body_name(f), ended ? "finished" : "unknown", mid);
 		return;
 	}
 	m->bytes_received += bytes;
@@ -363,42 +343,50 @@ void mig__handoff_on_conn_down(mig_engine *e, uint64_t conn, int error, const ch
 	}
 }
 
-/* Moves finished migrations from the running list to the outcome memory,
- * and forgets outcomes past their time or beyond the cap. */
+/* Moves finished migrations from the running list to the outcome memory
+ * (a slim record each; the full record goes, or lives on only as long as
+ * a handle the app holds), and forgets outcomes past their time or beyond
+ * the cap. */
 static void retire(mig_engine *e, uint64_t now)
 {
-	if (!e->outcome_buckets)
-		e->outcome_buckets = mig__calloc(OUTCOME_BUCKETS, sizeof(*e->outcome_buckets));
 	for (struct mig_migration **pp = &e->migrations; *pp;) {
 		struct mig_migration *m = *pp;
-		if (m->phase != MIG__DONE || !e->outcome_buckets) {
+		if (m->phase != MIG__DONE) {
 			pp = &m->next;
 			continue;
 		}
+		mig__outcome_in in = {
+			.mid = m->mid,
+			.outgoing = m->outgoing,
+			.committed = m->state == MIG_MIGRATION_COMMITTED,
+			.error = m->error,
+			.ended_us = m->ended_us,
+			.user = m->user,
+			.dest_engine_id = m->peer_engine_id,
+			.dest_app_url = m->peer_app_url,
+			/* The redirect falls back to the URL the source used. */
+			.dest_session_url = m->peer_session_url && *m->peer_session_url
+						    ? m->peer_session_url
+						    : m->peer_url,
+		};
+		int rc = mig__outcomes_add(&e->outcomes, &in);
+		if (rc == MIG_ENOMEM) {
+			pp = &m->next; /* kept in full; the next tick tries again */
+			continue;
+		}
+		if (rc)
+			mig__engine_log(e, MIG_LOG_ERROR, "migration %s: outcome not kept: %s",
+					m->mid, mig_strerror(rc));
 		*pp = m->next;
 		e->nmigrations--;
 		/* Byte totals of finished migrations live on in the metrics. */
 		e->metrics.forgotten_sent += m->bytes_sent;
 		e->metrics.forgotten_received += m->bytes_received;
 		m->next = NULL;
-		if (e->outcomes_tail)
-			e->outcomes_tail->next = m;
-		else
-			e->outcomes_head = m;
-		e->outcomes_tail = m;
-		size_t b = mid_bucket(m->mid);
-		m->hash_next = e->outcome_buckets[b];
-		e->outcome_buckets[b] = m;
-		e->noutcomes++;
+		m->engine = NULL;
+		mig__migration_unref(m);
 	}
-	while (e->outcomes_head) {
-		struct mig_migration *m = e->outcomes_head;
-		/* A migration that ended during this tick has ended_us > now. */
-		uint64_t age = now > m->ended_us ? now - m->ended_us : 0;
-		if (age <= OUTCOME_TTL_US && e->noutcomes <= OUTCOME_MAX)
-			break;
-		outcome_forget(e);
-	}
+	mig__outcomes_expire(&e->outcomes, now, OUTCOME_TTL_US, OUTCOME_MAX);
 }
 
 /* Sends the PROGRESS events owed, each migration at most once per

@@ -72,6 +72,29 @@ static void send_simple(mig_engine *e, struct mig_migration *m, uint64_t conn,
 	}
 }
 
+/* Answers a repeated PREPARE, COMMIT or ABORT of a migration only the
+ * outcome memory remembers, on the connection it came in on. */
+static void reply_retired(mig_engine *e, uint64_t conn, const char *mid, size_t bytes,
+			  Migwire__Frame__BodyCase which)
+{
+	Migwire__Prepared p = MIGWIRE__PREPARED__INIT;
+	Migwire__Committed c = MIGWIRE__COMMITTED__INIT;
+	Migwire__Aborted ab = MIGWIRE__ABORTED__INIT;
+	mig__frame f = MIGWIRE__FRAME__INIT;
+	f.body_case = which;
+	if (which == MIGWIRE__FRAME__BODY_PREPARED) {
+		p.mid = (char *)mid;
+		f.prepared = &p;
+	} else if (which == MIGWIRE__FRAME__BODY_COMMITTED) {
+		c.mid = (char *)mid;
+		f.committed = &c;
+	} else {
+		ab.mid = (char *)mid;
+		f.aborted = &ab;
+	}
+	mig__handoff_count_retired(e, bytes, mig__engine_send(e, conn, &f, NULL, false));
+}
+
 /* Discards the incoming copy. */
 static void dst_drop(mig_engine *e, struct mig_migration *m, int error, const char *reason)
 {
@@ -139,6 +162,10 @@ void mig__dst_on_begin(mig_engine *e, uint64_t conn, const Migwire__Begin *b, si
 			send_simple(e, m, conn, MIGWIRE__FRAME__BODY_ACCEPT, MIG__FAULT_NONE);
 			return; /* a repeat: same answer */
 		}
+		reply_reject(e, conn, b->mid, MIG_EEXIST, "migration id already used");
+		return;
+	}
+	if (mig__outcomes_find(&e->outcomes, b->mid)) {
 		reply_reject(e, conn, b->mid, MIG_EEXIST, "migration id already used");
 		return;
 	}
@@ -227,6 +254,16 @@ void mig__dst_on_prepare(mig_engine *e, uint64_t conn, const Migwire__Prepare *p
 {
 	char why[MIG__REASON_MAX];
 	struct mig_migration *m = mig__handoff_find(e, p->mid);
+	const mig__outcome *r = m ? NULL : mig__outcomes_find(&e->outcomes, p->mid);
+	if (r && !r->outgoing) {
+		/* A repeat after the end: committed, it was merged (never
+		 * twice); aborted, the copy is gone and the source knows. */
+		if (r->committed)
+			reply_retired(e, conn, p->mid, bytes, MIGWIRE__FRAME__BODY_PREPARED);
+		else
+			mig__handoff_count_retired(e, bytes, 0);
+		return;
+	}
 	if (!m || m->outgoing) {
 		Migwire__Failed fl = MIGWIRE__FAILED__INIT;
 		fl.mid = p->mid;
@@ -340,10 +377,21 @@ void mig__dst_on_commit(mig_engine *e, uint64_t conn, const Migwire__Commit *c, 
 		}
 		return;
 	}
+	const mig__outcome *r = m ? NULL : mig__outcomes_find(&e->outcomes, c->mid);
+	if (r && !r->outgoing) {
+		if (r->committed) {
+			reply_retired(e, conn, c->mid, bytes, MIGWIRE__FRAME__BODY_COMMITTED);
+		} else {
+			mig__handoff_count_retired(e, bytes, 0);
+			mig__handoff_reply_outcome(e, conn, c->mid,
+						   MIGWIRE__OUTCOME_STATE__OUTCOME_ABORTED);
+		}
+		return;
+	}
 	/* No record (this engine restarted, or forgot): tell the source
 	 * whether the user is here, so it can decide without guessing. */
 	Migwire__OutcomeState st = mig__handoff_outcome_of(e, c->mid, c->user);
-	if (m) /* our own outgoing migration with that id: not ours to commit */
+	if (m || r) /* our own outgoing migration with that id: not ours to commit */
 		st = MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ABSENT;
 	if (st == MIGWIRE__OUTCOME_STATE__OUTCOME_UNKNOWN_USER_ACTIVE) {
 		Migwire__Committed cm = MIGWIRE__COMMITTED__INIT;
@@ -379,6 +427,17 @@ void mig__dst_on_abort(mig_engine *e, uint64_t conn, const Migwire__Abort *a, si
 			return;
 		}
 		send_simple(e, m, conn, MIGWIRE__FRAME__BODY_ABORTED, MIG__FAULT_NONE);
+		return;
+	}
+	const mig__outcome *r = m ? NULL : mig__outcomes_find(&e->outcomes, a->mid);
+	if (r && !r->outgoing) {
+		if (r->committed) {
+			mig__handoff_count_retired(e, bytes, 0);
+			mig__handoff_reply_outcome(e, conn, a->mid,
+						   MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED);
+		} else {
+			reply_retired(e, conn, a->mid, bytes, MIGWIRE__FRAME__BODY_ABORTED);
+		}
 		return;
 	}
 	Migwire__Aborted ab = MIGWIRE__ABORTED__INIT;

@@ -157,24 +157,6 @@ static void put_label(text *t, const char *v)
 
 static const char *const role_names[2] = {"source", "destination"};
 
-static const char *user_state_label(mig_user_state s)
-{
-	switch (s) {
-	case MIG_USER_ACTIVE:
-		return "active";
-	case MIG_USER_MIGRATING:
-		return "migrating";
-	case MIG_USER_PAUSED:
-		return "paused";
-	case MIG_USER_INCOMING:
-		return "incoming";
-	case MIG_USER_PARKED:
-		return "parked";
-	default:
-		return "absent";
-	}
-}
-
 static void render(mig_engine *e, text *t)
 {
 	const mig__metrics *s = &e->metrics;
@@ -231,7 +213,7 @@ static void render(mig_engine *e, text *t)
 	head(t, "libmigrate_users", "gauge", "Users on this engine, by state.");
 	for (int st = MIG_USER_ACTIVE; st <= MIG_USER_PARKED; st++)
 		put(t, "libmigrate_users{state=\"%s\"} %llu\n",
-		    user_state_label((mig_user_state)st), (unsigned long long)users[st]);
+		    mig_user_state_name((mig_user_state)st), (unsigned long long)users[st]);
 
 	head(t, "libmigrate_file_rounds_total", "counter",
 	     "File state rounds sent by this engine as a source (pre-copy and final).");

@@ -1,5 +1,6 @@
-/* Replication of a user's light state to a standby engine, and promotion
- * with epochs (docs/FAILOVER.md, <migrate/replicate.h>).
+/* Replication of a user's light state (and, through replica_files.c, its
+ * file state) to a standby engine, and promotion with epochs
+ * (docs/FAILOVER.md, <migrate/replicate.h>).
  *
  * Primary side, per replicated user (struct prim): every interval, or when
  * the app calls mig_replicate_now(), the tick extracts the user's light
@@ -8,13 +9,18 @@
  * sequence number, else a keepalive. One update per user is in flight at a
  * time: a slow standby makes changes coalesce into the next extraction, so
  * memory stays at one frame per user. An update unanswered after the peer
- * timeout is given up and the next one replaces it.
+ * timeout is given up and the next one replaces it. With file domains an
+ * update first runs a file round on the user's strand (changed files go
+ * out as ReplicaFile pieces) and is sent when the round completes.
  *
  * Standby side, per replica (struct repl): an update is checked against the
  * record (sender, epoch, sequence, domains) and installed by swapping in a
  * complete new set of domain blobs, or refused with a reason and nothing
- * changed. Promotion turns the replica into an ACTIVE user through the
- * app's incoming, merge and activate hooks, and leaves a tombstone (the old
+ * changed; an update with files is installed once its files are (on the
+ * update's strand), light state and files together at one seq. Promotion
+ * moves the replica's files into place and turns the replica into an
+ * ACTIVE user through the app's incoming, merge and activate hooks, and
+ * leaves a tombstone (the old
  * primary's engine id and the new epoch) so that the old primary's next
  * update is answered "superseded": it then stops serving the user.
  *
@@ -26,6 +32,7 @@
 
 #include "digest.h"
 #include "replica.h"
+#include "replica_files.h"
 #include "migrate/replicate.h"
 
 #define INTERVAL_MIN_MS 10u
@@ -60,7 +67,8 @@ typedef struct prim {
 	bool inflight;
 	bool inflight_full;
 	uint64_t inflight_seq;
-	uint64_t inflight_since_us;
+	uint64_t inflight_since_us; /* extraction (the lag is measured from it) */
+	uint64_t inflight_sent_us;  /* sent (the peer timeout runs from it) */
 	uint64_t inflight_bytes;
 	uint8_t inflight_digest[32];
 	/* Digest of the state the standby acknowledged last. */
@@ -72,6 +80,16 @@ typedef struct prim {
 	/* The standby promoted the user: deactivate here. */
 	bool superseded;
 	uint64_t superseded_epoch;
+	/* File state (engines with file domains): the round running on the
+	 * strand, the light state extracted for it, what the standby holds at
+	 * acked_seq and what it will hold once the update in flight is acked. */
+	mig__strand *strand;
+	mig__rfjob *job;
+	mig_buf *job_light;
+	uint8_t job_digest[32];
+	uint64_t job_extracted_us;
+	mig__rfset *acked_files;
+	mig__rfset *inflight_files;
 } prim;
 
 /* Standby: one user's replica, or after promotion its tombstone. */
@@ -92,12 +110,38 @@ typedef struct repl {
 	bool promote_requested;
 	bool promoted;
 	uint64_t promoted_epoch;
+	/* File state: the replica copy under ROOT/.mig-replica/<user> is at
+	 * `seq`; an update's files are being installed (promotion waits);
+	 * a failed install left the copy mixed (no promotion, no delta, until
+	 * a whole update arrives). */
+	bool has_files;
+	bool installing;
+	bool files_broken;
 } repl;
+
+/* Standby: an update whose files are arriving, then being installed. */
+typedef struct rin_rec {
+	struct rin_rec *next;
+	mig__rfin *in;
+	char *sender;
+	uint64_t file_bytes; /* ReplicaFile frame bytes received */
+	bool finalizing;
+	/* The update waiting for its files to be installed. */
+	uint64_t conn;
+	char *peer;
+	char *pid;
+	rdomain *nd;
+	size_t nnd;
+	uint64_t epoch, seq, bytes;
+} rin_rec;
 
 struct mig__replica {
 	prim *prims;
 	repl *repls;
 	size_t nrepls;
+	rin_rec *rins;
+	size_t nrins;
+	bool stopped; /* the workers are going away: no new file work */
 	mig_replica_event_fn fn;
 	void *ud;
 	uint64_t auto_promote_us;
@@ -121,8 +165,24 @@ static void free_domains(rdomain *d, size_t n)
 	mig__free(d);
 }
 
-static void prim_free(prim *p)
+static void free_light(mig_buf *b, size_t n)
 {
+	if (b)
+		for (size_t i = 0; i < n; i++)
+			mig__free(b[i].data);
+	mig__free(b);
+}
+
+static void prim_free(mig_engine *e, prim *p)
+{
+	/* A running round finds no owner when it completes and frees itself. */
+	if (p->job)
+		mig__rfjob_cancel(p->job);
+	if (p->strand)
+		mig__strand_release(p->strand);
+	free_light(p->job_light, e->ndomains);
+	mig__rfset_free(p->acked_files);
+	mig__rfset_free(p->inflight_files);
 	mig__free(p->user);
 	mig__free(p->url);
 	mig__free(p);
@@ -135,6 +195,35 @@ static void repl_free(repl *r)
 	mig__free(r->primary_url);
 	free_domains(r->domains, r->ndomains);
 	mig__free(r);
+}
+
+static void rin_free(rin_rec *q)
+{
+	mig__rfin_free(q->in);
+	mig__free(q->sender);
+	mig__free(q->peer);
+	mig__free(q->pid);
+	if (q->nd)
+		free_domains(q->nd, q->nnd);
+	mig__free(q);
+}
+
+static rin_rec *find_rin(struct mig__replica *r, const char *user)
+{
+	for (rin_rec *q = r ? r->rins : NULL; q; q = q->next)
+		if (strcmp(mig__rfin_user(q->in), user) == 0)
+			return q;
+	return NULL;
+}
+
+static void unlink_rin(struct mig__replica *r, rin_rec *q)
+{
+	for (rin_rec **pp = &r->rins; *pp; pp = &(*pp)->next)
+		if (*pp == q) {
+			*pp = q->next;
+			r->nrins--;
+			return;
+		}
 }
 
 static prim *find_prim(struct mig__replica *r, const char *user)
@@ -172,15 +261,38 @@ static void unlink_repl(struct mig__replica *r, repl *x)
 		}
 }
 
+void mig__replica_stop(mig_engine *e)
+{
+	struct mig__replica *r = e->replica;
+	if (!r)
+		return;
+	r->stopped = true;
+	for (prim *p = r->prims; p; p = p->next) {
+		if (p->job)
+			mig__rfjob_cancel(p->job);
+		p->job = NULL; /* freed with the worker pool or the event queue */
+		if (p->strand)
+			mig__strand_release(p->strand);
+		p->strand = NULL;
+	}
+	while (r->rins) {
+		rin_rec *q = r->rins;
+		r->rins = q->next;
+		rin_free(q);
+	}
+	r->nrins = 0;
+}
+
 void mig__replica_free(mig_engine *e)
 {
 	struct mig__replica *r = e->replica;
 	if (!r)
 		return;
+	mig__replica_stop(e);
 	while (r->prims) {
 		prim *p = r->prims;
 		r->prims = p->next;
-		prim_free(p);
+		prim_free(e, p);
 	}
 	while (r->repls) {
 		repl *x = r->repls;
@@ -313,7 +425,7 @@ static int replicate_locked(mig_engine *e, const char *user, const char *url, un
 	prim *p = mig__calloc(1, sizeof(*p));
 	if (!p || !(p->user = mig__strdup(user)) || !(p->url = mig__strdup(url))) {
 		if (p)
-			prim_free(p);
+			prim_free(e, p);
 		return MIG_ENOMEM;
 	}
 	p->epoch = user_epoch_locked(e, user);
@@ -417,6 +529,12 @@ static int promote_check(mig_engine *e, const char *user, repl **out, char *why,
 		snprintf(why, why_len, "user %s is already here", user);
 		return MIG_EEXIST;
 	}
+	if (x->files_broken) {
+		snprintf(why, why_len,
+			 "the replica of user %s has no consistent files (an install failed); "
+			 "waiting for a whole update", user);
+		return MIG_EIO;
+	}
 	*out = x;
 	return 0;
 }
@@ -487,9 +605,11 @@ MIG_EXPORT int mig_replica_failover_token(mig_engine *e, const char *user, char 
 		mig__engine_set_error(e, "the standby of user %s has not answered yet", user);
 		rc = MIG_ESTATE;
 	} else {
-		rc = mig__token_mint(&e->session_key, user, p->standby_id, e->engine_id,
-				     mig__wall_us() / 1000000u + e->session_ttl_s, out, out_len,
-				     NULL);
+		const mig__session_key *key = mig__session_key_get(e);
+		rc = key ? mig__token_mint(key, user, p->standby_id, e->engine_id,
+					   mig__wall_us() / 1000000u + e->session_ttl_s, out,
+					   out_len, NULL)
+			 : MIG_ESYSTEM;
 		if (rc)
 			mig__engine_set_error(e, "cannot mint a failover token: %s",
 					      mig_strerror(rc));
@@ -520,26 +640,29 @@ static void digest_domain(mig__sha256 *h, const char *name, uint32_t version, co
 		mig__sha256_update(h, b->data, b->len);
 }
 
-/* Extracts the user's light state and sends a full update if it changed
- * since the acknowledged one, else a keepalive. */
-static void send_update(mig_engine *e, prim *p, uint64_t now)
+static void report_refused(mig_engine *e, prim *p, int err, const char *why)
 {
-	size_t n = e->ndomains;
-	mig_buf *bufs = mig__calloc(n ? n : 1, sizeof(*bufs));
+	evargs a = {.peer = p->url, .epoch = p->epoch, .seq = p->seq, .total = p->bytes,
+		    .error = err, .reason = why};
+	emit(e, MIG_REPLICA_REFUSED, p->user, &a);
+}
+
+/* Extracts every light domain of the user into bufs (n = e->ndomains) and
+ * their digest into dg. Returns 0 or a MIG_E* with the reason. */
+static int extract_light(mig_engine *e, prim *p, mig_buf *bufs, uint8_t dg[32], char *why,
+			 size_t why_len)
+{
 	mig__sha256 *h = mig__sha256_new();
-	char why[MIG__REASON_MAX] = "";
-	int err = 0;
-	if (!bufs || !h) {
-		err = MIG_ENOMEM;
-		snprintf(why, sizeof(why), "out of memory");
-		goto out;
+	if (!h) {
+		snprintf(why, why_len, "out of memory");
+		return MIG_ENOMEM;
 	}
 	char user[MIG__USER_MAX + 1];
 	mig__strlcpy(user, p->user, sizeof(user));
 	size_t budget = e->max_frame > UPDATE_OVERHEAD ? e->max_frame - UPDATE_OVERHEAD : 0;
 	size_t used = 0;
-	uint64_t extracted_us = mig__now_us();
-	for (size_t i = 0; i < n && !err; i++) {
+	int err = 0;
+	for (size_t i = 0; i < e->ndomains && !err; i++) {
 		mig__domain *d = &e->domains[i];
 		bufs[i].max = budget > used ? budget - used : 0;
 		mig__engine_unlock_for_app(e);
@@ -547,22 +670,32 @@ static void send_update(mig_engine *e, prim *p, uint64_t now)
 		mig__engine_relock(e);
 		if (bufs[i].error) {
 			err = bufs[i].error;
-			snprintf(why, sizeof(why), "light state of domain %s: %s", d->name,
+			snprintf(why, why_len, "light state of domain %s: %s", d->name,
 				 err == MIG_ETOOBIG ? "over the frame cap" : mig_strerror(err));
 		} else if (rc) {
 			err = MIG_ECALLBACK;
-			snprintf(why, sizeof(why), "extract of domain %s failed (%d)", d->name, rc);
+			snprintf(why, why_len, "extract of domain %s failed (%d)", d->name, rc);
 		} else {
 			used += bufs[i].len;
 			digest_domain(h, d->name, d->version, &bufs[i]);
 		}
 	}
-	if (err)
-		goto out;
-	uint8_t dg[32];
-	mig__sha256_peek(h, dg);
-	bool full = !p->have_digest || memcmp(dg, p->digest, sizeof(dg)) != 0;
+	if (!err)
+		mig__sha256_peek(h, dg);
+	mig__sha256_free(h);
+	return err;
+}
 
+/* Sends the update: full (with the light state, and for file state the
+ * number of ReplicaFile streams that went before it on `conn` against
+ * base_seq) if anything changed since the acknowledged one, else a
+ * keepalive. conn 0: look the link up. Returns 0 or a MIG_E* with why. */
+static int send_built(mig_engine *e, prim *p, const mig_buf *bufs, const uint8_t dg[32],
+		      uint64_t extracted_us, bool files, uint32_t streams, uint64_t file_bytes,
+		      uint64_t conn, char *why, size_t why_len)
+{
+	size_t n = e->ndomains;
+	bool full = !p->have_digest || memcmp(dg, p->digest, 32) != 0 || streams > 0;
 	Migwire__DomainData data[MIG__MAX_DOMAINS];
 	Migwire__DomainData *ptrs[MIG__MAX_DOMAINS];
 	Migwire__ReplicaUpdate u = MIGWIRE__REPLICA_UPDATE__INIT;
@@ -582,6 +715,12 @@ static void send_update(mig_engine *e, prim *p, uint64_t now)
 		}
 		u.n_light = n;
 		u.light = ptrs;
+		if (files) {
+			u.has_base_seq = true;
+			u.base_seq = p->acked_files ? p->acked_seq : 0;
+			u.has_files = true;
+			u.files = streams;
+		}
 	} else {
 		u.has_keepalive = true;
 		u.keepalive = true;
@@ -589,8 +728,7 @@ static void send_update(mig_engine *e, prim *p, uint64_t now)
 	mig__frame f = MIGWIRE__FRAME__INIT;
 	f.body_case = MIGWIRE__FRAME__BODY_REPLICA_UPDATE;
 	f.replica_update = &u;
-	uint64_t conn = 0;
-	int rc = mig__engine_peer_conn(e, p->url, &conn);
+	int rc = conn ? 0 : mig__engine_peer_conn(e, p->url, &conn);
 	if (!rc) {
 		rc = mig__engine_send(e, conn, &f, NULL, false);
 		if (rc >= 0) {
@@ -598,30 +736,112 @@ static void send_update(mig_engine *e, prim *p, uint64_t now)
 			p->inflight_full = full;
 			p->inflight_seq = u.seq;
 			p->inflight_since_us = extracted_us;
-			p->inflight_bytes = (uint64_t)rc;
-			memcpy(p->inflight_digest, dg, sizeof(dg));
+			p->inflight_sent_us = mig__now_us();
+			p->inflight_bytes = (uint64_t)rc + file_bytes;
+			memcpy(p->inflight_digest, dg, 32);
 			p->bytes += (uint64_t)rc;
 			if (full)
 				p->seq = u.seq;
 			rc = 0;
 		}
 	}
-	if (rc) {
-		err = rc;
-		snprintf(why, sizeof(why), "cannot send to %s: %s", p->url, mig_strerror(rc));
+	if (rc)
+		snprintf(why, why_len, "cannot send to %s: %s", p->url, mig_strerror(rc));
+	return rc;
+}
+
+/* A file round finished: send the update it belongs to. */
+static void round_done(mig_engine *e, mig__rfjob *j)
+{
+	prim *p = e->replica ? e->replica->prims : NULL;
+	while (p && p->job != j)
+		p = p->next;
+	if (!p) {
+		mig__rfjob_free(j); /* replication of the user ended meanwhile */
+		return;
 	}
-out:
-	if (bufs)
-		for (size_t i = 0; i < n; i++)
-			mig__free(bufs[i].data);
-	mig__free(bufs);
-	mig__sha256_free(h);
+	p->job = NULL;
+	p->acked_files = mig__rfjob_take_base(j);
+	uint32_t streams;
+	uint64_t fbytes;
+	bool busy, more;
+	char why[MIG__REASON_MAX];
+	int err = mig__rfjob_result(j, &streams, &fbytes, &busy, &more, why, sizeof(why));
+	if (more)
+		p->dirty = true; /* the rest goes right after the ack */
+	p->bytes += fbytes;
+	mig_buf *bufs = p->job_light;
+	p->job_light = NULL;
+	if (!err && !p->stop && !p->superseded) {
+		mig__rfset_free(p->inflight_files);
+		p->inflight_files = mig__rfjob_take_next(j);
+		err = send_built(e, p, bufs, p->job_digest, p->job_extracted_us, true, streams,
+				 fbytes, mig__rfjob_conn(j), why, sizeof(why));
+		if (!err && !p->inflight_full) {
+			mig__rfset_free(p->inflight_files); /* a keepalive: nothing new */
+			p->inflight_files = NULL;
+		}
+	}
+	if (busy)
+		mig__engine_log(e, MIG_LOG_DEBUG,
+				"replica update of user %s: a file kept changing while read; "
+				"it follows at the next update", p->user);
+	free_light(bufs, e->ndomains);
+	mig__rfjob_free(j);
+	if (err)
+		report_refused(e, p, err, why);
+}
+
+/* Extracts the user's light state and sends a full update if it changed
+ * since the acknowledged one, else a keepalive. With file domains the
+ * update waits for a round on the user's strand: files that changed since
+ * the standby's acknowledged copy go out first (round_done sends it). */
+static void send_update(mig_engine *e, prim *p, uint64_t now)
+{
 	(void)now;
-	if (err) {
-		evargs a = {.peer = p->url, .epoch = p->epoch, .seq = p->seq, .total = p->bytes,
-			    .error = err, .reason = why};
-		emit(e, MIG_REPLICA_REFUSED, p->user, &a);
+	size_t n = e->ndomains;
+	mig_buf *bufs = mig__calloc(n ? n : 1, sizeof(*bufs));
+	char why[MIG__REASON_MAX] = "";
+	uint8_t dg[32];
+	int err = 0;
+	if (!bufs) {
+		err = MIG_ENOMEM;
+		snprintf(why, sizeof(why), "out of memory");
+		goto out;
 	}
+	uint64_t extracted_us = mig__now_us();
+	err = extract_light(e, p, bufs, dg, why, sizeof(why));
+	if (err)
+		goto out;
+	if (!e->nfdomains) {
+		err = send_built(e, p, bufs, dg, extracted_us, false, 0, 0, 0, why, sizeof(why));
+		goto out;
+	}
+	uint64_t conn = 0;
+	err = e->replica->stopped ? MIG_ESTATE : mig__engine_peer_conn(e, p->url, &conn);
+	if (!err && !p->strand && !(p->strand = mig__strand_new(e->workers)))
+		err = MIG_ENOMEM;
+	if (err) {
+		snprintf(why, sizeof(why), "cannot send to %s: %s", p->url, mig_strerror(err));
+		goto out;
+	}
+	mig__rfjob *j = mig__rfjob_start(e, p->strand, p->user, p->epoch, p->seq + 1, conn,
+					 p->acked_files, round_done);
+	if (!j) {
+		err = MIG_ENOMEM;
+		snprintf(why, sizeof(why), "out of memory");
+		goto out;
+	}
+	p->acked_files = NULL; /* the round holds it until it is done */
+	p->job = j;
+	p->job_light = bufs;
+	bufs = NULL;
+	memcpy(p->job_digest, dg, sizeof(dg));
+	p->job_extracted_us = extracted_us;
+out:
+	free_light(bufs, n);
+	if (err)
+		report_refused(e, p, err, why);
 }
 
 static void on_ack(mig_engine *e, uint64_t conn, const Migwire__ReplicaAck *k)
@@ -643,10 +863,17 @@ static void on_ack(mig_engine *e, uint64_t conn, const Migwire__ReplicaAck *k)
 		return; /* the tick deactivates the user */
 	}
 	if (k->code) {
+		mig__rfset_free(p->inflight_files);
+		p->inflight_files = NULL;
 		if (k->has_held_seq && k->held_seq > p->seq)
 			p->seq = k->held_seq; /* a restarted primary continues above */
-		if (k->code == MIG_EUNKNOWN)
-			p->have_digest = false; /* the standby lost its copy: resend */
+		if (k->code == MIG_EUNKNOWN) {
+			/* The standby lost its copy (or holds another): resend
+			 * everything, files whole. */
+			p->have_digest = false;
+			mig__rfset_free(p->acked_files);
+			p->acked_files = NULL;
+		}
 		evargs a = {.peer = p->url, .epoch = p->epoch, .seq = k->seq, .total = p->bytes,
 			    .error = k->code, .reason = k->reason};
 		emit(e, MIG_REPLICA_REFUSED, p->user, &a);
@@ -657,6 +884,11 @@ static void on_ack(mig_engine *e, uint64_t conn, const Migwire__ReplicaAck *k)
 		return; /* keepalive */
 	p->acked_seq = k->seq;
 	p->have_digest = true;
+	if (p->inflight_files) {
+		mig__rfset_free(p->acked_files);
+		p->acked_files = p->inflight_files;
+		p->inflight_files = NULL;
+	}
 	memcpy(p->digest, p->inflight_digest, sizeof(p->digest));
 	p->updates++;
 	evargs a = {.peer = p->url, .epoch = p->epoch, .seq = k->seq, .bytes = p->inflight_bytes,
@@ -686,7 +918,7 @@ static bool deactivate(mig_engine *e, prim *p)
 	char *url = mig__strdup(p->url);
 	a.peer = url ? url : "";
 	unlink_prim(e->replica, p);
-	prim_free(p);
+	prim_free(e, p);
 	if (u) {
 		mig__users_remove(&e->users, user);
 		mig__session_user_left(e, user);
@@ -731,14 +963,16 @@ static uint64_t tick_prims(mig_engine *e, uint64_t now)
 			mig__strlcpy(user, p->user, sizeof(user));
 			a.peer = url ? url : "";
 			unlink_prim(r, p);
-			prim_free(p);
+			prim_free(e, p);
 			emit(e, MIG_REPLICA_STOPPED, user, &a);
 			mig__free(url);
 			continue;
 		}
+		if (p->job)
+			continue; /* a file round runs; its completion sends */
 		if (p->inflight) {
-			if (now - p->inflight_since_us < timeout) {
-				next = earliest(next, p->inflight_since_us + timeout);
+			if (now < p->inflight_sent_us + timeout) {
+				next = earliest(next, p->inflight_sent_us + timeout);
 				continue;
 			}
 			mig__engine_log(e, MIG_LOG_WARN,
@@ -754,7 +988,7 @@ static uint64_t tick_prims(mig_engine *e, uint64_t now)
 		if (!p->inflight)
 			next = earliest(next, p->dirty ? now : p->next_due_us);
 		else
-			next = earliest(next, p->inflight_since_us + timeout);
+			next = earliest(next, p->inflight_sent_us + timeout);
 	}
 	return next;
 }
@@ -798,6 +1032,153 @@ static const mig__domain *find_domain(const mig_engine *e, const char *name)
 		if (strcmp(e->domains[i].name, name) == 0)
 			return &e->domains[i];
 	return NULL;
+}
+
+/* Swaps a complete update in as the replica (taking nd, pid and purl),
+ * acknowledges it and reports it. */
+static void commit_update(mig_engine *e, uint64_t conn, const char *user, uint64_t epoch,
+			  uint64_t seq, rdomain *nd, size_t nnd, char *pid, char *purl,
+			  uint64_t bytes, bool files)
+{
+	struct mig__replica *r = e->replica;
+	Migwire__ReplicaUpdate fu = MIGWIRE__REPLICA_UPDATE__INIT;
+	fu.user = (char *)user;
+	fu.epoch = epoch;
+	fu.seq = seq;
+	repl *x = find_repl(r, user);
+	if (!x) {
+		x = mig__calloc(1, sizeof(*x));
+		if (!x || !(x->user = mig__strdup(user))) {
+			mig__free(x);
+			free_domains(nd, nnd);
+			mig__free(pid);
+			refuse(e, conn, purl, &fu, MIG_ENOMEM, "out of memory", 0);
+			mig__free(purl);
+			return;
+		}
+		x->next = r->repls;
+		r->repls = x;
+		r->nrepls++;
+	}
+	uint64_t now = mig__now_us();
+	free_domains(x->domains, x->ndomains);
+	x->domains = nd;
+	x->ndomains = nnd;
+	mig__free(x->primary_id);
+	x->primary_id = pid;
+	mig__free(x->primary_url);
+	x->primary_url = purl;
+	x->epoch = epoch;
+	x->seq = seq;
+	if (files) {
+		x->has_files = true;
+		x->files_broken = false;
+	}
+	x->installed++;
+	x->bytes += bytes;
+	x->last_heard_us = now;
+	x->last_install_us = now;
+	x->last_install_wall_us = mig__wall_us();
+	send_ack(e, conn, &fu, 0, "", false, x->epoch, 0);
+	evargs a = {.peer = x->primary_url, .epoch = epoch, .seq = seq, .bytes = bytes};
+	emit(e, MIG_REPLICA_INSTALLED, user, &a);
+}
+
+/* The files of an update are installed (or not): now the light state. */
+static void install_done(mig_engine *e, mig__rfin *in)
+{
+	struct mig__replica *r = e->replica;
+	rin_rec *q = r ? r->rins : NULL;
+	while (q && q->in != in)
+		q = q->next;
+	if (!q)
+		return;
+	unlink_rin(r, q);
+	char why[MIG__REASON_MAX];
+	bool partial = false;
+	int rc = mig__rfin_result(in, &partial, why, sizeof(why));
+	char user[MIG__USER_MAX + 1];
+	mig__strlcpy(user, mig__rfin_user(in), sizeof(user));
+	repl *x = find_repl(r, user);
+	if (x)
+		x->installing = false;
+	if (!rc && mig__users_find(&e->users, user)) {
+		rc = MIG_EBUSY;
+		snprintf(why, sizeof(why), "user %s became active here", user);
+		partial = true;
+	}
+	if (rc) {
+		/* A mixed copy cannot serve as a basis nor be promoted. */
+		if (partial && x)
+			x->files_broken = true;
+		Migwire__ReplicaUpdate fu = MIGWIRE__REPLICA_UPDATE__INIT;
+		fu.user = user;
+		fu.epoch = q->epoch;
+		fu.seq = q->seq;
+		refuse(e, q->conn, q->peer, &fu, rc, why, 0);
+		rin_free(q);
+		return;
+	}
+	commit_update(e, q->conn, user, q->epoch, q->seq, q->nd, q->nnd, q->pid, q->peer,
+		      q->bytes, true);
+	q->nd = NULL;
+	q->pid = NULL;
+	q->peer = NULL;
+	rin_free(q);
+}
+
+static rin_rec *rin_new(mig_engine *e, struct mig__replica *r, const char *user, uint64_t epoch,
+			uint64_t seq, const char *sender)
+{
+	rin_rec *q = mig__calloc(1, sizeof(*q));
+	if (!q)
+		return NULL;
+	q->sender = mig__strdup(sender);
+	q->in = q->sender ? mig__rfin_new(e, user, epoch, seq) : NULL;
+	if (!q->in) {
+		mig__free(q->sender);
+		mig__free(q);
+		return NULL;
+	}
+	q->next = r->rins;
+	r->rins = q;
+	r->nrins++;
+	return q;
+}
+
+/* A piece of a file of an update still to come: staged aside. */
+static void on_file(mig_engine *e, uint64_t conn, const Migwire__ReplicaFile *f, size_t bytes)
+{
+	struct mig__replica *r = get_rep(e);
+	if (!r || r->stopped || !e->nfdomains)
+		return; /* the update is refused when it arrives */
+	mig__conn_rec *c = mig__engine_conn(e, conn);
+	const char *sender = c && c->peer_engine_id ? c->peer_engine_id : "";
+	if (mig__users_find(&e->users, f->user))
+		return; /* refused with the update: the user is active here */
+	rin_rec *q = find_rin(r, f->user);
+	if (q && (!mig__rfin_matches(q->in, f->user, f->epoch, f->seq) ||
+		  strcmp(q->sender, sender) != 0)) {
+		if (q->finalizing)
+			return; /* the next update is refused as busy */
+		unlink_rin(r, q); /* a newer update: the old one never completed */
+		rin_free(q);
+		q = NULL;
+	}
+	if (!q) {
+		if (r->nrins >= MIG__REPLICA_MAX_USERS)
+			return;
+		q = rin_new(e, r, f->user, f->epoch, f->seq, sender);
+		if (!q) {
+			mig__engine_log(e, MIG_LOG_WARN, "replica files of user %s: out of memory",
+					f->user);
+			return;
+		}
+	}
+	if (q->finalizing)
+		return;
+	q->file_bytes += bytes;
+	mig__rfin_piece(q->in, f);
 }
 
 static void on_update(mig_engine *e, uint64_t conn, const Migwire__ReplicaUpdate *u, size_t bytes)
@@ -893,6 +1274,60 @@ static void on_update(mig_engine *e, uint64_t conn, const Migwire__ReplicaUpdate
 			return;
 		}
 	}
+	/* File state: deltas must be against the copy held here. */
+	bool files = u->has_base_seq && e->nfdomains > 0;
+	if (files && u->base_seq &&
+	    (!same_epoch || x->seq != u->base_seq || !x->has_files || x->files_broken)) {
+		snprintf(why, sizeof(why),
+			 "the update's files are deltas against seq %llu, but the replica here holds "
+			 "%s%llu",
+			 (unsigned long long)u->base_seq,
+			 x && x->has_files && !x->files_broken ? "" : "no files at ",
+			 (unsigned long long)(same_epoch ? x->seq : 0));
+		refuse(e, conn, peer, u, MIG_EUNKNOWN, why, same_epoch ? x->seq : 0);
+		return;
+	}
+	if (u->files && !files) {
+		if (e->nfdomains)
+			refuse(e, conn, peer, u, MIG_EPROTO, "an update with files but no base_seq",
+			       0);
+		else
+			refuse(e, conn, peer, u, MIG_ENODOMAIN, "no file domain is registered here",
+			       0);
+		return;
+	}
+	if (files && !mig__rf_user_ok(u->user)) {
+		snprintf(why, sizeof(why), "user id %s cannot name a folder", u->user);
+		refuse(e, conn, peer, u, MIG_EINVAL, why, 0);
+		return;
+	}
+	rin_rec *q = find_rin(r, u->user);
+	if (q && q->finalizing) {
+		snprintf(why, sizeof(why), "update %llu of user %s is still being installed",
+			 (unsigned long long)q->seq, u->user);
+		refuse(e, conn, peer, u, MIG_EBUSY, why, 0);
+		return;
+	}
+	if (q && (!mig__rfin_matches(q->in, u->user, u->epoch, u->seq) ||
+		  strcmp(q->sender, sender) != 0)) {
+		unlink_rin(r, q); /* files of an update that never came */
+		rin_free(q);
+		q = NULL;
+	}
+	if (u->files && !q) {
+		snprintf(why, sizeof(why), "none of the update's %u files arrived", u->files);
+		refuse(e, conn, peer, u, MIG_EPROTO, why, 0);
+		return;
+	}
+	/* Unchanged files and a copy held: only the light state changes. */
+	if (files && !u->files && u->base_seq) {
+		files = false;
+		if (q) {
+			unlink_rin(r, q);
+			rin_free(q);
+			q = NULL;
+		}
+	}
 	/* Build the new set completely, then swap: a failure leaves the old. */
 	rdomain *nd = mig__calloc(u->n_light ? u->n_light : 1, sizeof(*nd));
 	bool ok = nd != NULL;
@@ -908,15 +1343,7 @@ static void on_update(mig_engine *e, uint64_t conn, const Migwire__ReplicaUpdate
 	}
 	char *pid = ok ? mig__strdup(sender) : NULL;
 	char *purl = ok ? mig__strdup(peer) : NULL;
-	repl *fresh = NULL;
-	if (ok && !x) {
-		fresh = mig__calloc(1, sizeof(*fresh));
-		if (!fresh || !(fresh->user = mig__strdup(u->user))) {
-			mig__free(fresh);
-			fresh = NULL;
-		}
-	}
-	if (!ok || !pid || !purl || (!x && !fresh)) {
+	if (!ok || !pid || !purl) {
 		if (nd)
 			free_domains(nd, u->n_light);
 		mig__free(pid);
@@ -924,29 +1351,45 @@ static void on_update(mig_engine *e, uint64_t conn, const Migwire__ReplicaUpdate
 		refuse(e, conn, peer, u, MIG_ENOMEM, "out of memory", 0);
 		return;
 	}
-	if (fresh) {
-		x = fresh;
-		x->next = r->repls;
-		r->repls = x;
-		r->nrepls++;
+	if (!files) {
+		commit_update(e, conn, u->user, u->epoch, u->seq, nd, u->n_light, pid, purl,
+			      bytes, false);
+		return;
 	}
-	free_domains(x->domains, x->ndomains);
-	x->domains = nd;
-	x->ndomains = u->n_light;
-	mig__free(x->primary_id);
-	x->primary_id = pid;
-	mig__free(x->primary_url);
-	x->primary_url = purl;
-	x->epoch = u->epoch;
-	x->seq = u->seq;
-	x->installed++;
-	x->bytes += bytes;
-	x->last_heard_us = now;
-	x->last_install_us = now;
-	x->last_install_wall_us = mig__wall_us();
-	send_ack(e, conn, u, 0, "", false, x->epoch, 0);
-	evargs a = {.peer = peer, .epoch = u->epoch, .seq = u->seq, .bytes = bytes};
-	emit(e, MIG_REPLICA_INSTALLED, u->user, &a);
+	/* Install the files on the update's strand first; the light state
+	 * follows in install_done, at the same seq, or neither does. */
+	if (!q && (r->stopped || r->nrins >= MIG__REPLICA_MAX_USERS ||
+		   !(q = rin_new(e, r, u->user, u->epoch, u->seq, sender)))) {
+		free_domains(nd, u->n_light);
+		mig__free(pid);
+		mig__free(purl);
+		refuse(e, conn, peer, u, MIG_ENOMEM, "out of memory", 0);
+		return;
+	}
+	int rc = mig__rfin_finalize(q->in, u->files, u->base_seq, install_done);
+	if (rc) {
+		char reason[MIG__REASON_MAX];
+		bool partial;
+		mig__rfin_result(q->in, &partial, reason, sizeof(reason));
+		unlink_rin(r, q);
+		rin_free(q);
+		free_domains(nd, u->n_light);
+		mig__free(pid);
+		mig__free(purl);
+		refuse(e, conn, peer, u, rc, rc == MIG_ENOMEM ? "out of memory" : reason, 0);
+		return;
+	}
+	q->finalizing = true;
+	q->conn = conn;
+	q->peer = purl;
+	q->pid = pid;
+	q->nd = nd;
+	q->nnd = u->n_light;
+	q->epoch = u->epoch;
+	q->seq = u->seq;
+	q->bytes = bytes + q->file_bytes;
+	if (x)
+		x->installing = true;
 }
 
 /* Makes the replica the active user: incoming, merge every domain, then
@@ -975,6 +1418,11 @@ static int promote_now(mig_engine *e, repl *x, char *why, size_t why_len)
 			return MIG_ECALLBACK;
 		}
 	}
+	/* The replica copy becomes the user's folder before any merge, as
+	 * the staged folder does at COMMIT. */
+	size_t moved = 0;
+	if (x->has_files)
+		err = mig__rf_promote_files(e, user, &moved, why, why_len);
 	for (size_t i = 0; i < x->ndomains && !err; i++) {
 		const mig__domain *d = find_domain(e, x->domains[i].name);
 		if (!d) {
@@ -992,6 +1440,7 @@ static int promote_now(mig_engine *e, repl *x, char *why, size_t why_len)
 		}
 	}
 	if (err) {
+		mig__rf_unpromote_files(e, user, moved);
 		mig__users_remove(&e->users, user);
 		if (e->hooks.drop) {
 			mig__engine_unlock_for_app(e);
@@ -1006,6 +1455,7 @@ static int promote_now(mig_engine *e, repl *x, char *why, size_t why_len)
 	x->promoted = true;
 	x->promote_requested = false;
 	x->promoted_epoch = x->epoch + 1;
+	x->has_files = false;
 	free_domains(x->domains, x->ndomains);
 	x->domains = NULL;
 	x->ndomains = 0;
@@ -1064,6 +1514,8 @@ static uint64_t tick_repls(mig_engine *e, uint64_t now)
 					(unsigned long long)((now - x->last_heard_us) / 1000));
 			x->promote_requested = true;
 		}
+		if (x->promote_requested && x->installing)
+			continue; /* after the update being installed (a dispatch away) */
 		if (x->promote_requested)
 			promote_and_report(e, x, now);
 	}
@@ -1084,7 +1536,8 @@ uint64_t mig__replica_tick(mig_engine *e, uint64_t now)
 bool mig__replica_owns(const mig__frame *f)
 {
 	return f->body_case == MIGWIRE__FRAME__BODY_REPLICA_UPDATE ||
-	       f->body_case == MIGWIRE__FRAME__BODY_REPLICA_ACK;
+	       f->body_case == MIGWIRE__FRAME__BODY_REPLICA_ACK ||
+	       f->body_case == MIGWIRE__FRAME__BODY_REPLICA_FILE;
 }
 
 void mig__replica_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f, size_t bytes)
@@ -1093,6 +1546,8 @@ void mig__replica_on_frame(mig_engine *e, uint64_t conn, const mig__frame *f, si
 		on_update(e, conn, f->replica_update, bytes);
 	else if (f->body_case == MIGWIRE__FRAME__BODY_REPLICA_ACK)
 		on_ack(e, conn, f->replica_ack);
+	else if (f->body_case == MIGWIRE__FRAME__BODY_REPLICA_FILE)
+		on_file(e, conn, f->replica_file, bytes);
 }
 
 void mig__replica_on_conn_down(mig_engine *e, uint64_t conn)
@@ -1125,6 +1580,11 @@ int mig__replica_control(mig_engine *e, const mig__frame *f, char *why, size_t w
 		int rc = promote_check(e, f->promote->user, &x, why, why_len);
 		if (rc)
 			return rc;
+		if (x->installing) {
+			snprintf(why, why_len, "an update of user %s is being installed: try again",
+				 f->promote->user);
+			return MIG_EBUSY;
+		}
 		rc = promote_now(e, x, why, why_len);
 		char reason[MIG__REASON_MAX];
 		mig__strlcpy(reason, why, sizeof(reason));

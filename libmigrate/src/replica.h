@@ -19,7 +19,9 @@ uint64_t mig__replica_tick(mig_engine *e, uint64_t now);
 /* Control channel: PromoteRequest / ReplicateRequest. Returns the reply
  * code and writes the reason into why. */
 int mig__replica_control(mig_engine *e, const mig__frame *f, char *why, size_t why_len);
-/* Engine teardown. */
+/* Engine teardown: first, before the worker pool goes, mig__replica_stop()
+ * (stops file work, releases strands); then mig__replica_free(). */
+void mig__replica_stop(mig_engine *e);
 void mig__replica_free(mig_engine *e);
 
 #endif

@@ -31,8 +31,26 @@ static uint64_t wall_s(void)
 
 int mig__session_init(mig_engine *e)
 {
-	int rc = mig__auth_session_key(e->secret, e->secret_len, &e->session_key);
-	return rc ? rc : mig__nonce_cache_init(&e->used_nonces, MIG__SESSION_NONCES_MAX);
+	return mig__nonce_cache_init(&e->used_nonces, MIG__SESSION_NONCES_MAX);
+}
+
+/* Guards every engine's session_key and session_key_ready; taken alone or
+ * under an engine lock, and takes nothing else. */
+static pthread_mutex_t session_key_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Derived at the first token minted or checked, not in mig_engine_new():
+ * the first use of libcrypto's algorithms maps about 1.8 MiB of its pages
+ * (its default provider), which an engine that has not met a user yet
+ * does not need (docs/BENCHMARKS.md, "Cost to the application"). */
+const mig__session_key *mig__session_key_get(mig_engine *e)
+{
+	pthread_mutex_lock(&session_key_lock);
+	if (!e->session_key_ready)
+		e->session_key_ready =
+			mig__auth_session_key(e->secret, e->secret_len, &e->session_key) == 0;
+	bool ready = e->session_key_ready;
+	pthread_mutex_unlock(&session_key_lock);
+	return ready ? &e->session_key : NULL;
 }
 
 void mig__session_destroy(mig_engine *e)
@@ -45,7 +63,10 @@ void mig__session_destroy(mig_engine *e)
 static int mint(mig_engine *e, const char *user, const char *target,
 		char out[MIG__TOKEN_B64_MAX + 1])
 {
-	return mig__token_mint(&e->session_key, user, target, e->engine_id,
+	const mig__session_key *key = mig__session_key_get(e);
+	if (!key)
+		return MIG_ESYSTEM;
+	return mig__token_mint(key, user, target, e->engine_id,
 			       wall_s() + e->session_ttl_s, out, MIG__TOKEN_B64_MAX + 1, NULL);
 }
 
@@ -129,25 +150,24 @@ static void set_renew(mig_engine *e, mig__conn_rec *c, uint64_t now)
 		e->session_next_us = c->session_renew_us;
 }
 
-/* Sends `c` a Redirect to where committed migration `m` took its user,
+/* Sends `c` a Redirect to where a committed migration took `user` (the
+ * destination's engine id, session URL and app URL, "" or NULL if none),
  * with a fresh token for that engine, and closes it once written. */
-static int send_redirect(mig_engine *e, mig__conn_rec *c, struct mig_migration *m)
+static int send_redirect(mig_engine *e, mig__conn_rec *c, const char *user, const char *target,
+			 const char *session_url, const char *app_url)
 {
-	const char *target = m->peer_engine_id;
-	const char *session_url =
-		m->peer_session_url && *m->peer_session_url ? m->peer_session_url : m->peer_url;
 	c->session_closing = true;
 	char tok[MIG__TOKEN_B64_MAX + 1];
-	if (!target || !*target || mint(e, m->user, target, tok) != 0) {
+	if (!target || !*target || mint(e, user, target, tok) != 0) {
 		mig__transport_close(e->transport, c->id, 1011,
 				     "the user moved; no redirect available");
 		return -1;
 	}
 	Migwire__Redirect r = MIGWIRE__REDIRECT__INIT;
-	r.user = m->user;
+	r.user = (char *)user;
 	r.session_url = (char *)session_url;
 	r.token = tok;
-	r.app_url = m->peer_app_url;
+	r.app_url = app_url && *app_url ? (char *)app_url : NULL;
 	r.engine_id = (char *)target;
 	mig__frame f = MIGWIRE__FRAME__INIT;
 	f.body_case = MIGWIRE__FRAME__BODY_REDIRECT;
@@ -162,22 +182,12 @@ static int send_redirect(mig_engine *e, mig__conn_rec *c, struct mig_migration *
 	return 0;
 }
 
-/* The latest committed migration that took `user` away from here, if this
- * engine still remembers it (outcomes are kept 10 minutes). */
-static struct mig_migration *departed_to(mig_engine *e, const char *user)
-{
-	struct mig_migration *found = NULL;
-	for (struct mig_migration *m = e->outcomes_head; m; m = m->next)
-		if (m->outgoing && m->state == MIG_MIGRATION_COMMITTED && strcmp(m->user, user) == 0)
-			found = m;
-	return found;
-}
-
 static void on_attach(mig_engine *e, mig__conn_rec *c, const Migwire__Attach *a)
 {
 	mig__token tok;
 	const char *why = "";
-	int rc = mig__token_verify(&e->session_key, a->token, &tok, &why);
+	const mig__session_key *key = mig__session_key_get(e);
+	int rc = key ? mig__token_verify(key, a->token, &tok, &why) : MIG_ESYSTEM;
 	if (rc) {
 		refuse(e, c, rc, why, NULL);
 		return;
@@ -193,12 +203,15 @@ static void on_attach(mig_engine *e, mig__conn_rec *c, const Migwire__Attach *a)
 		/* A client that was not attached when its user left (it
 		 * attaches late, or its link was down at COMMIT) is sent where
 		 * the user went, as if it had been attached then. */
-		struct mig_migration *m = departed_to(e, tok.user);
-		if (m && mig__nonce_cache_add(&e->used_nonces, tok.nonce, tok.expiry, now) == 0 &&
-		    send_redirect(e, c, m) == 0) {
+		const mig__outcome *r = mig__outcomes_departed(&e->outcomes, tok.user);
+		const char *user = "", *target = "", *app_url = "", *session_url = "";
+		if (r)
+			mig__outcome_departure(r, &user, &target, &app_url, &session_url);
+		if (r && mig__nonce_cache_add(&e->used_nonces, tok.nonce, tok.expiry, now) == 0 &&
+		    send_redirect(e, c, user, target, session_url, app_url) == 0) {
 			mig__engine_log(e, MIG_LOG_INFO,
 					"session connection %llu: %s left for %s; redirected",
-					(unsigned long long)c->id, tok.user, m->peer_engine_id);
+					(unsigned long long)c->id, tok.user, target);
 			return;
 		}
 		refuse(e, c, MIG_ENOUSER, "user not active on this engine", tok.user);
@@ -246,14 +259,13 @@ void mig__session_redirect(mig_engine *e, struct mig_migration *m)
 	const char *session_url =
 		m->peer_session_url && *m->peer_session_url ? m->peer_session_url : m->peer_url;
 	int n = 0;
-	MIG__UNUSED(session_url);
 	for (mig__conn_rec *c = e->conns; c; c = c->next) {
 		if (c->channel != MIGWIRE__CHANNEL__CHANNEL_SESSION || !c->session_user ||
 		    strcmp(c->session_user, m->user) != 0)
 			continue;
 		mig__free(c->session_user);
 		c->session_user = NULL;
-		n += send_redirect(e, c, m) == 0;
+		n += send_redirect(e, c, m->user, target, session_url, m->peer_app_url) == 0;
 	}
 	if (n)
 		mig__engine_log(e, MIG_LOG_INFO, "user %s: redirected %d client(s) to %s (%s)",

@@ -22,12 +22,15 @@
 #include "transport.h"
 
 _Static_assert(LWS_PRE <= MIG__MSG_HEADROOM, "MIG__MSG_HEADROOM must cover LWS_PRE");
+_Static_assert(14 <= MIG__MSG_HEADROOM, "MIG__MSG_HEADROOM must cover a frame header");
 _Static_assert(MIG__NONCE_LEN == MIG__AUTH_NONCE_LEN, "one nonce length");
 _Static_assert(MIG__MAC_LEN == MIG__AUTH_MAC_LEN, "one MAC length");
 
 /* Largest piece handed to one lws_write(): matches tx_packet_size so lws
  * never has to buffer a partial send on the heap. */
 #define FRAGMENT_BYTES (64u * 1024)
+/* One read from a socket, at most (lws's pt_serv_buf_size). */
+#define READ_BYTES (64u * 1024)
 #define HANDSHAKE_TIMEOUT_S 10
 
 enum conn_state {
@@ -118,6 +121,11 @@ struct mig__transport {
 	 * loaded by the first wss:// connect (I/O thread): parsed, it is
 	 * ~0.6 MiB of heap that an engine with no wss:// peer never needs. */
 	bool system_ca_loaded;
+	/* Engine without tls_cert_file and tls_ca_file: the vhost of its
+	 * wss:// connects, made with client_ssl_ctx by the first one (I/O
+	 * thread, client_vhost_new()); NULL until then. Otherwise NULL, and
+	 * the default vhost has client_ssl_ctx from the start. */
+	struct lws_vhost *client_vhost;
 	struct lws_protocols protocols[6];
 	int port;
 	pthread_t thread;
@@ -131,6 +139,9 @@ struct mig__transport {
 	bool destroying; /* I/O thread only: no events while tearing down */
 
 	struct conn *conns; /* I/O thread only */
+	/* Blocks for the large fields of received frames (file chunks), which
+	 * the I/O thread allocates and workers free; NULL: the heap. */
+	mig__pool *rx_pool;
 };
 
 static const char *const protocol_names[] = {
@@ -556,7 +567,8 @@ static void on_message(mig__transport *t, struct conn *c)
 	mig__frame *f = NULL;
 	char why[160];
 	size_t len = c->rx_len;
-	int rc = mig__wire_decode(c->rx, len, t->cfg.max_frame, &f, why, sizeof(why));
+	int rc = mig__wire_decode_pool(c->rx, len, t->cfg.max_frame, t->rx_pool, &f, why,
+				       sizeof(why));
 	c->rx_len = 0;
 	if (rc != 0) {
 		tlog(t, MIG_LOG_WARN, "%s: connection %llu: %s", t->name,
@@ -673,6 +685,40 @@ static bool on_receive(mig__transport *t, struct conn *c, struct lws *wsi, const
 	return true;
 }
 
+/* A client must mask what it sends (RFC 6455, 5.3), and libwebsockets 4.1
+ * masks with a random key one byte at a time: on loopback that loop cost
+ * more than the whole raw copy of a file transfer. On the peer channel (one
+ * engine to another, authenticated by the shared secret) this side writes
+ * the frame header itself with a masking key of zero, so the payload goes
+ * out as it is; libwebsockets' server side sees the zero key and skips the
+ * unmasking. The masking key exists to keep script in a browser from
+ * choosing the bytes an intermediary sees; no browser speaks this channel.
+ * Writes the header of one frame (a binary or continuation fragment of
+ * `n` payload bytes, masked, key 0) just before `payload`, into the bytes
+ * the message's headroom or its already written part provides. Returns
+ * the header's length (at most 14). */
+static size_t zero_key_header(uint8_t *payload, size_t n, bool first, bool last)
+{
+	uint8_t h[14];
+	size_t len = 0;
+	h[len++] = (uint8_t)((last ? 0x80 : 0) | (first ? 0x2 : 0x0));
+	if (n < 126) {
+		h[len++] = (uint8_t)(0x80 | n);
+	} else if (n <= 0xffff) {
+		h[len++] = 0x80 | 126;
+		h[len++] = (uint8_t)(n >> 8);
+		h[len++] = (uint8_t)n;
+	} else {
+		h[len++] = 0x80 | 127;
+		for (int i = 7; i >= 0; i--)
+			h[len++] = (uint8_t)((uint64_t)n >> (8 * i));
+	}
+	memset(h + len, 0, 4);
+	len += 4;
+	memcpy(payload - len, h, len);
+	return len;
+}
+
 /* Writes one fragment of the head message; returns -1 to close. */
 static int on_writeable(mig__transport *t, struct conn *c, struct lws *wsi)
 {
@@ -696,9 +742,18 @@ static int on_writeable(mig__transport *t, struct conn *c, struct lws *wsi)
 	size_t n = left > FRAGMENT_BYTES ? FRAGMENT_BYTES : left;
 	bool first = m->sent == 0;
 	bool last = n == left;
-	int flags = lws_write_ws_flags(LWS_WRITE_BINARY, first, last);
 	uint8_t *p = mig__msg_payload(m) + m->sent;
-	int w = lws_write(wsi, p, n, (enum lws_write_protocol)flags);
+	int w;
+	if (!c->inbound && c->channel == MIGWIRE__CHANNEL__CHANNEL_PEER) {
+		/* Engine to engine as the WebSocket client: the frame with a zero
+		 * masking key (docs/PROTOCOL.md, "Framing", at the top). */
+		size_t h = zero_key_header(p, n, first, last);
+		w = lws_write(wsi, p - h, h + n, LWS_WRITE_RAW);
+		w = w < (int)h ? -1 : w - (int)h;
+	} else {
+		int flags = lws_write_ws_flags(LWS_WRITE_BINARY, first, last);
+		w = lws_write(wsi, p, n, (enum lws_write_protocol)flags);
+	}
 	if (w < (int)n) {
 		set_down(c, MIG_EIO, "write failed");
 		return -1;
@@ -754,6 +809,7 @@ static void queue_cmd(mig__transport *t, struct cmd *cmd)
 }
 
 static const char *ssl_error(void);
+static int client_vhost_new(mig__transport *t, struct conn *c);
 
 static void do_connect(mig__transport *t, struct conn *c)
 {
@@ -775,6 +831,10 @@ static void do_connect(mig__transport *t, struct conn *c)
 	ci.host = host;
 	ci.origin = host;
 	ci.protocol = protocol_names[c->channel];
+	if (tls && !t->client_ssl_ctx && client_vhost_new(t, c) != 0) {
+		conn_gone(t, c);
+		return;
+	}
 	if (tls && !t->tls_ca_file && !t->system_ca_loaded) {
 		/* No connection has used the client SSL_CTX yet, so its store
 		 * can still be filled here. */
@@ -786,6 +846,7 @@ static void do_connect(mig__transport *t, struct conn *c)
 		t->system_ca_loaded = true;
 	}
 	ci.ssl_connection = tls ? LCCSCF_USE_SSL : 0;
+	ci.vhost = tls ? t->client_vhost : NULL; /* NULL: the default vhost */
 	ci.opaque_user_data = c;
 	ci.retry_and_idle_policy = &keepalive_policy;
 	ci.pwsi = &c->wsi;
@@ -937,6 +998,42 @@ fail:
 		snprintf(err, err_len, "%s%s: %s", what, file, ssl_error());
 	SSL_CTX_free(ctx);
 	return NULL;
+}
+
+/* An engine started without tls_cert_file and tls_ca_file has no client
+ * SSL_CTX, and libwebsockets has not initialised OpenSSL for it (no
+ * LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT on its context): about 2 MiB of
+ * libcrypto pages and heap that an engine whose peers are all ws:// never
+ * needs (docs/BENCHMARKS.md, "Cost to the application"). Its first wss://
+ * connect makes both, here on the I/O thread: the SSL_CTX (which
+ * initialises OpenSSL) and a vhost that does not listen and holds it (lws
+ * 4.1 hands a vhost a provided client SSL_CTX only at its creation, and
+ * only with that option). Returns 0, or -1 with `c` set down (MIG_ETLS);
+ * the next wss:// connect tries again. */
+static int client_vhost_new(mig__transport *t, struct conn *c)
+{
+	char err[200];
+	t->client_ssl_ctx = client_ssl_ctx_new(t, err, sizeof(err));
+	if (!t->client_ssl_ctx) {
+		set_down(c, MIG_ETLS, "%s", err);
+		return -1;
+	}
+	struct lws_context_creation_info info;
+	memset(&info, 0, sizeof(info));
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.vhost_name = "wss-client";
+	info.protocols = t->protocols;
+	info.retry_and_idle_policy = &keepalive_policy;
+	info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+	info.provided_client_ssl_ctx = t->client_ssl_ctx;
+	t->client_vhost = lws_create_vhost(t->ctx, &info);
+	if (!t->client_vhost) {
+		SSL_CTX_free(t->client_ssl_ctx);
+		t->client_ssl_ctx = NULL;
+		set_down(c, MIG_ETLS, "cannot set up TLS for outbound connections");
+		return -1;
+	}
+	return 0;
 }
 
 /* Why an outbound connection failed, for CLIENT_CONNECTION_ERROR. */
@@ -1247,6 +1344,8 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 		mig__free(t);
 		return MIG_ESYSTEM;
 	}
+	/* Enough for the chunks of a transfer's flow-control window. */
+	t->rx_pool = mig__pool_new(MIG__POOL_BLOCK, 40);
 #define DUP(field)                                                   \
 	do {                                                         \
 		if (cfg->field) {                                    \
@@ -1298,8 +1397,17 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 	info.user = t;
 	info.gid = -1;
 	info.uid = -1;
+	/* Bytes one read of a connection takes (lws reads at most this much
+	 * per recv(); its default, 4 KiB, made a 64 MiB transfer 16384 reads
+	 * and as many trips through the event loop). One buffer per context,
+	 * up to 64 KiB resident per engine (256 KiB measured no faster,
+	 * docs/BENCHMARKS.md "File state"). */
+	info.pt_serv_buf_size = READ_BYTES;
 	info.retry_and_idle_policy = &keepalive_policy;
-	info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+	if (t->tls_cert_file || t->tls_ca_file)
+		/* TLS configured: OpenSSL now, and the files checked at start
+		 * (MIG_ETLS). Without, see client_vhost_new(). */
+		info.options = LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	if (cfg->listen && t->tls_cert_file) {
 		info.ssl_cert_filepath = t->tls_cert_file;
 		info.ssl_private_key_filepath = t->tls_key_file;
@@ -1308,12 +1416,14 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 		if (cfg->tls_require_client_cert)
 			info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;
 	}
-	t->client_ssl_ctx = client_ssl_ctx_new(t, err, err_len);
-	if (!t->client_ssl_ctx) {
-		mig__transport_free(t);
-		return MIG_ETLS;
+	if (info.options & LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT) {
+		t->client_ssl_ctx = client_ssl_ctx_new(t, err, err_len);
+		if (!t->client_ssl_ctx) {
+			mig__transport_free(t);
+			return MIG_ETLS;
+		}
+		info.provided_client_ssl_ctx = t->client_ssl_ctx;
 	}
-	info.provided_client_ssl_ctx = t->client_ssl_ctx;
 	t->ctx = lws_create_context(&info);
 	if (!t->ctx) {
 		if (err)
@@ -1389,6 +1499,7 @@ void mig__transport_free(mig__transport *t)
 		c = next;
 	}
 	pthread_mutex_destroy(&t->lock);
+	mig__pool_release(t->rx_pool);
 	mig__free(t->listen_address);
 	mig__free(t->tls_cert_file);
 	mig__free(t->tls_key_file);
@@ -1433,6 +1544,11 @@ int64_t mig__transport_connect(mig__transport *t, const char *url, int channel)
 	cmd->conn = c;
 	queue_cmd(t, cmd);
 	return (int64_t)id;
+}
+
+void mig__transport_trim(mig__transport *t)
+{
+	mig__pool_trim(t->rx_pool);
 }
 
 void mig__transport_send(mig__transport *t, uint64_t conn, mig__msg *msg)

@@ -99,6 +99,9 @@ int64_t mig__transport_connect(mig__transport *t, const char *url, int channel);
 /* Queues `msg` on `conn`; takes ownership. If the connection is gone the
  * message is dropped (its DOWN event says so). */
 void mig__transport_send(mig__transport *t, uint64_t conn, mig__msg *msg);
+/* Frees the spare receive blocks kept for bulk transfers (a transfer has
+ * ended; a later one makes them again). Any thread. */
+void mig__transport_trim(mig__transport *t);
 /* Tests only: queues `msg` as-is ahead of the handshake, so a test can send
  * bytes before authenticating or bytes that are not a valid frame. */
 void mig__transport_send_raw(mig__transport *t, uint64_t conn, mig__msg *msg);

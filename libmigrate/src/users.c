@@ -113,6 +113,27 @@ void mig__users_remove(mig__users *u, const char *id)
 	}
 }
 
+size_t mig__users_count_states(const mig__users *u, Migwire__UserCount uc[MIG_USER_PARKED + 1],
+			       Migwire__UserCount *ucp[MIG_USER_PARKED + 1])
+{
+	uint32_t counts[MIG_USER_PARKED + 1] = {0};
+	for (size_t b = 0; b < u->nbuckets; b++)
+		for (const mig__user *n = u->buckets[b]; n; n = n->next)
+			if ((unsigned)n->state <= MIG_USER_PARKED)
+				counts[n->state]++;
+	size_t nu = 0;
+	for (int st = 0; st <= MIG_USER_PARKED; st++) {
+		if (!counts[st])
+			continue;
+		migwire__user_count__init(&uc[nu]);
+		uc[nu].state = (Migwire__UserState)st;
+		uc[nu].count = counts[st];
+		ucp[nu] = &uc[nu];
+		nu++;
+	}
+	return nu;
+}
+
 /* ------------------------------------------------------------------ public */
 
 MIG_EXPORT int mig_user_add(mig_engine *e, const char *user)

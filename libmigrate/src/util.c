@@ -141,6 +141,20 @@ MIG_EXPORT const char *mig_err_name(int err)
 	return "MIG_E?";
 }
 
+MIG_EXPORT const char *mig_user_state_name(mig_user_state state)
+{
+	static const char *const names[] = {"absent",   "active",   "migrating",
+					    "paused",   "incoming", "parked"};
+	return (unsigned)state < MIG__ARRAY_LEN(names) ? names[state] : "?";
+}
+
+MIG_EXPORT const char *mig_event_type_name(mig_event_type type)
+{
+	static const char *const names[] = {"started",  "prepared",  "committed", "aborted",
+					    "incoming", "activated", "dropped",   "progress"};
+	return (unsigned)type < MIG__ARRAY_LEN(names) ? names[type] : "?";
+}
+
 #define MIG__STR2(x) #x
 #define MIG__STR(x) MIG__STR2(x)
 

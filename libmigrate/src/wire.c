@@ -1,6 +1,7 @@
 /* The wire module: encoding frames, and turning untrusted bytes into frames
  * the rest of the library may trust (see wire.h). */
 #include <assert.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -27,26 +28,170 @@
 
 /* ---------------------------------------------------------------- messages */
 
-mig__msg *mig__msg_new(size_t len)
+/* ---------------------------------------------------------------- pools */
+
+struct mig__pool {
+	pthread_mutex_t lock;
+	size_t block;
+	unsigned keep;
+	unsigned refs;   /* the owner's, and one per block in existence */
+	bool released;   /* the owner is gone: blocks go back to the heap */
+	void **idle;     /* `keep` slots */
+	unsigned nidle;
+};
+
+/* In front of every block; `pool` NULL: a heap block. */
+typedef union pool_hdr {
+	mig__pool *pool;
+	max_align_t align;
+} pool_hdr;
+
+static void pool_destroy(mig__pool *p)
 {
-	if (len > SIZE_MAX - sizeof(mig__msg) - MIG__MSG_HEADROOM)
+	pthread_mutex_destroy(&p->lock);
+	mig__free(p->idle);
+	mig__free(p);
+}
+
+mig__pool *mig__pool_new(size_t block, unsigned keep)
+{
+	if (block > SIZE_MAX - sizeof(pool_hdr) || !keep)
 		return NULL;
-	mig__msg *m = mig__malloc(sizeof(mig__msg) + MIG__MSG_HEADROOM + len);
+	mig__pool *p = mig__calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	p->idle = mig__calloc(keep, sizeof(void *));
+	if (!p->idle || pthread_mutex_init(&p->lock, NULL) != 0) {
+		mig__free(p->idle);
+		mig__free(p);
+		return NULL;
+	}
+	p->block = block;
+	p->keep = keep;
+	p->refs = 1;
+	return p;
+}
+
+void mig__pool_release(mig__pool *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->lock);
+	p->released = true;
+	for (unsigned i = 0; i < p->nidle; i++)
+		mig__free(p->idle[i]);
+	p->refs -= p->nidle + 1;
+	p->nidle = 0;
+	bool last = p->refs == 0;
+	pthread_mutex_unlock(&p->lock);
+	if (last)
+		pool_destroy(p);
+}
+
+void mig__pool_trim(mig__pool *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->lock);
+	for (unsigned i = 0; i < p->nidle; i++)
+		mig__free(p->idle[i]);
+	p->refs -= p->nidle;
+	p->nidle = 0;
+	pthread_mutex_unlock(&p->lock);
+}
+
+void *mig__pool_get(mig__pool *p, size_t len)
+{
+	if (len > SIZE_MAX - sizeof(pool_hdr))
+		return NULL;
+	pool_hdr *h = NULL;
+	if (p && len <= p->block) {
+		pthread_mutex_lock(&p->lock);
+		if (p->nidle)
+			h = p->idle[--p->nidle];
+		pthread_mutex_unlock(&p->lock);
+		if (!h) {
+			h = mig__malloc(sizeof(pool_hdr) + p->block);
+			if (!h)
+				return NULL;
+			pthread_mutex_lock(&p->lock);
+			p->refs++;
+			pthread_mutex_unlock(&p->lock);
+			h->pool = p;
+		}
+	} else {
+		h = mig__malloc(sizeof(pool_hdr) + len);
+		if (!h)
+			return NULL;
+		h->pool = NULL;
+	}
+	return h + 1;
+}
+
+void mig__pool_put(void *block)
+{
+	if (!block)
+		return;
+	pool_hdr *h = (pool_hdr *)block - 1;
+	mig__pool *p = h->pool;
+	if (!p) {
+		mig__free(h);
+		return;
+	}
+	pthread_mutex_lock(&p->lock);
+	if (!p->released && p->nidle < p->keep) {
+		p->idle[p->nidle++] = h;
+		pthread_mutex_unlock(&p->lock);
+		return;
+	}
+	bool last = --p->refs == 0;
+	pthread_mutex_unlock(&p->lock);
+	mig__free(h);
+	if (last)
+		pool_destroy(p);
+}
+
+/* ---------------------------------------------------------------- messages */
+
+static mig__msg *msg_new(mig__pool *pool, size_t len)
+{
+	if (len > SIZE_MAX - sizeof(mig__msg) - MIG__MSG_HEADROOM - sizeof(pool_hdr))
+		return NULL;
+	mig__msg *m;
+	if (pool)
+		m = mig__pool_get(pool, sizeof(mig__msg) + MIG__MSG_HEADROOM + len);
+	else
+		m = mig__malloc(sizeof(mig__msg) + MIG__MSG_HEADROOM + len);
 	if (!m)
 		return NULL;
 	m->next = NULL;
 	m->len = len;
 	m->sent = 0;
 	m->close_after = 0;
+	m->pool = pool;
 	return m;
+}
+
+mig__msg *mig__msg_new(size_t len)
+{
+	return msg_new(NULL, len);
 }
 
 void mig__msg_free(mig__msg *m)
 {
-	mig__free(m);
+	if (m && m->pool)
+		mig__pool_put(m);
+	else
+		mig__free(m);
 }
 
 int mig__wire_encode(const mig__frame *frame, size_t max_len, mig__msg **out)
+{
+	return mig__wire_encode_pool(frame, max_len, NULL, out);
+}
+
+int mig__wire_encode_pool(const mig__frame *frame, size_t max_len, mig__pool *pool,
+			  mig__msg **out)
 {
 	if (!out)
 		return MIG_EINVAL;
@@ -56,7 +201,7 @@ int mig__wire_encode(const mig__frame *frame, size_t max_len, mig__msg **out)
 	size_t n = migwire__frame__get_packed_size(frame);
 	if (max_len && n > max_len)
 		return MIG_ETOOBIG;
-	mig__msg *m = mig__msg_new(n);
+	mig__msg *m = msg_new(pool, n);
 	if (!m)
 		return MIG_ENOMEM;
 	size_t written = migwire__frame__pack(frame, mig__msg_payload(m));
@@ -69,11 +214,17 @@ int mig__wire_encode(const mig__frame *frame, size_t max_len, mig__msg **out)
 /* ---------------------------------------------------------------- allocator */
 
 /* Every block protobuf-c gets carries its size in front, so a free can give
- * the bytes back to the budget without protobuf-c telling us the size. */
+ * the bytes back to the budget without protobuf-c telling us the size, and
+ * whether it came from a pool. */
 typedef union block_hdr {
-	size_t size;
+	struct {
+		size_t size;
+		bool pooled;
+	} h;
 	max_align_t align;
 } block_hdr;
+/* Decoded fields larger than this come from the decode's pool, if any. */
+#define POOLED_MIN (64u * 1024)
 
 /* Per-call state of one unpack; lives on the decoding thread's stack, so
  * concurrent decodes share nothing. */
@@ -81,6 +232,7 @@ typedef struct budget {
 	size_t left;
 	bool over; /* a request was refused because of the budget */
 	bool oom;  /* the allocator itself failed */
+	mig__pool *pool;
 } budget;
 
 static void *budget_alloc(void *data, size_t size)
@@ -96,7 +248,8 @@ static void *budget_alloc(void *data, size_t size)
 		b->over = true;
 		return NULL;
 	}
-	block_hdr *h = mig__malloc(total);
+	bool pooled = b && b->pool && size > POOLED_MIN;
+	block_hdr *h = pooled ? mig__pool_get(b->pool, total) : mig__malloc(total);
 	if (!h) {
 		if (b)
 			b->oom = true;
@@ -104,7 +257,8 @@ static void *budget_alloc(void *data, size_t size)
 	}
 	if (b)
 		b->left -= total;
-	h->size = total;
+	h->h.size = total;
+	h->h.pooled = pooled;
 	return h + 1;
 }
 
@@ -115,8 +269,11 @@ static void budget_free(void *data, void *p)
 	block_hdr *h = (block_hdr *)p - 1;
 	budget *b = data;
 	if (b)
-		b->left += h->size;
-	mig__free(h);
+		b->left += h->h.size;
+	if (h->h.pooled)
+		mig__pool_put(h);
+	else
+		mig__free(h);
 }
 
 /* Frees decoded frames after the unpack's budget is gone: same block layout,
@@ -131,6 +288,19 @@ void mig__wire_free(mig__frame *frame)
 {
 	if (frame)
 		migwire__frame__free_unpacked(frame, &frame_allocator);
+}
+
+void *mig__wire_take_bytes(ProtobufCBinaryData *field)
+{
+	void *data = field->data;
+	field->data = NULL;
+	field->len = 0;
+	return data;
+}
+
+void mig__wire_bytes_free(void *data)
+{
+	budget_free(NULL, data);
 }
 
 /* ---------------------------------------------------------------- validation */
@@ -598,6 +768,28 @@ static bool check_replica_update(check *c, const Migwire__ReplicaUpdate *m)
 	return check_unique(c, "light", names, m->n_light);
 }
 
+/* Paths and domains are judged by replica.c, which refuses the update
+ * with a reason; here only sizes and the shape of a piece. */
+static bool check_replica_file(check *c, const Migwire__ReplicaFile *m)
+{
+	if (!check_user(c, "user", m->user) ||
+	    !check_domain_name(c, "domain", 0, m->domain))
+		return false;
+	if (m->epoch == 0 || m->seq == 0)
+		return fail(c, "epoch and seq start at 1");
+	if (!m->path || !*m->path || strnlen(m->path, MIG__PATH_MAX + 1) > MIG__PATH_MAX)
+		return fail(c, "path is empty or over %d bytes", MIG__PATH_MAX);
+	if (m->data.len > MIG__CHUNK_RAW_MAX)
+		return fail(c, "data over %u bytes", MIG__CHUNK_RAW_MAX);
+	if (m->remove && (!m->first || !m->last || m->data.len))
+		return fail(c, "a removal is one piece without data");
+	if (m->last && !m->remove && m->sha256.len != 32)
+		return fail(c, "the last piece needs a 32-byte sha256");
+	if (m->has_tail_from && (!m->first || m->delta || m->remove))
+		return fail(c, "tail_from is for the first piece of an appended file");
+	return true;
+}
+
 static bool check_replica_ack(check *c, const Migwire__ReplicaAck *m)
 {
 	return check_user(c, "user", m->user) && check_code(c, "code", m->code) &&
@@ -729,6 +921,8 @@ static bool check_frame(check *c, const mig__frame *f)
 		return check_replica_update(c, f->replica_update);
 	case MIGWIRE__FRAME__BODY_REPLICA_ACK:
 		return check_replica_ack(c, f->replica_ack);
+	case MIGWIRE__FRAME__BODY_REPLICA_FILE:
+		return check_replica_file(c, f->replica_file);
 	case MIGWIRE__FRAME__BODY_PROMOTE:
 		return check_user(c, "user", f->promote->user);
 	case MIGWIRE__FRAME__BODY_REPLICATE:
@@ -787,6 +981,12 @@ static int decode_fail(char *why, size_t why_len, int err, const char *text)
 int mig__wire_decode(const uint8_t *data, size_t len, size_t max_len, mig__frame **out, char *why,
 		     size_t why_len)
 {
+	return mig__wire_decode_pool(data, len, max_len, NULL, out, why, why_len);
+}
+
+int mig__wire_decode_pool(const uint8_t *data, size_t len, size_t max_len, mig__pool *pool,
+			  mig__frame **out, char *why, size_t why_len)
+{
 	if (why && why_len)
 		why[0] = '\0';
 	if (!out)
@@ -805,7 +1005,7 @@ int mig__wire_decode(const uint8_t *data, size_t len, size_t max_len, mig__frame
 	if (!data)
 		return decode_fail(why, why_len, MIG_EINVAL, "no frame data");
 
-	budget b = {.left = SIZE_MAX, .over = false, .oom = false};
+	budget b = {.left = SIZE_MAX, .over = false, .oom = false, .pool = pool};
 	if (len <= (SIZE_MAX - DECODE_SLACK) / DECODE_FACTOR)
 		b.left = len * DECODE_FACTOR + DECODE_SLACK;
 	ProtobufCAllocator alloc = {
@@ -924,6 +1124,8 @@ const char *mig__wire_body_name(const mig__frame *frame)
 		return "replica_update";
 	case MIGWIRE__FRAME__BODY_REPLICA_ACK:
 		return "replica_ack";
+	case MIGWIRE__FRAME__BODY_REPLICA_FILE:
+		return "replica_file";
 	case MIGWIRE__FRAME__BODY_PROMOTE:
 		return "promote";
 	case MIGWIRE__FRAME__BODY_REPLICATE:

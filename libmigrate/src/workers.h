@@ -27,7 +27,9 @@ int mig__workers_new(mig__workers **out, unsigned threads, int nicer);
 void mig__workers_free(mig__workers *w);
 
 mig__strand *mig__strand_new(mig__workers *w);
-/* Queues a task. Returns 0 or MIG_ENOMEM (then neither fn runs). */
+/* Queues a task. Returns 0 or MIG_ENOMEM (then neither fn runs). Any
+ * thread; posting, finishing and releasing never wait for a worker (no
+ * lock shared with them: workers.c). */
 int mig__strand_post(mig__strand *s, mig__task_fn run, mig__task_fn discard, void *arg);
 /* Queues the strand's last task, which cannot fail for lack of memory (its
  * record was allocated with the strand), and releases the strand: `run`

@@ -33,6 +33,8 @@ struct mig__xfer *mig__xfer_new(mig_engine *e, struct mig_migration *m, bool out
 	pthread_mutex_init(&x->fc_lock, NULL);
 	pthread_cond_init(&x->fc_cond, NULL);
 	x->compression = e->compression;
+	if (outgoing)
+		x->pool = mig__pool_new(MIG__POOL_BLOCK, XFER_POOL_KEEP);
 	static const enum mig__fault_point src_faults[] = {
 		MIG__FAULT_FILE_CORRUPT_CHUNK, MIG__FAULT_FILE_TRUNCATE, MIG__FAULT_FILE_DOTDOT,
 		MIG__FAULT_FILE_CORRUPT_DATA, MIG__FAULT_FILE_DATA_OVERRUN};
@@ -42,6 +44,8 @@ struct mig__xfer *mig__xfer_new(mig_engine *e, struct mig_migration *m, bool out
 				x->fault = src_faults[i];
 	} else if (mig__engine_fault_at(e, MIG__FAULT_FILE_BAD_SIGNATURE)) {
 		x->fault = MIG__FAULT_FILE_BAD_SIGNATURE;
+	} else if (mig__engine_fault_at(e, MIG__FAULT_FILE_SYNC)) {
+		x->fault = MIG__FAULT_FILE_SYNC;
 	}
 	m->xfer = x;
 	return x;
@@ -126,7 +130,9 @@ int mig__xfer_send(struct mig__xfer *x, const mig__frame *f)
 	if (atomic_load(&x->cancelled))
 		return MIG_ECANCELED;
 	mig__msg *msg = NULL;
-	int rc = mig__wire_encode(f, x->e->max_frame, &msg);
+	int rc = mig__wire_encode_pool(f, x->e->max_frame,
+				       f->body_case == MIGWIRE__FRAME__BODY_CHUNK ? x->pool : NULL,
+				       &msg);
 	if (rc)
 		return rc;
 	atomic_fetch_add(&x->wire_sent, msg->len);
@@ -278,6 +284,7 @@ static void free_task(void *arg)
 		mig__xdst_free(x);
 	mig__free(x->zbuf);
 	mig__free(x->user);
+	mig__pool_release(x->pool);
 	pthread_mutex_destroy(&x->fc_lock);
 	pthread_cond_destroy(&x->fc_cond);
 	/* The strand frees itself after this, its final task. */
@@ -312,6 +319,7 @@ void mig__xfer_end(mig_engine *e, struct mig_migration *m, bool remove_staging)
 		return;
 	m->bytes_sent += atomic_exchange(&x->wire_sent, 0);
 	m->xfer = NULL;
+	mig__transport_trim(e->transport);
 	atomic_store(&x->cancelled, true);
 	pthread_mutex_lock(&x->fc_lock);
 	pthread_cond_broadcast(&x->fc_cond);

@@ -13,8 +13,15 @@
 
 /* Chunk payloads; the frame cap must hold one with room to spare. */
 #define XFER_CHUNK_BYTES (256u * 1024)
+/* Spent chunk messages a source keeps for reuse, at most: a window's. */
+#define XFER_POOL_KEEP (XFER_WINDOW_BYTES / XFER_CHUNK_BYTES + 4)
 /* Unacknowledged chunk bytes the source may have in flight. */
 #define XFER_WINDOW_BYTES (8u * 1024 * 1024)
+_Static_assert(XFER_CHUNK_BYTES + 512 + MIG__MSG_HEADROOM <= MIG__POOL_BLOCK,
+	       "a chunk frame fits a pool block");
+/* A destination starts the writeback of a file it receives whole every
+ * this many bytes (xfer_dst.c write_data()). */
+#define XFER_WRITEBACK_STEP (1024u * 1024)
 /* A signature larger than this is refused (a 1 TiB file's is ~12 MiB). */
 #define XFER_SIG_MAX (64u * 1024 * 1024)
 #define XFER_MAX_ROUNDS 16
@@ -72,6 +79,7 @@ struct dst_file {
 	uint8_t sha[32];
 	mig__sha256 *hash; /* running digest of the staged file */
 	uint64_t size;
+	bool durable;      /* fsynced since it last changed */
 };
 
 struct dst_domain {
@@ -95,6 +103,7 @@ struct dst_stream {
 	mig__sha256 *hash; /* DELTA, DATA: digest of the output as it is written */
 	uint64_t size;     /* DATA: the announced size, the most it may write */
 	uint64_t written;
+	uint64_t wb_started; /* DATA: bytes whose writeback has been started */
 };
 
 struct mig__xfer {
@@ -108,6 +117,10 @@ struct mig__xfer {
 	atomic_bool cancelled;
 	atomic_uint_least64_t wire_sent;  /* frame bytes the workers sent */
 	enum mig__fault_point fault;      /* tests: a file fault to inject, once */
+
+	/* Source: blocks for the encoded chunk frames, which a worker
+	 * allocates and the I/O thread frees; NULL: the heap. */
+	mig__pool *pool;
 
 	/* Flow control of chunk payload bytes, source side. */
 	pthread_mutex_t fc_lock;
@@ -161,6 +174,10 @@ struct mig__xfer {
 	int failed;                    /* first error, reported in RoundDone */
 	char failed_why[MIG__REASON_MAX];
 	uint64_t uncredited;
+	/* Staged files fsynced after a pre-copy round (user served), and at
+	 * PREPARE (user paused: only what the last rounds changed). */
+	unsigned synced_precopy;
+	unsigned synced_paused;
 };
 
 /* xfer.c */

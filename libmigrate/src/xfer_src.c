@@ -547,6 +547,22 @@ static int request_signatures(struct mig__xfer *x)
 
 /* ------------------------------------------------------------------ rounds */
 
+/* The bytes a changed file will cost this round: in an append-only
+ * domain its new tail; else what its last send cost (a delta costs about
+ * as much again when the app keeps writing the same places), but never
+ * less than what it grew by, which any delta carries as new data (a log
+ * segment still being written costs its growth, however little its last
+ * send took). */
+static uint64_t change_estimate(const struct src_domain *sd, const struct src_file *f,
+				const mig__file_entry *fe)
+{
+	uint64_t grown = fe->size > f->sent_size ? fe->size - f->sent_size : 0;
+	if (sd->d->append_only && grown)
+		return grown;
+	uint64_t cost = f->last_cost > fe->size ? fe->size : f->last_cost;
+	return (cost > grown ? cost : grown) + 1;
+}
+
 /* Updates the table from a fresh scan; returns the bytes the next round is
  * predicted to cost (sum over files that changed since last sent). */
 static int scan_all(struct mig__xfer *x, uint64_t *estimate, char *why, size_t why_len)
@@ -577,9 +593,7 @@ static int scan_all(struct mig__xfer *x, uint64_t *estimate, char *why, size_t w
 				*estimate += fe->size;
 			else if (f->sent_size != fe->size || f->sent_mtime_ns != fe->mtime_ns ||
 				 f->sent_ino != fe->ino)
-				*estimate += sd->d->append_only && fe->size > f->sent_size
-						     ? fe->size - f->sent_size
-						     : (f->last_cost > fe->size ? fe->size : f->last_cost) + 1;
+				*estimate += change_estimate(sd, f, fe);
 		}
 		mig__file_list_free(&list);
 	}

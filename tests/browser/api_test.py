@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -175,6 +176,18 @@ def run(c):
           all(x['state'] == 'committed' for x in b), b)
     check('the killed engine is remembered as unhealthy', c.health('B') == 'unhealthy')
     check('orchestrator exits 0 on SIGTERM with engines connected', c.stop_orchestrator() == 0)
+
+    # History is bounded: restarted keeping one migration, the older one
+    # and its events are gone from the database, the newer one is whole.
+    c.start_orchestrator(extra=['--keep-migrations', '1'])
+    s, b = c.api('/api/migrations')
+    with sqlite3.connect(os.path.join(c.dir, 'registry.db')) as db:
+        rows = db.execute('SELECT id FROM migrations').fetchall()
+        ev = db.execute('SELECT DISTINCT migration_id FROM migration_events').fetchall()
+    check('--keep-migrations 1 keeps only the newest migration and its events',
+          s == 200 and len(b) == 1 and b[0]['events'] and rows == [(b[0]['id'],)] and
+          ev == [(b[0]['id'],)], (b, rows, ev))
+    c.stop_orchestrator()
 
     # An engine option that does not parse fails at start.
     r = subprocess.run([c.args.server, '--id', 'bad', '--secret-file', c.secret,

@@ -42,6 +42,10 @@ struct fapp {
 	uint32_t step;
 	uint64_t paused_len; /* length of the appended file at pause */
 	int released, activated, dropped, resumed;
+	char touch_at_pause[2][512]; /* files the app appends to as it pauses */
+	/* From the destination's log: staged files fsynced during pre-copy and
+	 * at PREPARE (user paused); -1 until the line is seen. */
+	int synced_precopy, synced_paused;
 };
 
 static int extract_step(mig_engine *e, const char *user, mig_buf *out, void *ud)
@@ -75,6 +79,14 @@ static int on_pause(mig_engine *e, const char *user, void *ud)
 	a->paused = true;
 	snprintf(p, sizeof(p), "%s/%s/log/frames.bin", a->root, user);
 	a->paused_len = file_len(p);
+	/* The app's last writes before it stops: the final round sends them. */
+	for (int i = 0; i < 2; i++) {
+		FILE *t = a->touch_at_pause[i][0] ? fopen(a->touch_at_pause[i], "ab") : NULL;
+		if (t) {
+			fputs("last write before the pause\n", t);
+			fclose(t);
+		}
+	}
 	pthread_mutex_unlock(&a->lock);
 	return 0;
 }
@@ -112,6 +124,18 @@ static void dbg_event(mig_engine *e, const mig_event *ev, void *ud)
 		print_message("# event %d %s: %s\n", ev->type, mig_err_name(ev->error), ev->reason);
 }
 
+static void sync_log(mig_engine *e, mig_log_level level, const char *line, void *ud)
+{
+	struct fapp *a = ud;
+	const char *p = strstr(line, "staged files durable");
+	unsigned pre, paused;
+	if (p && sscanf(p, "staged files durable, %u synced during pre-copy, %u at PREPARE", &pre,
+			&paused) == 2) {
+		a->synced_precopy = (int)pre;
+		a->synced_paused = (int)paused;
+	}
+}
+
 static mig_engine *make_engine(struct fapp *a, const char *id, int append_only,
 			       unsigned max_rounds)
 {
@@ -120,6 +144,9 @@ static mig_engine *make_engine(struct fapp *a, const char *id, int append_only,
 	o.peer_timeout_ms = 10000;
 	o.precopy_max_rounds = max_rounds;
 	o.on_event = dbg_event;
+	o.on_log = sync_log;
+	o.log_level = MIG_LOG_INFO;
+	o.user_data = a;
 	mig_engine *e = NULL;
 	assert_int_equal(mig_engine_new(&e, &o), 0);
 	mig_hooks h = {.pause = on_pause, .resume = on_resume, .release = on_release,
@@ -253,6 +280,8 @@ static void fx_init(struct fx *f, const char *name)
 	mkdirs(f->a.root);
 	mkdirs(f->b.root);
 	f->a.serving = true;
+	f->a.synced_precopy = f->a.synced_paused = -1;
+	f->b.synced_precopy = f->b.synced_paused = -1;
 }
 
 static void fx_free(struct fx *f)
@@ -586,6 +615,9 @@ static void assert_source_kept(struct fx *f, const char *user, const char *ref)
 	}
 }
 
+/* precopy_max_rounds of both engines in bad_input_case() (0: default). */
+static unsigned bad_input_rounds;
+
 static void bad_input_case(const char *name, enum mig__fault_point point, int on_dest,
 			   int expect_err)
 {
@@ -603,8 +635,8 @@ static void bad_input_case(const char *name, enum mig__fault_point point, int on
 			 f.b.root, src, f.b.root);
 		assert_int_equal(system(cmd), 0);
 	}
-	f.ea = make_engine(&f.a, "A", 0, 0);
-	f.eb = make_engine(&f.b, "B", 0, 0);
+	f.ea = make_engine(&f.a, "A", 0, bad_input_rounds);
+	f.eb = make_engine(&f.b, "B", 0, bad_input_rounds);
 	assert_int_equal(mig_user_add(f.ea, "u4"), 0);
 	mig__engine_set_fault(on_dest ? f.eb : f.ea, point, MIG__FAULT_DROP_BEFORE, 1);
 	mig_migration_stats st;
@@ -663,6 +695,68 @@ static void test_false_match_resent(void **state)
 	assert_int_equal(mig_user_get_state(f.eb, "u8"), MIG_USER_ACTIVE);
 	print_message("# false match: resent, %u rounds\n", st.rounds);
 	fx_free(&f);
+}
+
+/* Staged files are made durable while the user is still served: after each
+ * pre-copy round the destination fsyncs the files that round completed, so
+ * PREPARE, with the user paused, syncs only the files the final round sent
+ * (here the two the app wrote as it paused), not the whole folder. Pre-copy
+ * off is the contrast: every file is synced while paused. Counted from the
+ * destination's log; the installed folder is compared with the source's. */
+static void durable_case(unsigned max_rounds, bool touch, int want_precopy, int want_paused)
+{
+	struct fx f;
+	fx_init(&f, "durable");
+	char p[512], src_copy[512], dst[512];
+	uint8_t *buf = malloc(256 * 1024);
+	for (int i = 0; i < 24; i++) {
+		test_fill(buf, 256 * 1024, 500u + (unsigned)i);
+		snprintf(p, sizeof(p), "%s/u5/d%d/f%02d.bin", f.a.root, i % 4, i);
+		write_file(p, buf, 256 * 1024);
+	}
+	free(buf);
+	if (touch) {
+		snprintf(f.a.touch_at_pause[0], sizeof(f.a.touch_at_pause[0]),
+			 "%s/u5/d1/f05.bin", f.a.root);
+		snprintf(f.a.touch_at_pause[1], sizeof(f.a.touch_at_pause[1]),
+			 "%s/u5/d2/f10.bin", f.a.root);
+	}
+	f.ea = make_engine(&f.a, "A", 0, max_rounds);
+	f.eb = make_engine(&f.b, "B", 0, max_rounds);
+	assert_int_equal(mig_user_add(f.ea, "u5"), 0);
+	mig_migration_stats st;
+	assert_int_equal(migrate(f.ea, f.eb, "u5", &st), 0);
+	print_message("# durable (max rounds %u%s): %u rounds; staged files synced: %d during "
+		      "pre-copy, %d at PREPARE\n",
+		      max_rounds, touch ? ", 2 files written at pause" : "", st.rounds,
+		      f.b.synced_precopy, f.b.synced_paused);
+	assert_int_equal(f.b.synced_precopy, want_precopy);
+	assert_int_equal(f.b.synced_paused, want_paused);
+	snprintf(src_copy, sizeof(src_copy), "%s/.mig-cache/u5", f.a.root);
+	snprintf(dst, sizeof(dst), "%s/u5", f.b.root);
+	assert_true(same_tree(src_copy, dst));
+	assert_int_equal(mig_user_get_state(f.eb, "u5"), MIG_USER_ACTIVE);
+	fx_free(&f);
+}
+
+static void test_durable_before_pause(void **state)
+{
+	durable_case(0, false, 24, 0);
+	durable_case(0, true, 24, 2);
+	durable_case(1, false, 0, 24);
+}
+
+/* The destination cannot make a staged file durable (an fsync fails: a
+ * disk error): after a pre-copy round, and at PREPARE (pre-copy off), the
+ * migration aborts with MIG_EIO before PREPARED, the source keeps serving
+ * the user with its files unchanged and the destination keeps nothing. */
+static void test_sync_failure(void **state)
+{
+	bad_input_rounds = 0;
+	bad_input_case("syncround", MIG__FAULT_FILE_SYNC, 1, MIG_EIO);
+	bad_input_rounds = 1;
+	bad_input_case("syncprepare", MIG__FAULT_FILE_SYNC, 1, MIG_EIO);
+	bad_input_rounds = 0;
 }
 
 static void test_symlink_outside_root(void **state)
@@ -762,6 +856,8 @@ int main(void)
 		cmocka_unit_test(test_truncated_stream),
 		cmocka_unit_test(test_data_overrun),
 		cmocka_unit_test(test_false_match_resent),
+		cmocka_unit_test(test_durable_before_pause),
+		cmocka_unit_test(test_sync_failure),
 		cmocka_unit_test(test_symlink_outside_root),
 		cmocka_unit_test(test_dotdot_path),
 		cmocka_unit_test(test_out_of_disk),

@@ -890,7 +890,9 @@ static bool src_ended_dst_done(void *arg)
 		return false;
 	pthread_mutex_lock(&x->e->lock);
 	struct mig_migration *rec = mig__handoff_find(x->e, x->mid);
-	bool done = rec && rec->phase == MIG__DONE;
+	/* Ended: still in the running list until the tick retires it. */
+	bool done = rec ? rec->phase == MIG__DONE
+			: mig__outcomes_find(&x->e->outcomes, x->mid) != NULL;
 	pthread_mutex_unlock(&x->e->lock);
 	return done;
 }

@@ -10,7 +10,9 @@
  *     certificate the rogue CA signed;
  *   - host names: wss://localhost:PORT works through the SAN; a certificate
  *     for another name, or an expired one, is refused;
- *   - unusable certificate, key or CA files fail start/connect with MIG_ETLS.
+ *   - unusable certificate, key or CA files fail start/connect with MIG_ETLS;
+ *   - an engine started with no TLS option leaves OpenSSL alone until its
+ *     first wss:// connect, then dials wss:// engines (system CA store).
  * Every refusal is checked for its error code (connection failures surface as
  * MIG_ECONNECT) and for a reason that names the TLS failure. */
 #include <stdarg.h>
@@ -25,6 +27,9 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "migrate/control.h"
 #include "support.h"
@@ -238,6 +243,7 @@ struct tls_cfg {
 
 static const struct tls_cfg GOOD = {"server.pem", "server.key", "ca.pem", 0};
 static const struct tls_cfg MUTUAL = {"server.pem", "server.key", "ca.pem", 1};
+static const struct tls_cfg PLAIN = {NULL, NULL, NULL, 0};
 
 static mig_engine *make_engine(struct app *a, const char *id, const struct tls_cfg *tc)
 {
@@ -713,6 +719,85 @@ static void test_system_store(void **state)
 	rmdir(dir);
 }
 
+/* Has anything in this process initialised libssl? Its reason strings are
+ * loaded by OpenSSL's SSL init (libwebsockets' global TLS init, or the first
+ * SSL_CTX), and by nothing else. */
+static bool ssl_initialised(void)
+{
+	return ERR_reason_error_string(ERR_PACK(ERR_LIB_SSL, 0, SSL_R_NO_SHARED_CIPHER)) != NULL;
+}
+
+/* An engine with no TLS option (ws://, no CA file, no certificate) does not
+ * initialise OpenSSL at start: that costs an app ~2 MiB of resident memory
+ * (docs/BENCHMARKS.md, "Cost to the application"). Its first wss:// connect
+ * does, and then it migrates to wss:// engines trusting the system CA
+ * store, read at that connect. Runs first, in a process where nothing has
+ * used TLS yet. */
+static void test_plain_engine_dials_wss(void **state)
+{
+	char dir[] = "/tmp/test_tls_nocerts.XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(setenv("SSL_CERT_DIR", dir, 1), 0);
+	assert_int_equal(setenv("SSL_CERT_FILE", cert("ca.pem"), 1), 0);
+
+	struct fixture *f = *state = calloc(1, sizeof(*f));
+	assert_non_null(f);
+	f->a = calloc(1, sizeof(*f->a));
+	f->b = calloc(1, sizeof(*f->b));
+	assert_non_null(f->a);
+	assert_non_null(f->b);
+	f->ea = make_engine(f->a, "engine-a", &PLAIN);
+	seed_users(f, f->a, f->ea);
+	mig_engine *ea[1] = {f->ea};
+	test_dispatch_for(ea, 1, 100);
+	if (ssl_initialised())
+		fail_msg("an engine without TLS options initialised OpenSSL's SSL library");
+
+	/* B serves wss:// (and initialises OpenSSL for itself). */
+	f->eb = make_engine(f->b, "engine-b", &GOOD);
+	for (int i = 0; i < NUSERS; i++) {
+		char id[32];
+		user_name(id, sizeof(id), i);
+		int rc = migrate_direct(f->ea, f->eb, id, mig_engine_url(f->eb));
+		if (rc)
+			fail_msg("ws:// engine to wss:// engine, %s: %s: %s", id, mig_err_name(rc),
+				 f->a->abort_reason);
+		check_absent(f->a, f->ea, i);
+		check_holds(f, f->b, f->eb, i);
+	}
+	/* A still serves ws:// after its TLS vhost exists: B -> A. */
+	int rc = migrate_direct(f->eb, f->ea, "user-0", mig_engine_url(f->ea));
+	if (rc)
+		fail_msg("back to the ws:// engine: %s: %s", mig_err_name(rc), f->b->abort_reason);
+	check_holds(f, f->a, f->ea, 0);
+
+	/* C, also without TLS options, first dials when the system store holds
+	 * only the rogue CA: refused with a TLS reason, the user stays. */
+	assert_int_equal(setenv("SSL_CERT_FILE", cert("rogue-ca.pem"), 1), 0);
+	mig_engine *ec = extra_engine(f, 0, "engine-c", &PLAIN);
+	struct app *c = f->xapp[0];
+	assert_int_equal(mig_user_add(ec, "user-3"), 0);
+	c->users[3].state = malloc(16);
+	assert_non_null(c->users[3].state);
+	memset(c->users[3].state, 0x3c, 16);
+	c->users[3].len = 16;
+	c->users[3].present = c->users[3].active = true;
+	int aborts = c->aborts;
+	rc = migrate_direct(ec, f->eb, "user-3", mig_engine_url(f->eb));
+	print_message("# ws:// engine, rogue system store: %s: %s\n", mig_err_name(rc),
+		      c->abort_reason);
+	if (rc != MIG_ETLS && rc != MIG_ECONNECT && rc != MIG_ECLOSED)
+		fail_msg("rogue system store: %s (%s)", mig_err_name(rc), c->abort_reason);
+	assert_int_equal(c->aborts, aborts + 1);
+	assert_true(mentions(c->abort_reason, TLS_WORDS, NULL));
+	assert_int_equal(mig_user_get_state(ec, "user-3"), MIG_USER_ACTIVE);
+	assert_true(c->users[3].active);
+
+	unsetenv("SSL_CERT_FILE");
+	unsetenv("SSL_CERT_DIR");
+	rmdir(dir);
+}
+
 /* Host names: the SAN covers localhost and 127.0.0.1; a certificate for
  * another name or an expired one is refused by clients and engines. */
 static void test_hostname(void **state)
@@ -799,6 +884,8 @@ int main(void)
 	if (find_cert_dir() != 0)
 		return 1;
 	const struct CMUnitTest tests[] = {
+		/* first: it checks that nothing initialised OpenSSL before */
+		cmocka_unit_test_teardown(test_plain_engine_dials_wss, teardown),
 		cmocka_unit_test_teardown(test_wss_there_and_back, teardown),
 		cmocka_unit_test_teardown(test_mutual_tls, teardown),
 		cmocka_unit_test_teardown(test_rogue_ca, teardown),

@@ -97,6 +97,41 @@ static long rss_kib(void)
 	return kib;
 }
 
+/* Where the resident memory is: the main heap ([heap]), anonymous mappings
+ * (other threads' malloc arenas, stacks, large blocks malloc mmaps) and
+ * everything else (code, libraries, files), in KiB; and what malloc holds
+ * from the system against what is in use. For the report only. */
+struct mem_split {
+	long heap_kib, anon_kib, other_kib;
+	size_t malloc_held, malloc_in_use;
+};
+
+static void mem_split(struct mem_split *m)
+{
+	memset(m, 0, sizeof(*m));
+	struct mallinfo2 mi = mallinfo2();
+	m->malloc_held = mi.arena + mi.hblkhd;
+	m->malloc_in_use = mi.uordblks + mi.hblkhd;
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		return;
+	char line[512];
+	long *cur = &m->other_kib;
+	while (fgets(line, sizeof(line), f)) {
+		long kib;
+		unsigned long lo, hi;
+		char path[256] = "";
+		if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %255s", &lo, &hi, path) >= 2) {
+			cur = strcmp(path, "[heap]") == 0 ? &m->heap_kib
+			      : path[0] == '\0'            ? &m->anon_kib
+							   : &m->other_kib;
+		} else if (sscanf(line, "Rss: %ld kB", &kib) == 1) {
+			*cur += kib;
+		}
+	}
+	fclose(f);
+}
+
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
 static uint64_t next_rand(void)
@@ -604,6 +639,7 @@ int main(int argc, char **argv)
 	long rss_start = rss_kib(), rss_check = 0, rss_end = 0;
 	long lib_start = atomic_load(&lib_live_bytes), lib_check = 0;
 	size_t heap_check = 0;
+	struct mem_split split_check, split_end;
 	printf("# start: VmRSS %ld KiB, library live %ld bytes in %ld blocks\n", rss_start,
 	       lib_start, atomic_load(&lib_live_blocks));
 	uint64_t t0 = now_ms(), t_check = 0;
@@ -619,6 +655,7 @@ int main(int argc, char **argv)
 			rss_check = rss_kib();
 			lib_check = atomic_load(&lib_live_bytes);
 			heap_check = mallinfo2().uordblks;
+			mem_split(&split_check);
 			t_check = now_ms();
 			printf("# trip %d: VmRSS %ld KiB, library live %ld bytes in %ld blocks, "
 			       "heap in use %zu bytes\n",
@@ -633,6 +670,7 @@ int main(int argc, char **argv)
 	rss_end = rss_kib();
 	long lib_end = atomic_load(&lib_live_bytes);
 	size_t heap_end = mallinfo2().uordblks;
+	mem_split(&split_end);
 
 	/* Nobody else moved, nobody else was redirected. */
 	for (int i = 0; i < users; i++) {
@@ -661,6 +699,16 @@ int main(int argc, char **argv)
 	       checkpoint, lib_check, trips, lib_end, lib_end - lib_check);
 	printf("# malloc heap in use: trip %d %zu, trip %d %zu (%+ld)\n", checkpoint, heap_check,
 	       trips, heap_end, (long)heap_end - (long)heap_check);
+	printf("# resident, trip %d -> %d: main heap %ld -> %ld KiB, anonymous maps %ld -> %ld "
+	       "KiB, other %ld -> %ld KiB\n",
+	       checkpoint, trips, split_check.heap_kib, split_end.heap_kib, split_check.anon_kib,
+	       split_end.anon_kib, split_check.other_kib, split_end.other_kib);
+	printf("# malloc, trip %d -> %d: held from the system %zu -> %zu (%+ld), in use %zu -> "
+	       "%zu (%+ld)\n",
+	       checkpoint, trips, split_check.malloc_held, split_end.malloc_held,
+	       (long)split_end.malloc_held - (long)split_check.malloc_held,
+	       split_check.malloc_in_use, split_end.malloc_in_use,
+	       (long)split_end.malloc_in_use - (long)split_check.malloc_in_use);
 	printf("# %.1f s from trip %d to the end\n", (double)(t_end - t_check) / 1000.0,
 	       checkpoint);
 

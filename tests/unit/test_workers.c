@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -218,6 +219,131 @@ static void test_engine_worker_nice_invalid(void **state)
 	}
 }
 
+/* ------------------------------------------------------------ strands */
+
+#define POSTERS 4
+#define STRANDS_EACH 8
+#define TASKS_EACH 300
+
+struct strand_log {
+	int seen[TASKS_EACH];
+	int n;          /* tasks run, in order: only this strand's tasks touch it */
+	bool in_order;
+	bool last_ran;  /* the finish task, after every other */
+};
+
+struct order_job {
+	struct strand_log *log;
+	int seq;
+	atomic_int *ran;
+};
+
+static atomic_int jobs_freed;
+static atomic_int lasts_ran;
+
+static void order_run(void *arg)
+{
+	struct order_job *j = arg;
+	struct strand_log *l = j->log;
+	if (l->n >= TASKS_EACH || j->seq != l->n || l->last_ran)
+		l->in_order = false;
+	else
+		l->seen[l->n++] = j->seq;
+	atomic_fetch_add(j->ran, 1);
+	free(j);
+	atomic_fetch_add(&jobs_freed, 1);
+}
+
+static void order_discard(void *arg)
+{
+	free(arg);
+	atomic_fetch_add(&jobs_freed, 1);
+}
+
+static void last_run(void *arg)
+{
+	struct strand_log *l = arg;
+	if (l->n != TASKS_EACH)
+		l->in_order = false;
+	l->last_ran = true;
+	atomic_fetch_add(&lasts_ran, 1);
+}
+
+struct poster {
+	mig__workers *w;
+	struct strand_log logs[STRANDS_EACH];
+	atomic_int ran;
+};
+
+/* Posts TASKS_EACH tasks to each of its strands, interleaved; ends the
+ * even strands with mig__strand_finish() and releases the odd ones. */
+static void *poster_main(void *arg)
+{
+	struct poster *p = arg;
+	mig__strand *s[STRANDS_EACH];
+	for (int k = 0; k < STRANDS_EACH; k++) {
+		s[k] = mig__strand_new(p->w);
+		assert_non_null(s[k]);
+		p->logs[k].in_order = true;
+	}
+	for (int i = 0; i < TASKS_EACH; i++)
+		for (int k = 0; k < STRANDS_EACH; k++) {
+			struct order_job *j = malloc(sizeof(*j));
+			assert_non_null(j);
+			*j = (struct order_job){&p->logs[k], i, &p->ran};
+			assert_int_equal(mig__strand_post(s[k], order_run, order_discard, j), 0);
+		}
+	for (int k = 0; k < STRANDS_EACH; k++) {
+		if (k % 2 == 0)
+			mig__strand_finish(s[k], last_run, NULL, &p->logs[k]);
+		else
+			mig__strand_release(s[k]);
+	}
+	return NULL;
+}
+
+/* Posting takes no lock (workers.c): several threads post to their own
+ * strands at once while the workers run them. Each strand's tasks run in
+ * the order posted, one at a time; a finish task runs after all of them;
+ * released strands are freed once empty (the leak checkers see the rest). */
+static void test_strands_many_posters(void **state)
+{
+	mig__workers *w = NULL;
+	assert_int_equal(mig__workers_new(&w, 2, 0), 0);
+	static struct poster p[POSTERS];
+	pthread_t th[POSTERS];
+	atomic_store(&jobs_freed, 0);
+	atomic_store(&lasts_ran, 0);
+	for (int i = 0; i < POSTERS; i++) {
+		memset(&p[i], 0, sizeof(p[i]));
+		p[i].w = w;
+		atomic_init(&p[i].ran, 0);
+		assert_int_equal(pthread_create(&th[i], NULL, poster_main, &p[i]), 0);
+	}
+	for (int i = 0; i < POSTERS; i++)
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+	const int all = POSTERS * STRANDS_EACH * TASKS_EACH;
+	for (int waited = 0; waited < 20000; waited++) {
+		int ran = 0;
+		for (int i = 0; i < POSTERS; i++)
+			ran += atomic_load(&p[i].ran);
+		if (ran == all && atomic_load(&lasts_ran) == POSTERS * STRANDS_EACH / 2)
+			break;
+		usleep(1000);
+	}
+	mig__workers_free(w);
+	assert_int_equal(atomic_load(&jobs_freed), all);
+	for (int i = 0; i < POSTERS; i++) {
+		assert_int_equal(atomic_load(&p[i].ran), STRANDS_EACH * TASKS_EACH);
+		for (int k = 0; k < STRANDS_EACH; k++) {
+			struct strand_log *l = &p[i].logs[k];
+			assert_true(l->in_order);
+			assert_int_equal(l->n, TASKS_EACH);
+			assert_int_equal(l->last_ran, k % 2 == 0);
+		}
+	}
+}
+
 int main(void)
 {
 	snprintf(root, sizeof(root), "/tmp/test_workers.XXXXXX");
@@ -228,6 +354,7 @@ int main(void)
 		cmocka_unit_test(test_pool_nicer_capped),
 		cmocka_unit_test(test_engine_worker_nice),
 		cmocka_unit_test(test_engine_worker_nice_invalid),
+		cmocka_unit_test(test_strands_many_posters),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	rmdir(root);

@@ -79,6 +79,8 @@ static void usage(FILE *out)
 		"  --gone-after N       heartbeats missed, disconnected, before it is gone\n"
 		"                       (default 30)\n"
 		"  --poll-ms MS         how often to ask engines for their users (default 1000)\n"
+		"  --keep-migrations N  finished migrations kept in the registry with their\n"
+		"                       events, the newest first (default 10000)\n"
 		"  --help               this text\n"
 		"\n"
 		"On start it prints \"engines ws://HOST:PORT\" and \"http http://HOST:PORT\".\n"
@@ -130,6 +132,7 @@ int main(int argc, char **argv)
 	o->misses = 3;
 	o->gone_misses = 30;
 	o->poll_ms = 1000;
+	o->keep_migrations = 10000;
 	static const struct option longopts[] = {
 		{"secret-file", required_argument, NULL, 's'},
 		{"token-file", required_argument, NULL, 't'},
@@ -142,6 +145,7 @@ int main(int argc, char **argv)
 		{"misses", required_argument, NULL, 'm'},
 		{"gone-after", required_argument, NULL, 'g'},
 		{"poll-ms", required_argument, NULL, 'l'},
+		{"keep-migrations", required_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -181,6 +185,10 @@ int main(int argc, char **argv)
 			break;
 		case 'l':
 			bad = parse_uint(optarg, 3600000, &o->poll_ms) || o->poll_ms < 50;
+			break;
+		case 'k':
+			bad = parse_uint(optarg, 100000000, &o->keep_migrations) ||
+			      o->keep_migrations < 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -229,6 +237,7 @@ int main(int argc, char **argv)
 	}
 	sqlite3_exec(o->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL", NULL, NULL,
 		     NULL);
+	prune_history(o);
 
 	pthread_mutex_init(&o->lock, NULL);
 	pthread_cond_init(&o->cond, NULL);

@@ -106,6 +106,7 @@ struct orch {
 	unsigned misses;      /* heartbeats missed before unhealthy */
 	unsigned gone_misses; /* and before gone, once disconnected */
 	unsigned poll_ms;
+	unsigned keep_migrations; /* finished migrations kept, newest first */
 	struct aconn *aconns;
 	struct job *jobs;
 	unsigned njobs;
@@ -134,8 +135,6 @@ extern const char sql_users[];
 extern const char sql_migrations[];
 
 uint64_t wall_ms(void);
-const char *state_name(mig_user_state s);
-const char *event_name(mig_event_type t);
 /* Runs `sql` with text ('t') / integer ('i', int64_t) parameters, one type
  * letter per parameter. Returns SQLITE_DONE or an error (logged). */
 int db_exec(struct orch *o, const char *sql, const char *types, ...);
@@ -153,6 +152,9 @@ void aconn_remove(struct orch *o, uint64_t conn);
 void on_users(struct orch *o, struct result *r);
 void on_job_event(struct orch *o, struct result *r);
 void on_job_ended(struct orch *o, struct result *r);
+/* Forgets finished migrations (and their events) beyond the newest
+ * keep_migrations; at start and after every migration that ends. */
+void prune_history(struct orch *o);
 
 /* ------------------------------------------------------------------ workers.c */
 

@@ -17,42 +17,6 @@ uint64_t wall_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-const char *state_name(mig_user_state s)
-{
-	switch (s) {
-	case MIG_USER_ACTIVE:
-		return "active";
-	case MIG_USER_MIGRATING:
-		return "migrating";
-	case MIG_USER_PAUSED:
-		return "paused";
-	case MIG_USER_INCOMING:
-		return "incoming";
-	case MIG_USER_PARKED:
-		return "parked";
-	default:
-		return "absent";
-	}
-}
-
-const char *event_name(mig_event_type t)
-{
-	switch (t) {
-	case MIG_EVENT_STARTED:
-		return "started";
-	case MIG_EVENT_PREPARED:
-		return "prepared";
-	case MIG_EVENT_COMMITTED:
-		return "committed";
-	case MIG_EVENT_ABORTED:
-		return "aborted";
-	case MIG_EVENT_PROGRESS:
-		return "progress";
-	default:
-		return "other";
-	}
-}
-
 /* ------------------------------------------------------------------ registry (SQLite) */
 
 const char registry_schema[] =
@@ -317,7 +281,7 @@ void on_users(struct orch *o, struct result *r)
 	db_exec(o, "DELETE FROM users WHERE engine_id = ?1", "t", r->engine_id);
 	for (size_t i = 0; i < r->nusers; i++)
 		db_exec(o, "INSERT OR REPLACE INTO users(user, engine_id, state) VALUES(?1, ?2, ?3)",
-			"ttt", r->users[i].user, r->engine_id, state_name(r->users[i].state));
+			"ttt", r->users[i].user, r->engine_id, mig_user_state_name(r->users[i].state));
 	db_exec(o, "UPDATE engines SET users_polled_ms = ?1 WHERE id = ?2", "it",
 		(int64_t)wall_ms(), r->engine_id);
 	db_exec(o, "COMMIT", NULL);
@@ -326,7 +290,7 @@ void on_users(struct orch *o, struct result *r)
 void on_job_event(struct orch *o, struct result *r)
 {
 	const mig_event *ev = &r->ev;
-	const char *type = event_name(ev->type);
+	const char *type = mig_event_type_name(ev->type);
 	const char *err = ev->error ? mig_err_name(ev->error) : NULL;
 	db_exec(o,
 		"INSERT INTO migration_events(migration_id, time_ms, type, phase, bytes_sent,"
@@ -362,6 +326,22 @@ void on_job_ended(struct orch *o, struct result *r)
 			"iit", j->id, (int64_t)wall_ms(), r->reason);
 	fprintf(stderr, "migrate-orchestrator: migration %" PRId64 " of %s: %s\n", j->id, j->user,
 		r->rc == 0 ? "committed" : r->reason);
+	prune_history(o);
+}
+
+void prune_history(struct orch *o)
+{
+	/* Rows older than the newest keep_migrations, unless still running. */
+#define ORCH_PRUNED                                                                    \
+	"SELECT id FROM migrations WHERE state NOT IN ('requested', 'running') AND id <=" \
+	" (SELECT id FROM migrations ORDER BY id DESC LIMIT 1 OFFSET ?1)"
+	db_exec(o, "BEGIN", NULL);
+	db_exec(o, "DELETE FROM migration_events WHERE migration_id IN (" ORCH_PRUNED ")", "i",
+		(int64_t)o->keep_migrations);
+	db_exec(o, "DELETE FROM migrations WHERE id IN (" ORCH_PRUNED ")", "i",
+		(int64_t)o->keep_migrations);
+	db_exec(o, "COMMIT", NULL);
+#undef ORCH_PRUNED
 }
 
 void update_targets(struct orch *o)

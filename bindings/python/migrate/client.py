@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import _lib
 from ._common import Error, MigrateError, check_callable, check_int, check_str, log
+from ._handle import LoopHandle, trampoline
 
 _UINT_MAX = 2**32 - 1
 
@@ -43,7 +44,7 @@ class Redirect:
     engine_id: str
 
 
-class Client:
+class Client(LoopHandle):
     """A reconnect helper: one client of one user (mig_client_*).
 
     ``url`` is the engine's session URL and ``token`` a session token the
@@ -62,7 +63,7 @@ class Client:
                  on_state: Optional[Callable[[ClientState, Any, str], Any]] = None,
                  on_redirect: Optional[Callable[[Redirect], Any]] = None,
                  loop: Optional[asyncio.AbstractEventLoop] = None):
-        self._ptr: Optional[int] = None
+        self._init_handle()
         check_callable("on_state", on_state)
         check_callable("on_redirect", on_redirect)
         if isinstance(fallback_urls, (str, bytes)):
@@ -86,17 +87,13 @@ class Client:
         o.tls_key_file = check_str("tls_key_file", tls_key_file, optional=True)
         self._on_state = on_state
         self._on_redirect = on_redirect
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._dispatching = False
-        self._close_requested = False
-        self._fatal: Optional[BaseException] = None
         self._state_waiters: list = []
         ref = weakref.ref(self)
         # Kept until after mig_client_free(): the library calls through them.
         self._cb_state = _lib.CLIENT_STATE_FN(
-            lambda _c, st, err, detail, _u: _call(ref, "_c_state", st, err, detail))
+            lambda _c, st, err, detail, _u: trampoline(ref, "_c_state", st, err, detail))
         self._cb_redirect = _lib.CLIENT_REDIRECT_FN(
-            lambda _c, r, _u: _call(ref, "_c_redirect", r))
+            lambda _c, r, _u: trampoline(ref, "_c_redirect", r))
         o.on_state = self._cb_state
         o.on_redirect = self._cb_redirect
         out = ctypes.c_void_p()
@@ -116,95 +113,41 @@ class Client:
 
     # ------------------------------------------------------------ lifetime
 
+    _kind = "client"
+
     def close(self) -> None:
         """Close the connection and free the helper (mig_client_free); no
         callback runs after this. From inside a callback, it happens once
         the current dispatch returns."""
-        if self._ptr is None:
-            return
-        if self._dispatching:
-            self._close_requested = True
-            return
-        self._free()
+        super().close()
 
     def _free(self) -> None:
         ptr, self._ptr = self._ptr, None
-        self.detach_loop()
         _lib.lib.mig_client_free(ptr)
         for state, fut in self._state_waiters:
             if not fut.done() and not fut.get_loop().is_closed():
                 fut.set_exception(MigrateError(Error.ECLOSED, "the client was closed"))
         self._state_waiters.clear()
 
-    @property
-    def closed(self) -> bool:
-        return self._ptr is None
-
-    def __del__(self) -> None:
-        try:
-            if self._ptr is not None and not self._dispatching:
-                self._free()
-        except Exception:
-            pass
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "Client":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check(self) -> int:
-        if self._ptr is None:
-            raise MigrateError(Error.ESTATE, "the client is closed")
-        return self._ptr
-
     # ------------------------------------------------------------ the event loop
-
-    def fileno(self) -> int:
-        """The fd that is readable when :meth:`dispatch` has work."""
-        self._check()
-        return self._fd
 
     def attach_loop(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         """Dispatch from ``loop`` (default: the running one) when the fd is readable."""
-        self._check()
-        loop = loop or asyncio.get_running_loop()
-        if self._loop is loop:
-            return
-        self.detach_loop()
-        loop.add_reader(self._fd, _on_readable, weakref.ref(self))
-        self._loop = loop
+        self._attach_loop(loop)
 
     def detach_loop(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self._fd)
+        self._detach_loop()
 
     def dispatch(self) -> None:
         """Handle what the connection brought and run the callbacks
         (mig_client_dispatch). Never blocks; not re-entrant."""
-        ptr = self._check()
-        if self._dispatching:
-            raise RuntimeError("Client.dispatch() called from inside a client callback")
-        self._dispatching = True
-        try:
-            rc = _lib.lib.mig_client_dispatch(ptr)
-        finally:
-            self._dispatching = False
-        if self._close_requested:
-            self._close_requested = False
-            self._free()
-        fatal, self._fatal = self._fatal, None
-        if fatal is not None:
-            raise fatal
-        if rc < 0:
-            raise MigrateError(rc, self.last_error if self._ptr else "")
+        super().dispatch()
+
+    def _dispatch_c(self, ptr: int) -> int:
+        return _lib.lib.mig_client_dispatch(ptr)
+
+    def _dispatch_failed(self, rc: int) -> None:
+        raise MigrateError(rc, self.last_error)
 
     # ------------------------------------------------------------ state
 
@@ -285,24 +228,3 @@ class Client:
 def state_name(state: int) -> str:
     """"CONNECTING", ...; "?" for an unknown value (mig_client_state_name)."""
     return _lib.text(_lib.lib.mig_client_state_name(int(state)))
-
-
-def _call(ref: "weakref.ref[Client]", method: str, *args: Any) -> None:
-    client = ref()
-    if client is None:
-        return
-    try:
-        getattr(client, method)(*args)
-    except BaseException as exc:
-        log.error("internal error in %s: %s", method, exc, exc_info=exc)
-
-
-def _on_readable(ref: "weakref.ref[Client]") -> None:
-    client = ref()
-    if client is None or client.closed:
-        return
-    try:
-        client.dispatch()
-    except MigrateError as exc:
-        log.error("client: dispatch failed, detaching it from the loop: %s", exc)
-        client.detach_loop()

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Union
 from . import _lib
 from ._common import (Compression, Error, Event, EventType, LogLevel, MigrateError, UserState,
                       check_callable, check_int, check_secret, check_str, log)
+from ._handle import LoopHandle, trampoline
 
 ExtractFn = Callable[[str], Union[bytes, bytearray, memoryview]]
 MergeFn = Callable[[str, int, bytes], Optional[bool]]
@@ -126,7 +127,7 @@ class Migration:
             self._handle = None
 
 
-class Engine:
+class Engine(LoopHandle):
     """A libmigrate engine: one listening port, many users, peers and orchestrators.
 
     Keyword arguments mirror ``mig_engine_options`` (0, None or False means
@@ -158,7 +159,7 @@ class Engine:
                  on_event: Optional[Callable[[Event], Any]] = None,
                  on_log: Optional[Callable[[LogLevel, str], Any]] = None,
                  log_level: LogLevel = LogLevel.ERROR):
-        self._ptr: Optional[int] = None  # first: __del__ may run if __init__ raises
+        self._init_handle()  # first: __del__ may run if __init__ raises
         check_callable("on_event", on_event)
         check_callable("on_log", on_log)
         o = _lib.EngineOptions()
@@ -197,19 +198,14 @@ class Engine:
 
         self._on_event = on_event
         self._on_log = on_log
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._fd = -1
-        self._dispatching = False
-        self._close_requested = False
-        self._fatal: Optional[BaseException] = None
         self._callback_errors: Dict[str, BaseException] = {}
         self._migrations: Dict[str, Migration] = {}
         # ctypes callback objects must outlive every call the library may
         # make through them: kept here until after mig_engine_free().
         self._keep: List[Any] = []
         ref = weakref.ref(self)
-        self._cb_event = _lib.EVENT_FN(lambda _e, ev, _u: _trampoline(ref, "_c_event", ev))
-        self._cb_log = _lib.LOG_FN(lambda _e, lv, line, _u: _trampoline(ref, "_c_log", lv, line))
+        self._cb_event = _lib.EVENT_FN(lambda _e, ev, _u: trampoline(ref, "_c_event", ev))
+        self._cb_log = _lib.LOG_FN(lambda _e, lv, line, _u: trampoline(ref, "_c_log", lv, line))
         o.on_event = self._cb_event
         o.on_log = self._cb_log
 
@@ -224,6 +220,8 @@ class Engine:
 
     # ------------------------------------------------------------ lifetime
 
+    _kind = "engine"
+
     def close(self) -> None:
         """Stop and free the engine (mig_engine_free).
 
@@ -233,16 +231,10 @@ class Engine:
         the engine is freed as soon as the current dispatch returns.
         Closing twice is harmless.
         """
-        if self._ptr is None:
-            return
-        if self._dispatching:
-            self._close_requested = True
-            return
-        self._free()
+        super().close()
 
     def _free(self) -> None:
         ptr, self._ptr = self._ptr, None
-        self.detach()
         migrations = list(self._migrations.values())
         self._migrations.clear()
         for m in migrations:
@@ -252,34 +244,6 @@ class Engine:
             _fail(m.future, MigrateError(Error.ECLOSED,
                                          "the engine was closed before the migration ended"))
         self._keep.clear()
-
-    @property
-    def closed(self) -> bool:
-        return self._ptr is None
-
-    def __del__(self) -> None:
-        try:
-            if self._ptr is not None and not self._dispatching:
-                self._free()
-        except Exception:  # interpreter shutdown: the library may be gone
-            pass
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "Engine":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check(self) -> int:
-        if self._ptr is None:
-            raise MigrateError(Error.ESTATE, "the engine is closed")
-        return self._ptr
 
     def _raise(self, rc: int, what: str) -> None:
         detail = _lib.text(_lib.lib.mig_engine_last_error(self._ptr)) if self._ptr else ""
@@ -308,9 +272,9 @@ class Engine:
         d.type_name = check_str("type_name", type_name, optional=True)
         d.version = version
         d.extract = _lib.EXTRACT_FN(
-            lambda _e, user, buf, _u: _trampoline(ref, "_c_extract", extract, user, buf, rc=-1))
+            lambda _e, user, buf, _u: trampoline(ref, "_c_extract", extract, user, buf, rc=-1))
         d.merge = _lib.MERGE_FN(
-            lambda _e, user, ver, data, n, _u: _trampoline(ref, "_c_merge", merge, user, ver,
+            lambda _e, user, ver, data, n, _u: trampoline(ref, "_c_merge", merge, user, ver,
                                                            data, n, rc=-1))
         rc = _lib.lib.mig_light_domain_register(ptr, ctypes.byref(d), None)
         if rc:
@@ -354,11 +318,11 @@ class Engine:
                 continue
             if what in ("pause", "incoming"):
                 cb = _lib.INT_HOOK_FN(
-                    lambda _e, user, _u, fn=fn, what=what: _trampoline(ref, "_c_int_hook", what,
+                    lambda _e, user, _u, fn=fn, what=what: trampoline(ref, "_c_int_hook", what,
                                                                        fn, user, rc=-1))
             else:
                 cb = _lib.VOID_HOOK_FN(
-                    lambda _e, user, _u, fn=fn, what=what: _trampoline(ref, "_c_void_hook",
+                    lambda _e, user, _u, fn=fn, what=what: trampoline(ref, "_c_void_hook",
                                                                        what, fn, user))
             setattr(h, what, cb)
         rc = _lib.lib.mig_engine_set_hooks(ptr, ctypes.byref(h), None)
@@ -382,49 +346,26 @@ class Engine:
 
     # ------------------------------------------------------------ the event loop
 
-    def fileno(self) -> int:
-        """The fd that is readable when :meth:`dispatch` has work."""
-        self._check()
-        return self._fd
-
     def attach(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         """Dispatch from ``loop`` (default: the running loop) whenever the
         engine's fd is readable (``loop.add_reader``)."""
-        self._check()
-        loop = loop or asyncio.get_running_loop()
-        if self._loop is loop:
-            return
-        self.detach()
-        ref = weakref.ref(self)
-        loop.add_reader(self._fd, _on_readable, ref)
-        self._loop = loop
+        self._attach_loop(loop)
 
     def detach(self) -> None:
         """Stop dispatching from the loop (the engine keeps running)."""
-        loop, self._loop = self._loop, None
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self._fd)
+        self._detach_loop()
 
     def dispatch(self) -> None:
         """Do all pending work and run the callbacks (mig_engine_dispatch).
         Never blocks; not re-entrant. Raises :class:`MigrateError` if the
         engine is broken (then close it)."""
-        ptr = self._check()
-        if self._dispatching:
-            raise RuntimeError("Engine.dispatch() called from inside an engine callback")
-        self._dispatching = True
-        try:
-            rc = _lib.lib.mig_engine_dispatch(ptr)
-        finally:
-            self._dispatching = False
-        if self._close_requested:
-            self._close_requested = False
-            self._free()
-        fatal, self._fatal = self._fatal, None
-        if fatal is not None:
-            raise fatal
-        if rc < 0 and self._ptr is not None:
-            self._raise(rc, "the engine is broken")
+        super().dispatch()
+
+    def _dispatch_c(self, ptr: int) -> int:
+        return _lib.lib.mig_engine_dispatch(ptr)
+
+    def _dispatch_failed(self, rc: int) -> None:
+        self._raise(rc, "the engine is broken")
 
     # ------------------------------------------------------------ properties
 
@@ -612,33 +553,6 @@ class Engine:
             self._on_log(lv, text)
         except Exception as e:
             log.error("on_log callback raised %s: %s", type(e).__name__, e, exc_info=e)
-
-
-def _trampoline(ref: "weakref.ref[Engine]", method: str, *args: Any, rc: Any = None) -> Any:
-    """Calls the engine's handler of a C callback. The engine may already be
-    unreachable (being collected): then the library gets a failure for the
-    callbacks that return one."""
-    engine = ref()
-    if engine is None:
-        return rc
-    try:
-        result = getattr(engine, method)(*args)
-    except BaseException as exc:  # never let an exception reach ctypes
-        log.error("internal error in %s: %s", method, exc, exc_info=exc)
-        return rc
-    return rc if result is None else result
-
-
-def _on_readable(ref: "weakref.ref[Engine]") -> None:
-    engine = ref()
-    if engine is None or engine.closed:
-        return
-    try:
-        engine.dispatch()
-    except MigrateError as exc:
-        log.error("engine %s: dispatch failed, detaching it from the loop: %s",
-                  engine.id, exc)
-        engine.detach()
 
 
 def _fail(fut: "asyncio.Future[Any]", exc: BaseException) -> None:

@@ -151,6 +151,22 @@ typedef enum mig_event_type {
 } mig_event_type;
 
 /**
+ * A user state's name: "absent", "active", "migrating", "paused",
+ * "incoming", "parked" (as `migratectl users` and the metrics print them).
+ * @return a static string; an unknown value gives "?".
+ * Thread: any. Callback-safe: yes.
+ */
+MIG_EXPORT const char *mig_user_state_name(mig_user_state state);
+
+/**
+ * An event type's name: "started", "prepared", "committed", "aborted",
+ * "incoming", "activated", "dropped", "progress".
+ * @return a static string; an unknown value gives "?".
+ * Thread: any. Callback-safe: yes.
+ */
+MIG_EXPORT const char *mig_event_type_name(mig_event_type type);
+
+/**
  * An event about one migration. Valid only during the callback; copy what you
  * need.
  */

@@ -1,19 +1,23 @@
 /*
  * libmigrate — emergency failover: continuous replication of a user's light
- * state to a standby engine, promotion with epochs.
+ * state and file state to a standby engine, promotion with epochs.
  *
  * The primary engine (the one serving the user) calls mig_replicate(): from
  * then on it re-extracts the user's light state at an interval (or when the
  * app calls mig_replicate_now()) and, when it changed, sends it to the
- * standby engine on the peer channel. At most one update per user is
+ * standby engine on the peer channel; with file domains, the files that
+ * changed since the standby's acknowledged copy go with it (librsync deltas,
+ * new files, removals; worker threads). At most one update per user is
  * unanswered at a time; a slow standby makes updates coalesce, never queue.
  * The standby keeps the latest complete update in a replica area the app
- * never sees, and acknowledges it.
+ * never sees (files under ROOT/.mig-replica/<user> of each file domain),
+ * installs an update whole or not at all, and acknowledges it.
  *
  * When the primary is lost, mig_replica_promote() (or the control command,
  * `migratectl promote`) on the standby makes the replica the active user:
- * the app's incoming, merge and activate callbacks run as for a destination
- * at COMMIT, and the user's epoch becomes the replica's epoch + 1. An old
+ * the replica's files become the user's folders, then the app's incoming,
+ * merge and activate callbacks run as for a destination at COMMIT, and the
+ * user's epoch becomes the replica's epoch + 1. An old
  * primary that comes back is answered "superseded" on its next update: it
  * stops serving the user (the app's pause then release hooks run there) and reports
  * MIG_REPLICA_SUPERSEDED. See docs/FAILOVER.md, including the split-brain
@@ -77,7 +81,8 @@ typedef struct mig_replica_event {
 	const char *peer_url; /**< the other engine ("" if unknown) */
 	uint64_t epoch;       /**< the user's epoch as the event's engine knows it */
 	uint64_t seq;         /**< the update concerned (0 if none) */
-	uint64_t bytes;       /**< ACKED/INSTALLED: encoded size of that update */
+	uint64_t bytes;       /**< ACKED/INSTALLED: encoded size of that update,
+				   its file pieces included */
 	uint64_t total_bytes; /**< primary: replication bytes sent for the user so far */
 	/** ACKED: extraction -> acknowledgement; PROMOTED: age of the replica
 	 * (last install -> promotion). */
@@ -135,8 +140,11 @@ MIG_EXPORT int mig_replicate_stop(mig_engine *engine, const char *user);
 
 /**
  * Standby: make the replica of `user` the active user here. Runs on the
- * next dispatch: the incoming hook, every domain's merge, then activate;
- * MIG_REPLICA_PROMOTED (or MIG_REPLICA_PROMOTE_FAILED) reports the outcome.
+ * next dispatch (after an update whose files are being installed, if
+ * any): the incoming hook, the replica's files renamed into each file
+ * domain's ROOT/<user> (replacing a folder there), every domain's merge,
+ * then activate; MIG_REPLICA_PROMOTED (or MIG_REPLICA_PROMOTE_FAILED, the
+ * files put back) reports the outcome.
  * @return 0 if the promotion is queued, MIG_EINVAL, MIG_ENOUSER (no replica
  *         of that user here), MIG_EEXIST (the user is already here).
  * Thread: any. Callback-safe: yes.
