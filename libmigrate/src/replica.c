@@ -1179,6 +1179,11 @@ static void on_file(mig_engine *e, uint64_t conn, const Migwire__ReplicaFile *f,
 		return;
 	q->file_bytes += bytes;
 	mig__rfin_piece(q->in, f);
+	/* A long file update is the primary talking: it keeps automatic
+	 * promotion off as keepalives do. */
+	repl *x = find_repl(r, f->user);
+	if (x && !x->promoted && x->primary_id && strcmp(x->primary_id, sender) == 0)
+		x->last_heard_us = mig__now_us();
 }
 
 static void on_update(mig_engine *e, uint64_t conn, const Migwire__ReplicaUpdate *u, size_t bytes)
@@ -1502,16 +1507,16 @@ static uint64_t tick_repls(mig_engine *e, uint64_t now)
 				next = earliest(next, due);
 				continue;
 			}
-			if (primary_linked(e, x)) {
-				/* Linked but silent: the link's own timeout
-				 * decides; look again soon. */
-				next = earliest(next, now + r->auto_promote_us / 4 + 1);
-				continue;
-			}
+			/* Silent with its link still up is a frozen primary
+			 * (stopped process, stuck loop) as far as its clients
+			 * are concerned too: its link's keepalive would take
+			 * far longer than `ms` to notice. If it comes back, its
+			 * next update is refused as superseded. */
 			mig__engine_log(e, MIG_LOG_WARN,
-					"primary %s of user %s silent for %llu ms: promoting",
+					"primary %s of user %s silent for %llu ms%s: promoting",
 					x->primary_id, x->user,
-					(unsigned long long)((now - x->last_heard_us) / 1000));
+					(unsigned long long)((now - x->last_heard_us) / 1000),
+					primary_linked(e, x) ? " on a live link" : "");
 			x->promote_requested = true;
 		}
 		if (x->promote_requested && x->installing)

@@ -587,6 +587,53 @@ static void test_auto_promote(void **state)
 	mig_engine_free(s);
 }
 
+/* Automatic promotion of a frozen primary: its engine's I/O thread keeps
+ * the peer link up (as a SIGSTOPped process's kernel keeps its sockets),
+ * but nothing is dispatched, so no update or keepalive comes. The standby
+ * promotes after `ms` of silence anyway, and the primary, once it runs
+ * again, is told it was superseded. */
+static void test_auto_promote_frozen(void **state)
+{
+	(void)state;
+	struct fapp pa, sa;
+	fapp_init(&pa, "primary");
+	fapp_init(&sa, "standby");
+	mig_engine *p = fapp_engine(&pa, "primary", 0);
+	mig_engine *s = fapp_engine(&sa, "standby", 0);
+	mig_engine *both[] = {p, s};
+	assert_int_equal(mig_replica_set_auto_promote(s, 400), 0);
+	fapp_add(&pa, p, 3);
+	const char *user = pa.users[3].id;
+	fapp_step(&pa, 3);
+	mig_replicate_options o = {.interval_ms = 50};
+	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
+	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
+	test_dispatch_for(both, 2, 600); /* keepalives hold it off */
+	assert_int_equal(count_ev(&sa, MIG_REPLICA_PROMOTED, NULL), 0);
+
+	/* Frozen: only the standby is dispatched. */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_true(wait_ev(&s, 1, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	print_message("# auto-promotion %ld ms after the primary froze, its link up "
+		      "(threshold 400 ms)\n",
+		      ms);
+	assert_true(ms >= 300 && ms < 3000);
+	assert_int_equal(mig_user_get_state(s, user), MIG_USER_ACTIVE);
+	assert_int_equal(sa.users[3].step, 1);
+
+	/* It thaws: superseded, and the user is only on the standby. */
+	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_SUPERSEDED, 1, 5000));
+	assert_int_equal(mig_user_get_state(p, user), MIG_USER_ABSENT);
+	assert_int_equal(mig_user_get_state(s, user), MIG_USER_ACTIVE);
+	check_no_violations(&pa);
+	check_no_violations(&sa);
+	mig_engine_free(p);
+	mig_engine_free(s);
+}
+
 /* ---------------------------------------------------------------- bad input */
 
 struct sender {
@@ -1306,6 +1353,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_bad_updates),
 		cmocka_unit_test(test_promote_merge_fails),
 		cmocka_unit_test(test_auto_promote),
+		cmocka_unit_test(test_auto_promote_frozen),
 		cmocka_unit_test(test_sigkill_primary),
 		cmocka_unit_test(test_sigstop_primary),
 		cmocka_unit_test(test_client_failover),

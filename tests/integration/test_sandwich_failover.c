@@ -860,8 +860,8 @@ static int served_after(const char *log, const char *user, double after)
 }
 
 /* Done-when 2: A is frozen (SIGSTOP) mid-assembly; every user is promoted
- * on B with the control API (automatic promotion does not apply: the frozen
- * A's peer link stays up until its keepalive gives up, docs/FAILOVER.md);
+ * on B with the control API (automatic promotion of a frozen primary is
+ * test_auto_promote_frozen in test_failover.c);
  * A gets SIGCONT: its next update is refused as superseded, it stops
  * serving the user (its clients are closed) and serves it no more; the
  * clients go to B and finish there. */
