@@ -5,7 +5,12 @@
  *   ROOT/<user>/...            the user's files (the app reads and writes here)
  *   ROOT/.mig-staging/<mid>/   a migration's incoming copy, until COMMIT
  * Staging lives under the same root so the install is a rename on one
- * filesystem. */
+ * filesystem.
+ *
+ * Implemented by files.c (path rules, confined opens, reading, digests),
+ * files_scan.c (the scan), files_stage.c (staging, durability, install) and
+ * files_remove.c (removal, departed-user cache); files_int.h holds what only
+ * they share. */
 #ifndef MIG_FILES_H
 #define MIG_FILES_H
 

@@ -1,6 +1,7 @@
 /* Replication of users' light state to a standby engine, promotion with
- * epochs (replica.c; public API in <migrate/replicate.h>). Everything here
- * runs with the engine lock held, inside dispatch unless said otherwise. */
+ * epochs (replica.c, replica_primary.c, replica_standby.c; public API in
+ * <migrate/replicate.h>). Everything here runs with the engine lock held,
+ * inside dispatch unless said otherwise. */
 #ifndef MIG_REPLICA_H
 #define MIG_REPLICA_H
 

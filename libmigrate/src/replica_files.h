@@ -1,5 +1,7 @@
-/* File state of replication (replica_files.c; docs/FAILOVER.md "File
- * state"). The disk and librsync work of replica.c, on worker strands.
+/* File state of replication (replica_files_*.c; docs/FAILOVER.md "File
+ * state"). The disk and librsync work of replication, on worker strands:
+ * replica_files_primary.c for the primary, replica_files_standby.c for the
+ * standby.
  *
  * Primary: a "round" (mig__rfjob) scans the user's folders, sends each file
  * that changed since the standby's acknowledged copy as ReplicaFile pieces
@@ -27,6 +29,8 @@
 #include "workers.h"
 
 #define MIG__REPLICA_DIR ".mig-replica"
+/* Delta bytes per ReplicaFile piece (at most half the frame cap). */
+#define RF_PIECE (256u * 1024)
 
 /* Can `user` name a folder (the rules of files.c: no '/', not "." or "..",
  * not starting with ".mig-")? */

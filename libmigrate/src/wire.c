@@ -768,7 +768,7 @@ static bool check_replica_update(check *c, const Migwire__ReplicaUpdate *m)
 	return check_unique(c, "light", names, m->n_light);
 }
 
-/* Paths and domains are judged by replica.c, which refuses the update
+/* Paths and domains are judged by replica_files_standby.c, which refuses the update
  * with a reason; here only sizes and the shape of a piece. */
 static bool check_replica_file(check *c, const Migwire__ReplicaFile *m)
 {

@@ -15,7 +15,7 @@
 typedef Migwire__Frame mig__frame;
 
 /* Bytes reserved in front of every encoded message for the transport
- * (libwebsockets needs LWS_PRE; transport.c checks it fits). */
+ * (libwebsockets needs LWS_PRE; transport_ws.c checks it fits). */
 #define MIG__MSG_HEADROOM 32
 
 /* Bounds on repeated fields and sizes beyond the frame cap. */
@@ -25,7 +25,7 @@ typedef Migwire__Frame mig__frame;
 /* The blocks of the bulk pools (mig__pool): a file chunk as the source
  * sends it (xfer_int.h, XFER_CHUNK_BYTES) with room for its frame. */
 #define MIG__POOL_BLOCK (256u * 1024 + 1024)
-#define MIG__NONCE_LEN 32 /* == MIG__AUTH_NONCE_LEN, checked in transport.c */
+#define MIG__NONCE_LEN 32 /* == MIG__AUTH_NONCE_LEN, checked in transport_ws.c */
 #define MIG__MAC_LEN 32   /* == MIG__AUTH_MAC_LEN */
 
 /* An encoded message: `len` payload bytes at base + MIG__MSG_HEADROOM. */

@@ -1,7 +1,10 @@
 /* File transfer, destination side: send signatures of the copy this engine
- * holds (its departed-user cache), patch incoming deltas and tails into
- * staging, answer each round, verify digests at PREPARE and install at
- * COMMIT. Everything touching disk runs on the transfer's strand. */
+ * holds (its departed-user cache), hand the source's frames to the
+ * transfer's strand, answer each round (digest check, staged-file sync),
+ * verify digests at PREPARE and install at COMMIT. The streams themselves
+ * (patching deltas, appending tails, writing DATA into staging) are
+ * received by xfer_dst_stream.c. Everything touching disk runs on the
+ * transfer's strand. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,14 +18,14 @@
 /* Credit is returned in batches of at least this many bytes. */
 #define CREDIT_BATCH (1024u * 1024)
 
-static char *cache_root(const mig__fdomain *d)
+char *mig__xdst_cache_root(const mig__fdomain *d)
 {
 	return mig__asprintf("%s/%s", d->root, MIG__CACHE_DIR);
 }
 
 /* ------------------------------------------------------------------ tables */
 
-static struct dst_file *find_file(struct dst_domain *dd, const char *path, bool create)
+struct dst_file *mig__xdst_find_file(struct dst_domain *dd, const char *path, bool create)
 {
 	for (size_t i = 0; i < dd->n; i++)
 		if (strcmp(dd->files[i].path, path) == 0)
@@ -54,32 +57,12 @@ static void remove_file(struct dst_domain *dd, struct dst_file *f)
 	dd->n--;
 }
 
-static void stream_close(struct dst_stream *s)
-{
-	mig__patch_free(s->patch);
-	s->patch = NULL;
-	mig__sha256_free(s->hash);
-	s->hash = NULL;
-	if (s->basis_fd >= 0)
-		close(s->basis_fd);
-	if (s->out_fd >= 0)
-		close(s->out_fd);
-	s->basis_fd = s->out_fd = -1;
-}
-
-static void stream_free(struct dst_stream *s)
-{
-	stream_close(s);
-	mig__free(s->path);
-	mig__free(s);
-}
-
 void mig__xdst_free(struct mig__xfer *x)
 {
 	struct dst_stream *s = x->streams;
 	while (s) {
 		struct dst_stream *next = s->next;
-		stream_free(s);
+		mig__xdst_stream_free(s);
 		s = next;
 	}
 	for (size_t i = 0; i < x->ndd; i++) {
@@ -92,9 +75,7 @@ void mig__xdst_free(struct mig__xfer *x)
 	mig__free(x->dd);
 }
 
-static void fail(struct mig__xfer *x, int err, const char *fmt, ...) MIG__PRINTF(3, 4);
-
-static void fail(struct mig__xfer *x, int err, const char *fmt, ...)
+void mig__xdst_fail(struct mig__xfer *x, int err, const char *fmt, ...)
 {
 	if (x->failed)
 		return; /* the first cause is the one reported */
@@ -123,7 +104,7 @@ static void send_round_done(struct mig__xfer *x, uint32_t round, char **redo, si
 	mig__xfer_send(x, &f);
 }
 
-static void send_credit(struct mig__xfer *x, bool force)
+void mig__xdst_send_credit(struct mig__xfer *x, bool force)
 {
 	if (!x->uncredited || (!force && x->uncredited < CREDIT_BATCH))
 		return;
@@ -140,8 +121,8 @@ static void send_credit(struct mig__xfer *x, bool force)
 /* ------------------------------------------------------------------ signatures */
 
 /* A signature stream (empty: no copy of that file here). */
-static int send_sig_stream(struct mig__xfer *x, size_t domain, const char *path,
-			   const mig__bytes *sig, uint8_t *buf)
+int mig__xdst_send_sig_stream(struct mig__xfer *x, size_t domain, const char *path,
+			      const mig__bytes *sig, uint8_t *buf)
 {
 	Migwire__FileStream fs = MIGWIRE__FILE_STREAM__INIT;
 	fs.mid = x->mid;
@@ -184,7 +165,7 @@ static int send_signature(struct mig__xfer *x, size_t domain, const char *croot,
 		sig.data[4] = 0x7f;
 		sig.data[5] = sig.data[6] = sig.data[7] = 0xff;
 	}
-	rc = send_sig_stream(x, domain, fe->path, &sig, buf);
+	rc = mig__xdst_send_sig_stream(x, domain, fe->path, &sig, buf);
 	mig__bytes_free(&sig);
 	return rc;
 }
@@ -194,7 +175,7 @@ static void signatures_task(void *arg)
 	struct mig__xfer *x = arg;
 	uint8_t *buf = mig__malloc(XFER_CHUNK_BYTES);
 	for (size_t i = 0; buf && i < x->ndd && !atomic_load(&x->cancelled); i++) {
-		char *croot = cache_root(x->dd[i].d);
+		char *croot = mig__xdst_cache_root(x->dd[i].d);
 		mig__file_list list = {0};
 		char why[MIG__REASON_MAX];
 		/* A cache that cannot be read is no basis, not an error. */
@@ -229,329 +210,7 @@ int mig__xdst_start(mig_engine *e, struct mig_migration *m)
 	return 0;
 }
 
-/* ------------------------------------------------------------------ streams */
-
-struct stream_job {
-	struct mig__xfer *x;
-	uint32_t id;
-	int kind;
-	size_t domain;
-	char *path;
-	uint64_t offset;
-	uint64_t size; /* UINT64_MAX: not announced */
-};
-
-static void stream_job_free(void *arg)
-{
-	struct stream_job *j = arg;
-	mig__free(j->path);
-	mig__free(j);
-}
-
-/* The source asks for the signature of a staged file (one it sent in an
- * earlier round and that changed since): signed from the staged copy, which
- * holds exactly the bytes sent; an empty answer when there is none. Always
- * answered, so the source never waits for nothing. */
-static void sign_staged_task(void *arg)
-{
-	struct stream_job *j = arg;
-	struct mig__xfer *x = j->x;
-	struct dst_domain *dd = &x->dd[j->domain];
-	struct dst_file *f = find_file(dd, j->path, false);
-	mig__bytes sig = {0};
-	uint8_t *buf = mig__malloc(XFER_CHUNK_BYTES);
-	int fd = f && f->hash && !x->failed
-			 ? mig__files_open_staging_read(dd->d->root, x->mid, j->path)
-			 : -1;
-	if (fd >= 0) {
-		mig__sig_params p;
-		mig__delta_params(f->size, &p);
-		if (mig__delta_signature(fd, UINT64_MAX, &p, &sig) != 0)
-			mig__bytes_free(&sig); /* no basis then: the file goes whole */
-		close(fd);
-	}
-	if (!buf)
-		fail(x, MIG_ENOMEM, "out of memory");
-	else
-		send_sig_stream(x, j->domain, j->path, &sig, buf);
-	mig__bytes_free(&sig);
-	mig__free(buf);
-	stream_job_free(j);
-}
-
-static struct dst_stream *find_stream(struct mig__xfer *x, uint32_t id)
-{
-	for (struct dst_stream *s = x->streams; s; s = s->next)
-		if (s->id == id)
-			return s;
-	return NULL;
-}
-
-static void open_stream_task(void *arg)
-{
-	struct stream_job *j = arg;
-	struct mig__xfer *x = j->x;
-	struct dst_domain *dd = &x->dd[j->domain];
-	const char *root = dd->d->root;
-	struct dst_stream *s = mig__calloc(1, sizeof(*s));
-	if (!s || !(s->path = mig__strdup(j->path))) {
-		mig__free(s);
-		fail(x, MIG_ENOMEM, "out of memory");
-		goto out;
-	}
-	s->id = j->id;
-	s->kind = j->kind;
-	s->domain = j->domain;
-	s->offset = j->offset;
-	s->basis_fd = s->out_fd = -1;
-	s->next = x->streams;
-	x->streams = s;
-	if (x->failed)
-		goto out;
-	struct dst_file *f = find_file(dd, j->path, false);
-	if (j->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
-		if (!f || !f->hash || f->size != j->offset) {
-			fail(x, MIG_EPROTO, "%s/%s: tail at %llu does not continue the staged file",
-			     dd->d->name, j->path, (unsigned long long)j->offset);
-			goto out;
-		}
-		s->out_fd = mig__files_open_staging_append(root, x->mid, j->path);
-		if (s->out_fd < 0)
-			fail(x, MIG_EIO, "%s/%s: cannot open the staged file", dd->d->name, j->path);
-		goto out;
-	}
-	if (j->kind == MIGWIRE__STREAM_KIND__STREAM_DATA) {
-		/* The whole file as plain bytes: no basis, no patch. */
-		if (j->size == UINT64_MAX) {
-			fail(x, MIG_EPROTO, "%s/%s: data stream without a size", dd->d->name,
-			     j->path);
-			goto out;
-		}
-		s->size = j->size;
-		snprintf(s->tmp, sizeof(s->tmp), "%u", s->id);
-		s->out_fd = mig__files_open_staging_tmp(root, x->mid, s->tmp);
-		if (s->out_fd < 0)
-			fail(x, MIG_EIO, "%s/%s: cannot create a staging file", dd->d->name, j->path);
-		else if (!(s->hash = mig__sha256_new()))
-			fail(x, MIG_ENOMEM, "out of memory");
-		goto out;
-	}
-	/* A delta: its basis is the staged file of an earlier round, else the
-	 * copy in the departed-user cache, else nothing. */
-	if (f && f->hash) {
-		s->basis_fd = mig__files_open_staging_read(root, x->mid, j->path);
-	} else {
-		char *croot = cache_root(dd->d);
-		s->basis_fd = croot ? mig__files_open_read(croot, x->user, j->path) : -1;
-		mig__free(croot);
-	}
-	if (s->basis_fd < 0)
-		s->basis_fd = -1;
-	snprintf(s->tmp, sizeof(s->tmp), "%u", s->id);
-	s->out_fd = mig__files_open_staging_tmp(root, x->mid, s->tmp);
-	if (s->out_fd < 0) {
-		fail(x, MIG_EIO, "%s/%s: cannot create a staging file", dd->d->name, j->path);
-		goto out;
-	}
-	if (mig__patch_new(s->basis_fd, s->out_fd, &s->patch) != 0 ||
-	    !(s->hash = mig__sha256_new())) {
-		fail(x, MIG_ENOMEM, "out of memory");
-		goto out;
-	}
-	/* The digest grows as the patch writes: no second read of the file. */
-	mig__patch_set_digest(s->patch, s->hash);
-	if (j->size != UINT64_MAX)
-		/* A few bytes of copy commands must not fill the disk. */
-		mig__patch_set_max_output(s->patch, j->size);
-out:
-	stream_job_free(j);
-}
-
-struct chunk_job {
-	struct mig__xfer *x;
-	uint32_t stream;
-	bool last;
-	Migwire__Chunk chunk; /* data: taken from the received frame, the job's */
-};
-
-static void chunk_job_free(void *arg)
-{
-	struct chunk_job *j = arg;
-	mig__wire_bytes_free(j->chunk.data.data);
-	mig__free(j);
-}
-
-/* Starts writing a complete staged file to disk now, while the transfer
- * goes on, so that the fsyncs of the install at COMMIT (with the user
- * paused) find little left to write: without it they wrote out every byte
- * that arrived in the last ~30 s (the kernel's dirty expiry), which made
- * the downtime grow with the folder's size. Best effort: the install's
- * fsync still reports any error. */
-static void start_writeback(int fd)
-{
-	if (fd >= 0)
-		sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-}
-
-/* The stream is complete: move the patch output into place, and record the
- * file's digest and size for verification. */
-static void finish_stream(struct mig__xfer *x, struct dst_stream *s)
-{
-	struct dst_domain *dd = &x->dd[s->domain];
-	const char *root = dd->d->root;
-	char why[MIG__REASON_MAX] = "";
-	struct dst_file *f = find_file(dd, s->path, true);
-	if (!f) {
-		fail(x, MIG_ENOMEM, "out of memory");
-		return;
-	}
-	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
-		f->size = s->offset + s->written;
-		f->durable = false;
-		start_writeback(s->out_fd);
-		return;
-	}
-	uint64_t size = s->written;
-	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_DELTA) {
-		int rc = mig__patch_finish(s->patch, why, sizeof(why));
-		if (rc) {
-			fail(x, rc, "%s/%s: %s", dd->d->name, s->path, why);
-			return;
-		}
-		size = mig__patch_output_size(s->patch);
-	} else if (s->written != s->size) {
-		fail(x, MIG_EPROTO, "%s/%s: data stream ended at %llu of its %llu bytes",
-		     dd->d->name, s->path, (unsigned long long)s->written,
-		     (unsigned long long)s->size);
-		return;
-	}
-	/* The stream's digest, of exactly the bytes written, becomes the
-	 * file's: it was computed as they went to disk. */
-	mig__sha256 *hash = s->hash;
-	s->hash = NULL;
-	start_writeback(s->out_fd);
-	stream_close(s);
-	mig__sha256_free(f->hash);
-	f->hash = NULL;
-	if (mig__files_staging_commit_tmp(root, x->mid, s->tmp, s->path) != 0) {
-		mig__sha256_free(hash);
-		fail(x, MIG_EIO, "%s/%s: cannot place the staged file", dd->d->name, s->path);
-		return;
-	}
-	f->hash = hash;
-	f->size = size;
-	f->durable = false;
-}
-
-/* Appends a DATA chunk to the staging file, no further than the announced
- * size (a peer's bytes must not fill the disk past what it declared). */
-static int write_data(struct dst_stream *s, const uint8_t *data, size_t len, char *why,
-		      size_t why_len)
-{
-	if (len > s->size - s->written) {
-		snprintf(why, why_len, "data past the announced %llu bytes",
-			 (unsigned long long)s->size);
-		return MIG_EPROTO;
-	}
-	if (mig__sha256_update(s->hash, data, len) != 0) {
-		snprintf(why, why_len, "hashing failed");
-		return MIG_ESYSTEM;
-	}
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = write(s->out_fd, data + done, len - done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			snprintf(why, why_len, "writing the staged file: %s",
-				 n < 0 ? strerror(errno) : "no progress");
-			return MIG_EIO;
-		}
-		done += (size_t)n;
-	}
-	s->written += len;
-	/* Start writing each MiB out as it arrives, so that the fsync after
-	 * the round (or at PREPARE) finds only the last MiB of a large file
-	 * still to write, not all of it. Best effort, as start_writeback(). */
-	if (s->written - s->wb_started >= XFER_WRITEBACK_STEP) {
-		sync_file_range(s->out_fd, (off_t)s->wb_started,
-				(off_t)(s->written - s->wb_started), SYNC_FILE_RANGE_WRITE);
-		s->wb_started = s->written;
-	}
-	return 0;
-}
-
-static void chunk_task(void *arg)
-{
-	struct chunk_job *j = arg;
-	struct mig__xfer *x = j->x;
-	char why[MIG__REASON_MAX] = "";
-	struct dst_stream *s = find_stream(x, j->stream);
-	x->uncredited += j->chunk.has_raw_len ? j->chunk.raw_len : j->chunk.data.len;
-	if (!s) {
-		fail(x, MIG_EPROTO, "chunk for an unknown stream %u", j->stream);
-		goto out;
-	}
-	if (x->failed || s->out_fd < 0)
-		goto out;
-	uint8_t *data = NULL;
-	size_t len = 0;
-	int rc = 0;
-	/* Plain chunks are used where they lie (the job owns them). */
-	bool plain = j->chunk.compression == MIGWIRE__COMPRESSION__COMPRESSION_NONE;
-	if (plain) {
-		data = j->chunk.data.data;
-		len = j->chunk.data.len;
-	} else {
-		rc = mig__xfer_chunk_data(&j->chunk, &data, &len, why, sizeof(why));
-	}
-	if (rc) {
-		fail(x, rc, "%s: %s", s->path, why);
-		goto out;
-	}
-	if (s->kind == MIGWIRE__STREAM_KIND__STREAM_DATA) {
-		rc = write_data(s, data, len, why, sizeof(why));
-		if (rc)
-			fail(x, rc, "%s/%s: %s", x->dd[s->domain].d->name, s->path, why);
-	} else if (s->kind == MIGWIRE__STREAM_KIND__STREAM_TAIL) {
-		struct dst_file *f = find_file(&x->dd[s->domain], s->path, false);
-		size_t done = 0;
-		while (done < len) {
-			ssize_t n = pwrite(s->out_fd, data + done, len - done,
-					   (off_t)(s->offset + s->written + done));
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0) {
-				fail(x, MIG_EIO, "%s: %s", s->path, strerror(errno));
-				break;
-			}
-			done += (size_t)n;
-		}
-		if (f && f->hash)
-			mig__sha256_update(f->hash, data, done);
-		s->written += done;
-	} else {
-		rc = mig__patch_feed(s->patch, data, len, why, sizeof(why));
-		if (rc)
-			fail(x, rc, "%s/%s: %s", x->dd[s->domain].d->name, s->path, why);
-	}
-	if (!plain)
-		mig__free(data);
-	if (j->last && !x->failed)
-		finish_stream(x, s);
-out:
-	if (j->last && s) {
-		stream_close(s);
-		for (struct dst_stream **pp = &x->streams; *pp; pp = &(*pp)->next)
-			if (*pp == s) {
-				*pp = s->next;
-				stream_free(s);
-				break;
-			}
-	}
-	send_credit(x, j->last);
-	chunk_job_free(j);
-}
+/* ------------------------------------------------------------------ round ends, frames */
 
 struct sent_entry {
 	char *path; /* "domain/path" */
@@ -606,7 +265,7 @@ static size_t check_sent(struct mig__xfer *x, struct round_end_job *j, char **re
 		size_t d = split_domain_path(x, j->sent[i].path, &path);
 		if (d == SIZE_MAX)
 			continue;
-		struct dst_file *f = find_file(&x->dd[d], path, false);
+		struct dst_file *f = mig__xdst_find_file(&x->dd[d], path, false);
 		uint8_t got[32];
 		bool ok = f && f->hash && f->size == j->sent[i].size &&
 			  mig__sha256_peek(f->hash, got) == 0 && memcmp(got, j->sent[i].sha, 32) == 0;
@@ -642,8 +301,8 @@ static void sync_staged(struct mig__xfer *x, unsigned *count)
 				rc = MIG_EIO;
 			}
 			if (rc) {
-				fail(x, rc, "%s/%s: cannot sync the staged file: %s", dd->d->name,
-				     f->path, mig_strerror(rc));
+				mig__xdst_fail(x, rc, "%s/%s: cannot sync the staged file: %s",
+					       dd->d->name, f->path, mig_strerror(rc));
 				return;
 			}
 			f->durable = true;
@@ -662,7 +321,7 @@ static void round_end_task(void *arg)
 		for (size_t d = 0; d < x->ndd; d++) {
 			if (strcmp(x->dd[d].d->name, j->deleted[i]) != 0)
 				continue;
-			struct dst_file *f = find_file(&x->dd[d], slash + 1, false);
+			struct dst_file *f = mig__xdst_find_file(&x->dd[d], slash + 1, false);
 			if (f) {
 				mig__files_staging_unlink(x->dd[d].d->root, x->mid, slash + 1);
 				remove_file(&x->dd[d], f);
@@ -672,7 +331,7 @@ static void round_end_task(void *arg)
 	char **redo = mig__calloc(j->nsent ? j->nsent : 1, sizeof(*redo));
 	size_t nredo = 0;
 	if (!redo)
-		fail(x, MIG_ENOMEM, "out of memory");
+		mig__xdst_fail(x, MIG_ENOMEM, "out of memory");
 	else if (!x->failed)
 		nredo = check_sent(x, j, redo);
 	/* Before RoundDone, so that the source's next move (another round, or
@@ -680,7 +339,7 @@ static void round_end_task(void *arg)
 	 * final round's files are synced by PREPARE's verification. */
 	if (!j->final && !x->failed)
 		sync_staged(x, &x->synced_precopy);
-	send_credit(x, true);
+	mig__xdst_send_credit(x, true);
 	send_round_done(x, j->round, redo, nredo);
 	mig__free(redo);
 	round_end_free(j);
@@ -722,11 +381,11 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 		j->size = fs->has_size ? fs->size : UINT64_MAX;
 		rc = mig__strand_post(x->strand,
 				      fs->kind == MIGWIRE__STREAM_KIND__STREAM_SIGNATURE
-					      ? sign_staged_task
-					      : open_stream_task,
-				      stream_job_free, j);
+					      ? mig__xdst_sign_staged_task
+					      : mig__xdst_open_stream_task,
+				      mig__xdst_stream_job_free, j);
 		if (rc)
-			stream_job_free(j);
+			mig__xdst_stream_job_free(j);
 		break;
 	}
 	case MIGWIRE__FRAME__BODY_CHUNK: {
@@ -743,9 +402,9 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 		/* The payload moves to the job instead of being copied: nothing
 		 * reads this frame's data after this. */
 		j->chunk.data.data = mig__wire_take_bytes(&f->chunk->data);
-		rc = mig__strand_post(x->strand, chunk_task, chunk_job_free, j);
+		rc = mig__strand_post(x->strand, mig__xdst_chunk_task, mig__xdst_chunk_job_free, j);
 		if (rc)
-			chunk_job_free(j);
+			mig__xdst_chunk_job_free(j);
 		break;
 	}
 	case MIGWIRE__FRAME__BODY_ROUND_END: {
@@ -832,7 +491,7 @@ static void verify_task(void *arg)
 	for (size_t i = 0; i < j->n && !err; i++) {
 		struct verify_entry *v = &j->entries[i];
 		struct dst_domain *dd = &x->dd[v->domain];
-		struct dst_file *f = find_file(dd, v->path, false);
+		struct dst_file *f = mig__xdst_find_file(dd, v->path, false);
 		uint8_t got[32];
 		if (!f || !f->hash) {
 			err = MIG_EPROTO;
@@ -936,7 +595,7 @@ static int install_files(struct mig__xfer *x, char *why, size_t why_len)
 			snprintf(why, why_len, "%s: %s", x->dd[d].d->name, mig_strerror(rc));
 		}
 		/* The cached copy is older than what was just installed. */
-		char *croot = cache_root(x->dd[d].d);
+		char *croot = mig__xdst_cache_root(x->dd[d].d);
 		if (croot)
 			mig__files_remove_user(croot, x->user);
 		mig__free(croot);

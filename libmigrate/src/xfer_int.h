@@ -1,4 +1,4 @@
-/* Private to xfer.c, xfer_src.c and xfer_dst.c. */
+/* Private to xfer.c, xfer_src*.c and xfer_dst*.c. */
 #ifndef MIG_XFER_INT_H
 #define MIG_XFER_INT_H
 
@@ -20,7 +20,7 @@
 _Static_assert(XFER_CHUNK_BYTES + 512 + MIG__MSG_HEADROOM <= MIG__POOL_BLOCK,
 	       "a chunk frame fits a pool block");
 /* A destination starts the writeback of a file it receives whole every
- * this many bytes (xfer_dst.c write_data()). */
+ * this many bytes (xfer_dst_stream.c write_data()). */
 #define XFER_WRITEBACK_STEP (1024u * 1024)
 /* A signature larger than this is refused (a 1 TiB file's is ~12 MiB). */
 #define XFER_SIG_MAX (64u * 1024 * 1024)
@@ -73,6 +73,20 @@ struct sig_ready {
 	mig__bytes bytes;
 };
 
+/* A round's output, set up by send_round (xfer_src.c) and filled by the
+ * streams of each file it sends (xfer_src_stream.c): the chunk being
+ * built, and what the last file's send found. */
+struct sink_ctx {
+	struct mig__xfer *x;
+	bool final;       /* the round after the pause */
+	bool torn;        /* mig__xsrc_send_file: the file was written to while read */
+	uint32_t stream;
+	uint8_t *buf;
+	size_t len;
+	uint64_t total;
+	int error;
+};
+
 /* ---- destination ---- */
 struct dst_file {
 	char *path;
@@ -104,6 +118,24 @@ struct dst_stream {
 	uint64_t size;     /* DATA: the announced size, the most it may write */
 	uint64_t written;
 	uint64_t wb_started; /* DATA: bytes whose writeback has been started */
+};
+
+/* Strand jobs that mig__xdst_on_frame posts for a FileStream and a Chunk. */
+struct stream_job {
+	struct mig__xfer *x;
+	uint32_t id;
+	int kind;
+	size_t domain;
+	char *path;
+	uint64_t offset;
+	uint64_t size; /* UINT64_MAX: not announced */
+};
+
+struct chunk_job {
+	struct mig__xfer *x;
+	uint32_t stream;
+	bool last;
+	Migwire__Chunk chunk; /* data: taken from the received frame, the job's */
 };
 
 struct mig__xfer {
@@ -216,5 +248,67 @@ void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f);
 void mig__xsrc_free(struct mig__xfer *x);
 void mig__xdst_free(struct mig__xfer *x);
+
+/* xfer_src.c, the file table (dispatch until round 1 starts, then the
+ * strand). Finds the file at `path`, adding it when `create` is set; NULL
+ * when absent or on no memory. Entries are kept sorted by path and move
+ * when one is added: no pointer into the table survives a call with
+ * `create`. */
+struct src_file *mig__xsrc_find_file(struct src_domain *sd, const char *path, bool create);
+/* Whether the file is in the latest scan and new or changed since sent. */
+bool mig__xsrc_needs_send(const struct src_domain *sd, const struct src_file *f);
+
+/* xfer_src_stream.c; on the strand unless noted. */
+/* Sends one file of domain `domain` (a TAIL, DATA or delta stream) through
+ * `s`, and records in `f` what the destination now holds; s->torn is set
+ * when the file was written to while read. 0 or MIG_E*, `why` set. */
+int mig__xsrc_send_file(struct mig__xfer *x, size_t domain, struct src_file *f,
+			struct sink_ctx *s, char *why, size_t why_len);
+/* Moves the signatures dispatch handed over into the file table; with
+ * `create` also for files not in it yet. Under fc_lock. 0 or MIG_ENOMEM. */
+int mig__xsrc_drain_signatures(struct mig__xfer *x, bool create);
+/* Waits until the basis of `f` (its signature, or none) is known. 0,
+ * MIG_ECANCELED once cancelled, MIG_ETIMEDOUT (`why` set) when no
+ * signature stream opened for `wait_us`. */
+int mig__xsrc_wait_basis(struct mig__xfer *x, size_t domain, struct src_file *f,
+			 uint64_t wait_us, char *why, size_t why_len);
+/* Rounds after the first: asks the destination for the signature of each
+ * changed file the source did not sign itself. 0 or MIG_E* of the send. */
+int mig__xsrc_request_signatures(struct mig__xfer *x);
+/* Dispatch: checks a complete signature stream and hands its bytes (taken
+ * from `s`) to the strand. 0, MIG_ENOMEM, or the check's MIG_E* with `why`
+ * set. */
+int mig__xsrc_accept_signature(struct mig__xfer *x, struct sig_stream *s, char *why,
+			       size_t why_len);
+
+/* xfer_dst.c; on the strand. */
+/* The domain's departed-user cache folder (allocated); NULL on no memory. */
+char *mig__xdst_cache_root(const mig__fdomain *d);
+/* Finds the staged file at `path`, adding it when `create` is set; NULL
+ * when absent or on no memory. Entries move when one is added. */
+struct dst_file *mig__xdst_find_file(struct dst_domain *dd, const char *path, bool create);
+/* Records an error: the first one is kept, and reported in the next RoundDone
+ * or by PREPARE's verification. */
+void mig__xdst_fail(struct mig__xfer *x, int err, const char *fmt, ...) MIG__PRINTF(3, 4);
+/* Returns credit for the chunk bytes received, in batches; `force`: all
+ * that is owed. */
+void mig__xdst_send_credit(struct mig__xfer *x, bool force);
+/* Sends `sig` as a signature stream for `path` (empty: no copy here); `buf`
+ * is XFER_CHUNK_BYTES of scratch. 0 or MIG_E* of the send. */
+int mig__xdst_send_sig_stream(struct mig__xfer *x, size_t domain, const char *path,
+			      const mig__bytes *sig, uint8_t *buf);
+
+/* xfer_dst_stream.c: the strand jobs mig__xdst_on_frame posts; a task frees
+ * its job, a *_job_free discards one that never ran. */
+/* Closes and frees a stream (strand; or when the transfer is freed). */
+void mig__xdst_stream_free(struct dst_stream *s);
+void mig__xdst_stream_job_free(void *arg);
+/* A FileStream asking for a staged file's signature: always answered. */
+void mig__xdst_sign_staged_task(void *arg);
+/* Any other FileStream: opens the stream into staging. */
+void mig__xdst_open_stream_task(void *arg);
+void mig__xdst_chunk_job_free(void *arg);
+/* A Chunk: written, patched or appended; the last one completes the file. */
+void mig__xdst_chunk_task(void *arg);
 
 #endif

@@ -158,6 +158,74 @@ class Event:
                    time_us=ev.time_us, exception=exception)
 
 
+class ReplicaEventType(enum.IntEnum):
+    """Kinds of replication event (mig_replica_event_type). ACKED, REFUSED,
+    SUPERSEDED and STOPPED happen at a primary; INSTALLED, REJECTED,
+    PROMOTED and PROMOTE_FAILED at a standby."""
+    ACKED = 0
+    REFUSED = 1
+    SUPERSEDED = 2
+    STOPPED = 3
+    INSTALLED = 4
+    REJECTED = 5
+    PROMOTED = 6
+    PROMOTE_FAILED = 7
+
+
+@dataclass(frozen=True)
+class ReplicaEvent:
+    """One replication event (a copy of mig_replica_event).
+
+    ``epoch`` is the user's epoch as this engine knows it, ``seq`` the
+    update concerned (0 if none), ``bytes`` the encoded size of that update
+    (ACKED, INSTALLED), ``total_bytes`` what a primary sent for the user so
+    far, ``lag_us`` extraction to acknowledgement (ACKED) or the replica's
+    age (PROMOTED); ``error`` and ``reason`` say why for REFUSED, REJECTED,
+    SUPERSEDED and PROMOTE_FAILED.
+    """
+    type: ReplicaEventType
+    user: str
+    peer_url: str
+    epoch: int
+    seq: int
+    bytes: int
+    total_bytes: int
+    lag_us: int
+    error: Error | int
+    reason: str
+    time_us: int
+
+    @classmethod
+    def _from_c(cls, ev: _lib.ReplicaEvent) -> "ReplicaEvent":
+        try:
+            etype = ReplicaEventType(ev.type)
+        except ValueError:
+            etype = ev.type  # a newer library: keep the raw value
+        return cls(type=etype, user=_lib.text(ev.user), peer_url=_lib.text(ev.peer_url),
+                   epoch=ev.epoch, seq=ev.seq, bytes=ev.bytes, total_bytes=ev.total_bytes,
+                   lag_us=ev.lag_us, error=_error(ev.error), reason=_lib.text(ev.reason),
+                   time_us=ev.time_us)
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One user's replication figures as one engine sees them
+    (mig_replica_info). ``primary``: this engine replicates the user out;
+    ``standby``: it holds a replica not yet promoted. ``seq`` is the last
+    update sent (primary) or installed (standby), ``acked_seq`` the last
+    acknowledged (primary), ``updates`` how many were acknowledged
+    (primary) or installed (standby), ``bytes`` sent or received, and
+    ``last_us`` the wall clock of the last ack or install."""
+    primary: bool
+    standby: bool
+    epoch: int
+    seq: int
+    acked_seq: int
+    updates: int
+    bytes: int
+    last_us: int
+
+
 # ---------------------------------------------------------------- argument checks
 
 

@@ -1,4 +1,5 @@
-"""ctypes declarations of libmigrate's public API (migrate.h, client.h, control.h).
+"""ctypes declarations of libmigrate's public API (migrate.h, replicate.h,
+client.h, control.h).
 
 Every structure here mirrors the C header field by field, in order; the
 ``layout`` test compares their offsets with a C program compiled against the
@@ -149,6 +150,48 @@ FOREACH_FN = CFUNCTYPE(c_int, c_char_p, c_int, c_void_p)
 
 SESSION_TOKEN_MAX = 600
 
+# ---------------------------------------------------------------- replicate.h
+
+
+class ReplicateOptions(Structure):
+    _fields_ = [
+        ("interval_ms", c_uint),
+    ]
+
+
+class ReplicaEvent(Structure):
+    _fields_ = [
+        ("type", c_int),
+        ("user", c_char_p),
+        ("peer_url", c_char_p),
+        ("epoch", c_uint64),
+        ("seq", c_uint64),
+        ("bytes", c_uint64),
+        ("total_bytes", c_uint64),
+        ("lag_us", c_uint64),
+        ("error", c_int),
+        ("reason", c_char_p),
+        ("time_us", c_uint64),
+    ]
+
+
+# (engine, event, user_data)
+REPLICA_EVENT_FN = CFUNCTYPE(None, c_void_p, POINTER(ReplicaEvent), c_void_p)
+
+
+class ReplicaInfo(Structure):
+    _fields_ = [
+        ("primary", c_int),
+        ("standby", c_int),
+        ("epoch", c_uint64),
+        ("seq", c_uint64),
+        ("acked_seq", c_uint64),
+        ("updates", c_uint64),
+        ("bytes", c_uint64),
+        ("last_us", c_uint64),
+    ]
+
+
 # ---------------------------------------------------------------- client.h
 
 
@@ -284,6 +327,16 @@ _proto("mig_migration_info", c_int, c_void_p, POINTER(MigrationStats))
 _proto("mig_migration_id", c_char_p, c_void_p)
 _proto("mig_migration_free", None, c_void_p)
 
+_proto("mig_replica_set_handler", c_int, c_void_p, REPLICA_EVENT_FN, c_void_p)
+_proto("mig_replicate", c_int, c_void_p, c_char_p, c_char_p, POINTER(ReplicateOptions))
+_proto("mig_replicate_now", c_int, c_void_p, c_char_p)
+_proto("mig_replicate_stop", c_int, c_void_p, c_char_p)
+_proto("mig_replica_promote", c_int, c_void_p, c_char_p)
+_proto("mig_replica_set_auto_promote", c_int, c_void_p, c_uint)
+_proto("mig_replica_failover_token", c_int, c_void_p, c_char_p, c_char_p, c_size_t)
+_proto("mig_replica_info_get", c_int, c_void_p, c_char_p, POINTER(ReplicaInfo))
+_proto("mig_user_epoch", c_uint64, c_void_p, c_char_p)
+
 _proto("mig_client_new", c_int, _P, POINTER(ClientOptions))
 _proto("mig_client_free", None, c_void_p)
 _proto("mig_client_fd", c_int, c_void_p)
@@ -294,6 +347,7 @@ _proto("mig_client_state_name", c_char_p, c_int)
 _proto("mig_client_engine_id", c_char_p, c_void_p)
 _proto("mig_client_app_url", c_char_p, c_void_p)
 _proto("mig_client_last_error", c_char_p, c_void_p)
+_proto("mig_client_set_standby", c_int, c_void_p, c_char_p, c_char_p, c_uint)
 
 _proto("mig_ctl_new", c_int, _P, POINTER(CtlOptions), c_char_p, c_size_t)
 _proto("mig_ctl_free", None, c_void_p)
@@ -304,6 +358,8 @@ _proto("mig_ctl_cancel", c_int, c_void_p, c_char_p)
 _proto("mig_ctl_migrate", c_int, c_void_p, c_char_p, c_char_p, c_uint, CTL_EVENT_FN,
        c_void_p, POINTER(Event))
 _proto("mig_ctl_watch", c_int, c_void_p, c_int, CTL_WATCH_FN, c_void_p)
+_proto("mig_ctl_promote", c_int, c_void_p, c_char_p)
+_proto("mig_ctl_replicate", c_int, c_void_p, c_char_p, c_char_p, c_uint)
 
 
 def text(raw: bytes | None) -> str:

@@ -159,6 +159,23 @@ class Client(LoopHandle):
         if rc:
             raise MigrateError(rc, self.last_error or "cannot attach")
 
+    def set_standby(self, url: Optional[str], token: Optional[str] = None, *,
+                    after_ms: int = 0) -> None:
+        """Failover (mig_client_set_standby): the standby engine's session
+        ``url`` and a failover token for it
+        (:meth:`migrate.Engine.failover_token`, minted at the primary). When
+        the engine stays unreachable for ``after_ms`` (0: 3000 ms) the
+        helper attaches at the standby with that token instead, retrying
+        with its backoff until the standby has promoted the user. Used once;
+        calling again replaces it, ``url=None`` clears it."""
+        burl = check_str("url", url, optional=True)
+        btoken = check_str("token", token, optional=burl is None)
+        rc = _lib.lib.mig_client_set_standby(self._check(), burl, btoken,
+                                             check_int("after_ms", after_ms, 0, _UINT_MAX))
+        if rc:
+            raise MigrateError(rc, self.last_error or "cannot set the standby (the URL must "
+                               "be ws:// or wss://, a token is required)")
+
     @property
     def state(self) -> ClientState:
         return ClientState(_lib.lib.mig_client_get_state(self._check()))

@@ -1,5 +1,6 @@
 """The control client (control.h): what an orchestrator uses to migrate users,
-list them, read an engine's status, cancel and watch.
+list them, read an engine's status, cancel, watch, and for failover start or
+stop replication and promote a standby.
 
 Its calls block until the engine answers (they release the GIL meanwhile). To
 drive an engine that runs on the same asyncio loop, call them through
@@ -164,6 +165,30 @@ class Control:
         rc = _lib.lib.mig_ctl_cancel(self._check(), check_str("mid_or_user", mid_or_user))
         if rc:
             self._raise(rc, f"cannot cancel {mid_or_user!r}")
+
+    def promote(self, user: str) -> None:
+        """On a standby engine: make its replica of ``user`` the active user
+        there (mig_ctl_promote); returns once promoted. Raises
+        :class:`MigrateError`: MIG_ENOUSER (no replica there), MIG_EEXIST
+        (the user is already there), MIG_EBUSY (an update's files are being
+        installed: try again), MIG_ECALLBACK (a hook or merge refused, the
+        replica is kept), with the engine's reason."""
+        rc = _lib.lib.mig_ctl_promote(self._check(), check_str("user", user))
+        if rc:
+            self._raise(rc, f"cannot promote {user!r}")
+
+    def replicate(self, user: str, standby_url: Optional[str], *,
+                  interval_ms: int = 0) -> None:
+        """On a primary engine: start replicating ``user`` to the engine at
+        ``standby_url`` every ``interval_ms`` (0: 1000), or with
+        ``standby_url=None`` stop replicating it (mig_ctl_replicate)."""
+        rc = _lib.lib.mig_ctl_replicate(self._check(), check_str("user", user),
+                                        check_str("standby_url", standby_url, optional=True),
+                                        check_int("interval_ms", interval_ms, 0, 2**32 - 1))
+        if rc:
+            what = (f"cannot replicate {user!r} to {standby_url}" if standby_url is not None
+                    else f"cannot stop replicating {user!r}")
+            self._raise(rc, what)
 
     def migrate(self, user: str, destination_url: str, *, timeout_ms: int = 0,
                 on_event: Optional[Callable[[Event], Any]] = None) -> Event:

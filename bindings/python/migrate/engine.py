@@ -1,4 +1,4 @@
-"""The engine (migrate.h) for Python servers, plugged into asyncio.
+"""The engine (migrate.h, replicate.h) for Python servers, plugged into asyncio.
 
 The engine's callbacks (hooks, extract, merge, events, log lines) run only
 inside :meth:`Engine.dispatch`; once the engine is attached to an asyncio loop
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generator, List, Optional, Union
 
 from . import _lib
-from ._common import (Compression, Error, Event, EventType, LogLevel, MigrateError, UserState,
-                      check_callable, check_int, check_secret, check_str, log)
+from ._common import (Compression, Error, Event, EventType, LogLevel, MigrateError, ReplicaEvent,
+                      ReplicaInfo, UserState, check_callable, check_int, check_secret,
+                      check_str, log)
 from ._handle import LoopHandle, trampoline
 
 ExtractFn = Callable[[str], Union[bytes, bytearray, memoryview]]
@@ -136,7 +137,9 @@ class Engine(LoopHandle):
 
     ``on_event(event)`` receives every :class:`Event`; ``on_log(level, line)``
     receives the library's log lines up to ``log_level`` (without it, they go
-    to the ``"migrate"`` logger).
+    to the ``"migrate"`` logger); ``on_replica_event(event)`` receives every
+    :class:`ReplicaEvent` (failover, see :meth:`replicate`; also settable
+    with :meth:`set_replica_handler`).
 
     Register domains and hooks, then :meth:`start`. Close with
     :meth:`close` or use it as a (async) context manager. Thread: use an
@@ -158,10 +161,12 @@ class Engine(LoopHandle):
                  session_token_ttl_s: int = 0,
                  on_event: Optional[Callable[[Event], Any]] = None,
                  on_log: Optional[Callable[[LogLevel, str], Any]] = None,
+                 on_replica_event: Optional[Callable[[ReplicaEvent], Any]] = None,
                  log_level: LogLevel = LogLevel.ERROR):
         self._init_handle()  # first: __del__ may run if __init__ raises
         check_callable("on_event", on_event)
         check_callable("on_log", on_log)
+        check_callable("on_replica_event", on_replica_event)
         o = _lib.EngineOptions()
         secret_bytes = check_secret(secret)
         if secret_bytes is not None:
@@ -217,6 +222,11 @@ class Engine(LoopHandle):
                                "engine_id like a user id, parseable URLs)")
         self._ptr = out.value
         self._fd = _lib.lib.mig_engine_fd(self._ptr)
+        self._on_replica_event: Optional[Callable[[ReplicaEvent], Any]] = None
+        self._cb_replica = _lib.REPLICA_EVENT_FN(
+            lambda _e, ev, _u: trampoline(ref, "_c_replica_event", ev))
+        if on_replica_event is not None:
+            self.set_replica_handler(on_replica_event)
 
     # ------------------------------------------------------------ lifetime
 
@@ -470,6 +480,104 @@ class Engine(LoopHandle):
         self._migrations[m.mid] = m
         return m
 
+    # ------------------------------------------------------------ failover (replicate.h)
+
+    def set_replica_handler(self, fn: Optional[Callable[[ReplicaEvent], Any]]) -> None:
+        """Deliver every :class:`ReplicaEvent` of this engine to ``fn(event)``
+        (mig_replica_set_handler), inside :meth:`dispatch` like the other
+        callbacks; ``None`` removes it. An exception from ``fn`` is logged."""
+        ptr = self._check()
+        check_callable("on_replica_event", fn)
+        rc = _lib.lib.mig_replica_set_handler(ptr, self._cb_replica if fn is not None else
+                                              _lib.REPLICA_EVENT_FN(), None)
+        if rc:
+            self._raise(rc, "cannot install the replication event handler")
+        self._on_replica_event = fn
+
+    def replicate(self, user: str, standby_url: str, interval_ms: int = 0) -> None:
+        """Primary: keep the engine at ``standby_url`` (a peer URL) up to
+        date with ``user``'s light and file state (mig_replicate). Every
+        ``interval_ms`` (0: 1000 ms; else 10..3600000) the light domains'
+        extract callbacks run while the user is served, and a changed state
+        goes out; the standby's answers arrive as :class:`ReplicaEvent`
+        (ACKED, REFUSED, SUPERSEDED, STOPPED). Needs the engine started.
+        Raises :class:`MigrateError`: MIG_ENOUSER (not ACTIVE here),
+        MIG_EEXIST (already replicated), MIG_EINVAL, MIG_ESTATE."""
+        ptr = self._check()
+        buser = check_str("user", user)
+        burl = check_str("standby_url", standby_url)
+        o = _lib.ReplicateOptions()
+        o.interval_ms = check_int("interval_ms", interval_ms, 0, _UINT_MAX)
+        rc = _lib.lib.mig_replicate(ptr, buser, burl, ctypes.byref(o))
+        if rc:
+            self._raise(rc, f"cannot replicate {user!r} to {standby_url}")
+
+    def replicate_now(self, user: str) -> None:
+        """Primary: ``user``'s state changed, send it as soon as no update is
+        in flight (mig_replicate_now). MIG_ENOUSER if not replicated."""
+        rc = _lib.lib.mig_replicate_now(self._check(), check_str("user", user))
+        if rc:
+            self._raise(rc, f"cannot replicate {user!r} now")
+
+    def replicate_stop(self, user: str) -> None:
+        """Primary: stop replicating ``user`` (a STOPPED event follows; the
+        standby keeps its last replica). MIG_ENOUSER if not replicated."""
+        rc = _lib.lib.mig_replicate_stop(self._check(), check_str("user", user))
+        if rc:
+            self._raise(rc, f"cannot stop replicating {user!r}")
+
+    def promote(self, user: str) -> None:
+        """Standby: make the replica of ``user`` the active user here
+        (mig_replica_promote). Queued for the next dispatch: the incoming
+        hook, the replica's files, every merge, then activate run there, and
+        a PROMOTED (or PROMOTE_FAILED) :class:`ReplicaEvent` reports the
+        outcome. Raises MIG_ENOUSER (no replica of the user here) or
+        MIG_EEXIST (the user is already here) at once."""
+        rc = _lib.lib.mig_replica_promote(self._check(), check_str("user", user))
+        if rc:
+            self._raise(rc, f"cannot promote {user!r}")
+
+    def set_auto_promote(self, ms: int) -> None:
+        """Standby, opt-in: promote a replica by itself when its primary was
+        silent for ``ms`` milliseconds (0: off, the default). Beware split
+        brain: see docs/FAILOVER.md (mig_replica_set_auto_promote)."""
+        rc = _lib.lib.mig_replica_set_auto_promote(self._check(),
+                                                   check_int("ms", ms, 0, _UINT_MAX))
+        if rc:
+            self._raise(rc, "cannot set automatic promotion")
+
+    def failover_token(self, user: str) -> str:
+        """Primary: a session token for a client of ``user`` that the
+        STANDBY accepts once it has promoted the user; hand it to the client
+        with the standby's URL (:meth:`migrate.Client.set_standby`). Raises
+        MIG_ESTATE while the standby has not answered yet
+        (mig_replica_failover_token)."""
+        ptr = self._check()
+        buf = ctypes.create_string_buffer(_lib.SESSION_TOKEN_MAX)
+        rc = _lib.lib.mig_replica_failover_token(ptr, check_str("user", user), buf, len(buf))
+        if rc:
+            self._raise(rc, f"cannot mint a failover token for {user!r}")
+        return _lib.text(buf.value)
+
+    def replica_info(self, user: str) -> ReplicaInfo:
+        """``user``'s replication figures on this engine
+        (mig_replica_info_get). MIG_ENOUSER if it is neither replicated nor
+        a replica here."""
+        ptr = self._check()
+        info = _lib.ReplicaInfo()
+        rc = _lib.lib.mig_replica_info_get(ptr, check_str("user", user), ctypes.byref(info))
+        if rc:
+            self._raise(rc, f"no replication figures for {user!r}")
+        return ReplicaInfo(primary=bool(info.primary), standby=bool(info.standby),
+                           epoch=info.epoch, seq=info.seq, acked_seq=info.acked_seq,
+                           updates=info.updates, bytes=info.bytes, last_us=info.last_us)
+
+    def user_epoch(self, user: str) -> int:
+        """``user``'s epoch here: 1 if it never failed over, the promoted
+        epoch after a promotion here, 0 if this engine has no record of it
+        (mig_user_epoch)."""
+        return int(_lib.lib.mig_user_epoch(self._check(), check_str("user", user)))
+
     # ------------------------------------------------------------ callbacks from C
 
     def _app_failed(self, what: str, user: str, exc: BaseException) -> None:
@@ -538,6 +646,18 @@ class Engine(LoopHandle):
                 if not isinstance(e, Exception):
                     self._fatal = self._fatal or e
                 log.error("on_event callback raised %s: %s", type(e).__name__, e, exc_info=e)
+
+    def _c_replica_event(self, ev_p: Any) -> None:
+        if self._on_replica_event is None:
+            return
+        event = ReplicaEvent._from_c(ev_p.contents)
+        try:
+            self._on_replica_event(event)
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                self._fatal = self._fatal or e
+            log.error("on_replica_event callback raised %s: %s", type(e).__name__, e,
+                      exc_info=e)
 
     def _c_log(self, level: int, line: bytes) -> None:
         text = _lib.text(line)

@@ -1,6 +1,7 @@
 /* Prints the size and field offsets of every structure the Python binding
  * mirrors with ctypes (bindings/python/migrate/_lib.py), as
- * "struct field offset" lines and "struct - size" lines, compiled against
+ * "struct field offset size" lines and "struct - size" lines, and the values of
+ * the enums it mirrors as "enum NAME value" lines, compiled against
  * the public headers: test_layout.py compares them with the ctypes
  * structures, so a header change the binding misses fails the build's tests. */
 #include <stddef.h>
@@ -9,9 +10,11 @@
 #include <migrate/client.h>
 #include <migrate/control.h>
 #include <migrate/migrate.h>
+#include <migrate/replicate.h>
 
 #define SIZE(T) printf("%s - %zu\n", #T, sizeof(T))
-#define OFF(T, f) printf("%s %s %zu\n", #T, #f, offsetof(T, f))
+#define OFF(T, f) printf("%s %s %zu %zu\n", #T, #f, offsetof(T, f), sizeof(((T *)0)->f))
+#define ENUM(T, v) printf("%s %s %d\n", #T, #v, (int)(v))
 
 int main(void)
 {
@@ -91,6 +94,41 @@ int main(void)
 	OFF(mig_migration_stats, downtime_us);
 	OFF(mig_migration_stats, rounds);
 	OFF(mig_migration_stats, round_bytes);
+
+	SIZE(mig_replicate_options);
+	OFF(mig_replicate_options, interval_ms);
+
+	SIZE(mig_replica_event);
+	OFF(mig_replica_event, type);
+	OFF(mig_replica_event, user);
+	OFF(mig_replica_event, peer_url);
+	OFF(mig_replica_event, epoch);
+	OFF(mig_replica_event, seq);
+	OFF(mig_replica_event, bytes);
+	OFF(mig_replica_event, total_bytes);
+	OFF(mig_replica_event, lag_us);
+	OFF(mig_replica_event, error);
+	OFF(mig_replica_event, reason);
+	OFF(mig_replica_event, time_us);
+
+	SIZE(mig_replica_info);
+	OFF(mig_replica_info, primary);
+	OFF(mig_replica_info, standby);
+	OFF(mig_replica_info, epoch);
+	OFF(mig_replica_info, seq);
+	OFF(mig_replica_info, acked_seq);
+	OFF(mig_replica_info, updates);
+	OFF(mig_replica_info, bytes);
+	OFF(mig_replica_info, last_us);
+
+	ENUM(mig_replica_event_type, MIG_REPLICA_ACKED);
+	ENUM(mig_replica_event_type, MIG_REPLICA_REFUSED);
+	ENUM(mig_replica_event_type, MIG_REPLICA_SUPERSEDED);
+	ENUM(mig_replica_event_type, MIG_REPLICA_STOPPED);
+	ENUM(mig_replica_event_type, MIG_REPLICA_INSTALLED);
+	ENUM(mig_replica_event_type, MIG_REPLICA_REJECTED);
+	ENUM(mig_replica_event_type, MIG_REPLICA_PROMOTED);
+	ENUM(mig_replica_event_type, MIG_REPLICA_PROMOTE_FAILED);
 
 	SIZE(mig_client_redirect);
 	OFF(mig_client_redirect, user);
