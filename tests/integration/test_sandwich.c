@@ -37,6 +37,8 @@
 
 #include <migrate/control.h>
 
+#include "procs.h"
+
 #define SECRET "sandwich-test-secret-0123456789abcdef"
 #define WAIT_MS 30000
 #define MAX_USERS 8
@@ -46,127 +48,22 @@ static const char *const STEPS[] = {"bread", "ham", "lettuce", "half", "tomato",
 
 /* ---------------------------------------------------------------- files and processes */
 
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	size_t cap = 4096, n = 0;
-	char *p = malloc(cap + 1);
-	size_t r;
-	while (p && (r = fread(p + n, 1, cap - n, f)) > 0) {
-		n += r;
-		if (n == cap) {
-			char *q = realloc(p, 2 * cap + 1);
-			if (!q) {
-				free(p);
-				p = NULL;
-				break;
-			}
-			p = q;
-			cap *= 2;
-		}
-	}
-	fclose(f);
-	if (p)
-		p[n] = '\0';
-	if (len)
-		*len = n;
-	return p;
-}
-
 static bool exists(const char *path)
 {
 	struct stat st;
 	return lstat(path, &st) == 0;
 }
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(p);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Lines of `path` holding every non-NULL needle. */
-static int count_lines(const char *path, const char *a, const char *b)
-{
-	char *text = slurp(path, NULL);
-	int n = 0;
-	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
-		nl = strchr(line, '\n');
-		if (!nl)
-			break; /* a line still being written */
-		*nl = '\0';
-		n += strstr(line, a) && (!b || strstr(line, b));
-	}
-	free(text);
-	return n;
-}
-
+/* Waits for `want` lines of `path` holding `a` (and `b`). */
 static void wait_lines(const char *path, const char *a, const char *b, int want)
 {
-	uint64_t end = now_ms() + WAIT_MS;
-	while (count_lines(path, a, b) < want) {
-		if (now_ms() > end)
+	uint64_t end = test_now_ms() + WAIT_MS;
+	while (test_count_lines(path, a, b) < want) {
+		if (test_now_ms() > end)
 			fail_msg("no %d line(s) with \"%s\" \"%s\" in %s within %d ms", want, a,
 				 b ? b : "", path, WAIT_MS);
 		usleep(10000);
 	}
-}
-
-static pid_t spawn(const char *const *argv, const char *out, const char *err)
-{
-	fflush(stdout);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (o < 0 || e < 0)
-			_exit(126);
-		dup2(o, 1);
-		dup2(e, 2);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	return pid;
-}
-
-/* Waits for the process to exit (SIGKILL after timeout_ms); its status. */
-static int reap(pid_t pid, int timeout_ms)
-{
-	int status = 0;
-	uint64_t end = now_ms() + (uint64_t)timeout_ms;
-	while (waitpid(pid, &status, WNOHANG) != pid) {
-		if (now_ms() > end) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &status, 0);
-			return -1;
-		}
-		usleep(10000);
-	}
-	return status;
-}
-
-static void dump(const char *path)
-{
-	char *text = slurp(path, NULL);
-	if (!text)
-		return;
-	print_message("# ---- %s\n", path);
-	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
-		nl = strchr(line, '\n');
-		if (nl)
-			*nl = '\0';
-		print_message("# %s\n", line);
-	}
-	free(text);
 }
 
 /* ---------------------------------------------------------------- fixture */
@@ -196,9 +93,9 @@ static void cloudlet_start(struct fx *f, struct cloudlet *c, const char *name)
 	assert_int_equal(mkdir(c->dir, 0755), 0);
 	const char *argv[] = {exe,       "--id",    name,   "--secret-file",
 			      f->secret, "--state", c->dir, NULL};
-	c->pid = spawn(argv, c->log, c->err);
+	c->pid = test_spawn(argv, c->log, c->err);
 	wait_lines(c->log, "app ", NULL, 1);
-	char *text = slurp(c->log, NULL);
+	char *text = test_slurp(c->log, NULL);
 	assert_non_null(text);
 	assert_int_equal(sscanf(text, "url %127s\napp %127s", c->url, c->app), 2);
 	free(text);
@@ -211,10 +108,10 @@ static void cloudlet_stop(struct cloudlet *c)
 	if (!c->pid)
 		return;
 	kill(c->pid, SIGTERM);
-	int status = reap(c->pid, 20000);
+	int status = test_reap(c->pid, 20000);
 	c->pid = 0;
 	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		dump(c->err);
+		test_dump(c->err);
 		fail_msg("cloudlet %s exited with status 0x%x", c->name, status);
 	}
 }
@@ -250,7 +147,7 @@ static int teardown(void **state)
 			kill(cs[i]->pid, SIGKILL);
 			waitpid(cs[i]->pid, NULL, 0);
 		}
-	nftw(f->base, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	test_rm_rf(f->base);
 	free(f);
 	return 0;
 }
@@ -265,16 +162,16 @@ static void client_start(struct fx *f, const char *users, const char *interval_m
 		exe,         "--server", f->a.app, "--users",       users,       "--interval-ms",
 		interval_ms, "--hold",   hold,     "--image-bytes", image_bytes, "--timeout",
 		"120",       NULL};
-	f->client = spawn(argv, f->clog, f->cerr);
+	f->client = test_spawn(argv, f->clog, f->cerr);
 }
 
 static void client_finish(struct fx *f)
 {
-	int status = reap(f->client, 150000);
+	int status = test_reap(f->client, 150000);
 	f->client = 0;
 	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		dump(f->clog);
-		dump(f->cerr);
+		test_dump(f->clog);
+		test_dump(f->cerr);
 		fail_msg("sandwich_client exited with status 0x%x", status);
 	}
 }
@@ -317,7 +214,7 @@ struct summary {
 
 static int read_summaries(const char *path, struct summary *out, int max)
 {
-	char *text = slurp(path, NULL);
+	char *text = test_slurp(path, NULL);
 	assert_non_null(text);
 	int n = 0;
 	for (char *line = text, *nl; line && *line && n < max; line = nl ? nl + 1 : NULL) {
@@ -372,7 +269,7 @@ static void server_steps(struct fx *f, const char *user, char *out, size_t cap)
 	int n = 0;
 	struct cloudlet *cs[] = {&f->a, &f->b};
 	for (int k = 0; k < 2; k++) {
-		char *text = slurp(cs[k]->log, NULL);
+		char *text = test_slurp(cs[k]->log, NULL);
 		assert_non_null(text);
 		for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
 			nl = strchr(line, '\n');
@@ -405,7 +302,7 @@ static void server_steps(struct fx *f, const char *user, char *out, size_t cap)
 /* The server's "final" line for `user` in `c`'s log, or false. */
 static bool final_line(struct cloudlet *c, const char *user, char *step, size_t cap)
 {
-	char *text = slurp(c->log, NULL);
+	char *text = test_slurp(c->log, NULL);
 	assert_non_null(text);
 	bool found = false;
 	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
@@ -433,7 +330,7 @@ static void check_files(struct cloudlet *c, const struct summary *s, char *origi
 	char path[512];
 	snprintf(path, sizeof(path), "%s/%s/frames.log", c->dir, s->user);
 	size_t len = 0;
-	char *log = slurp(path, &len);
+	char *log = test_slurp(path, &len);
 	if (!log)
 		fail_msg("%s: no frames.log at %s", s->user, c->name);
 	if (len != s->log_bytes || fnv(0xcbf29ce484222325ull, log, len) != s->log_fnv)
@@ -462,7 +359,7 @@ static void check_files(struct cloudlet *c, const struct summary *s, char *origi
 	free(log);
 
 	snprintf(path, sizeof(path), "%s/%s/frames.idx", c->dir, s->user);
-	char *idx = slurp(path, NULL);
+	char *idx = test_slurp(path, NULL);
 	assert_non_null(idx);
 	uint64_t want = 1, expect_off = 0;
 	size_t olen = 0;

@@ -55,6 +55,8 @@
 
 #include <migrate/control.h>
 
+#include "procs.h"
+
 /* 1: mig_replicate replicates file domains (see the top comment). */
 #define FILES_REPLICATED 1
 
@@ -73,46 +75,6 @@ static const unsigned HOLD[NUSERS] = {16, 14, 14};
 
 /* ---------------------------------------------------------------- files and processes */
 
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	size_t cap = 4096, n = 0, r;
-	char *p = malloc(cap + 1);
-	while (p && (r = fread(p + n, 1, cap - n, f)) > 0) {
-		n += r;
-		if (n == cap) {
-			char *q = realloc(p, 2 * cap + 1);
-			if (!q) {
-				free(p);
-				p = NULL;
-				break;
-			}
-			p = q;
-			cap *= 2;
-		}
-	}
-	fclose(f);
-	if (p)
-		p[n] = '\0';
-	if (len)
-		*len = n;
-	return p;
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(p);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static double wall(void)
 {
 	struct timespec ts;
@@ -120,87 +82,23 @@ static double wall(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Complete lines of `path` holding every non-NULL needle. */
-static int count_lines(const char *path, const char *a, const char *b)
-{
-	char *text = slurp(path, NULL);
-	int n = 0;
-	for (char *line = text, *nl; line && *line; line = nl + 1) {
-		nl = strchr(line, '\n');
-		if (!nl)
-			break; /* a line still being written */
-		*nl = '\0';
-		n += strstr(line, a) && (!b || strstr(line, b));
-	}
-	free(text);
-	return n;
-}
-
-static void dump(const char *path);
 static void dump_all(void);
 static void check_alive(void);
 
+/* Waits for `want` lines of `path` holding `a` (and `b`); fails at once
+ * if a cloudlet died. */
 static void wait_lines(const char *path, const char *a, const char *b, int want)
 {
-	uint64_t end = now_ms() + WAIT_MS;
-	while (count_lines(path, a, b) < want) {
+	uint64_t end = test_now_ms() + WAIT_MS;
+	while (test_count_lines(path, a, b) < want) {
 		check_alive();
-		if (now_ms() > end) {
+		if (test_now_ms() > end) {
 			dump_all();
 			fail_msg("no %d line(s) with \"%s\" \"%s\" in %s within %d ms", want, a,
 				 b ? b : "", path, WAIT_MS);
 		}
 		usleep(5000);
 	}
-}
-
-static pid_t spawn(const char *const *argv, const char *out, const char *err)
-{
-	fflush(stdout);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (o < 0 || e < 0)
-			_exit(126);
-		dup2(o, 1);
-		dup2(e, 2);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	return pid;
-}
-
-/* Waits for the process to exit (SIGKILL after timeout_ms); its status. */
-static int reap(pid_t pid, int timeout_ms)
-{
-	int status = 0;
-	uint64_t end = now_ms() + (uint64_t)timeout_ms;
-	while (waitpid(pid, &status, WNOHANG) != pid) {
-		if (now_ms() > end) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &status, 0);
-			return -1;
-		}
-		usleep(10000);
-	}
-	return status;
-}
-
-static void dump(const char *path)
-{
-	char *text = slurp(path, NULL);
-	if (!text)
-		return;
-	print_message("# ---- %s\n", path);
-	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
-		nl = strchr(line, '\n');
-		if (nl)
-			*nl = '\0';
-		print_message("# %s\n", line);
-	}
-	free(text);
 }
 
 static int step_index(const char *name)
@@ -245,9 +143,9 @@ static void cloudlet_start(struct fx *f, struct cloudlet *c, const char *name,
 	for (int i = 0; extra && extra[i] && n < 15; i++)
 		argv[n++] = extra[i];
 	argv[n] = NULL;
-	c->pid = spawn(argv, c->log, c->err);
+	c->pid = test_spawn(argv, c->log, c->err);
 	wait_lines(c->log, "app ", NULL, 1);
-	char *text = slurp(c->log, NULL);
+	char *text = test_slurp(c->log, NULL);
 	assert_non_null(text);
 	assert_int_equal(sscanf(text, "url %127s\napp %127s", c->url, c->app), 2);
 	free(text);
@@ -260,10 +158,10 @@ static void cloudlet_stop(struct cloudlet *c)
 	if (!c->pid)
 		return;
 	kill(c->pid, SIGTERM);
-	int status = reap(c->pid, 20000);
+	int status = test_reap(c->pid, 20000);
 	c->pid = 0;
 	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		dump(c->err);
+		test_dump(c->err);
 		fail_msg("cloudlet %s exited with status 0x%x", c->name, status);
 	}
 }
@@ -279,7 +177,7 @@ static void dump_all(void)
 			       current->a.err, current->b.log, current->b.err};
 	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
 		if (paths[i][0])
-			dump(paths[i]);
+			test_dump(paths[i]);
 }
 
 /* A cloudlet that exited by itself (a crash, a sanitizer report) fails
@@ -332,7 +230,7 @@ static int teardown(void **state)
 			kill(cs[i]->pid, SIGKILL);
 			waitpid(cs[i]->pid, NULL, 0);
 		}
-	nftw(f->base, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	test_rm_rf(f->base);
 	free(f);
 	current = NULL;
 	return 0;
@@ -352,12 +250,12 @@ static void client_start(struct fx *f)
 	const char *argv[] = {exe,  "--server",      f->a.app, "--users",       users,  "--hold",
 			      hold, "--interval-ms", interval, "--image-bytes", "4096", "--timeout",
 			      "60", "--standby",     f->b.url, "--failover-ms", after,  NULL};
-	f->client = spawn(argv, f->clog, f->cerr);
+	f->client = test_spawn(argv, f->clog, f->cerr);
 }
 
 static void client_finish(struct fx *f)
 {
-	int status = reap(f->client, 90000);
+	int status = test_reap(f->client, 90000);
 	f->client = 0;
 	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
 		dump_all();
@@ -390,7 +288,7 @@ struct acked {
 static void last_acked(const char *log, const char *user, struct acked *a)
 {
 	memset(a, 0, sizeof(*a));
-	char *text = slurp(log, NULL);
+	char *text = test_slurp(log, NULL);
 	assert_non_null(text);
 	for (char *line = text, *nl; line && *line; line = nl + 1) {
 		nl = strchr(line, '\n');
@@ -417,7 +315,7 @@ static void last_acked(const char *log, const char *user, struct acked *a)
  * comma-separated, in order. */
 static void server_steps(const char *log, const char *user, char *out, size_t cap)
 {
-	char *text = slurp(log, NULL);
+	char *text = test_slurp(log, NULL);
 	assert_non_null(text);
 	size_t len = 0;
 	out[0] = '\0';
@@ -440,7 +338,7 @@ static void server_steps(const char *log, const char *user, char *out, size_t ca
  * client's "<t> <user> <cloudlet> <what> ...". */
 static double line_time(const char *log, const char *what, const char *user, bool client)
 {
-	char *text = slurp(log, NULL);
+	char *text = test_slurp(log, NULL);
 	assert_non_null(text);
 	double found = 0;
 	for (char *line = text, *nl; line && *line && !found; line = nl + 1) {
@@ -469,7 +367,7 @@ struct summary {
 
 static int read_summaries(const char *path, struct summary *out, int max)
 {
-	char *text = slurp(path, NULL);
+	char *text = test_slurp(path, NULL);
 	assert_non_null(text);
 	int n = 0;
 	for (char *line = text, *nl; line && *line && n < max; line = nl ? nl + 1 : NULL) {
@@ -522,7 +420,7 @@ static uint64_t check_records(struct cloudlet *c, const char *user, uint64_t fir
 	char path[512];
 	snprintf(path, sizeof(path), "%s/%s/frames.log", c->dir, user);
 	size_t len = 0;
-	char *log = slurp(path, &len);
+	char *log = test_slurp(path, &len);
 	if (!log)
 		fail_msg("%s: no frames.log at %s", user, c->name);
 	size_t off = 0;
@@ -562,7 +460,7 @@ static uint64_t check_records(struct cloudlet *c, const char *user, uint64_t fir
  * frames=A..B"); 0 if none. */
 static uint64_t trimmed(struct cloudlet *c, const char *user)
 {
-	char *text = slurp(c->log, NULL);
+	char *text = test_slurp(c->log, NULL);
 	assert_non_null(text);
 	uint64_t n = 0;
 	for (char *line = text, *nl; line && *line; line = nl + 1) {
@@ -680,7 +578,7 @@ static void check_failover(struct fx *f, double kill_t, const char *how, int rep
 		/* No error at B: malformed files, or files behind the progress. */
 		char err[96];
 		snprintf(err, sizeof(err), " error %s ", USERS[i]);
-		assert_int_equal(count_lines(f->b.log, err, NULL), 0);
+		assert_int_equal(test_count_lines(f->b.log, err, NULL), 0);
 		uint64_t cut = trimmed(&f->b, USERS[i]);
 
 		double promoted = line_time(f->b.log, "promoted", USERS[i], false);
@@ -731,7 +629,7 @@ static void start_replicated(struct fx *f, const char *const *b_extra, int repli
 	snprintf(a, sizeof(a), " %s A step step=%s ", USERS[0], step);
 	wait_lines(f->clog, a, NULL, 1);
 	/* Mid-assembly: nobody is done yet. */
-	assert_int_equal(count_lines(f->a.log, " step ", "step=done"), 0);
+	assert_int_equal(test_count_lines(f->a.log, " step ", "step=done"), 0);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -739,7 +637,7 @@ static void start_replicated(struct fx *f, const char *const *b_extra, int repli
 /* The last step `user`'s client was told by A: its frame, or 0. */
 static uint64_t client_last_step_frame(struct fx *f, const char *user)
 {
-	char *text = slurp(f->clog, NULL);
+	char *text = test_slurp(f->clog, NULL);
 	assert_non_null(text);
 	uint64_t frame = 0;
 	for (char *line = text, *nl; line && *line; line = nl + 1) {
@@ -836,7 +734,7 @@ static void test_sigkill_interval_only(void **state)
 static int served_after(const char *log, const char *user, double after)
 {
 	static const char *const kinds[] = {"new", "hello", "step", "correction", "activate"};
-	char *text = slurp(log, NULL);
+	char *text = test_slurp(log, NULL);
 	assert_non_null(text);
 	int n = 0;
 	for (char *line = text, *nl; line && *line; line = nl + 1) {
@@ -904,8 +802,8 @@ static void test_sigstop_superseded(void **state)
 	cloudlet_stop(&f->a);
 	cloudlet_stop(&f->b);
 	/* A let go of every user: none at its exit. */
-	assert_int_equal(count_lines(f->a.log, " final ", NULL), 0);
-	assert_int_equal(count_lines(f->b.log, " final ", NULL), NUSERS);
+	assert_int_equal(test_count_lines(f->a.log, " final ", NULL), 0);
+	assert_int_equal(test_count_lines(f->b.log, " final ", NULL), NUSERS);
 }
 
 /* Runs `argv`, which must exit 2 (usage) and say `why` on stderr. */
@@ -914,8 +812,8 @@ static void refused(struct fx *f, const char *const *argv, const char *why)
 	char out[300], err[300];
 	snprintf(out, sizeof(out), "%s/bad.out", f->base);
 	snprintf(err, sizeof(err), "%s/bad.err", f->base);
-	int status = reap(spawn(argv, out, err), 10000);
-	char *text = slurp(err, NULL);
+	int status = test_reap(test_spawn(argv, out, err), 10000);
+	char *text = test_slurp(err, NULL);
 	assert_non_null(text);
 	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 2) || !strstr(text, why)) {
 		print_message("# %s\n", text);
