@@ -94,16 +94,16 @@ static void close_pair(int a, int b)
 	mig__files_close_keep(b);
 }
 
-int mig__files_open_staging(const char *root, const char *mid, const char *rel)
+/* Creates `rel` (its folders too) under the staging folder `dir` of `root`
+ * for writing: a new inode, never O_TRUNC of the old one, since a file
+ * staged by mig__files_stage_existing is a hard link to the user's live
+ * file. An fd or a negative MIG_E*. */
+static int create_staged(const char *root, const char *dir, const char *rel)
 {
-	if (!mig__files_root_ok(root) || !mig__valid_mid(mid) || !staged_path_ok(rel))
-		return mig__files_err_inval();
 	int rfd, pfd;
 	const char *base;
-	if (staging_parent(root, mid, rel, true, &rfd, &pfd, &base) < 0)
+	if (staging_parent(root, dir, rel, true, &rfd, &pfd, &base) < 0)
 		return mig__files_err_of(errno);
-	/* A new inode, never O_TRUNC of the old one: a file staged by
-	 * mig__files_stage_existing is a hard link to the user's live file. */
 	int fd = -1;
 	if (clear_name(pfd, base) == 0)
 		fd = mig__files_beneath_open(pfd, base, O_CREAT | O_EXCL | O_WRONLY | O_NOCTTY,
@@ -111,6 +111,13 @@ int mig__files_open_staging(const char *root, const char *mid, const char *rel)
 	int e = errno;
 	close_pair(pfd, rfd);
 	return fd >= 0 ? fd : mig__files_err_of(e);
+}
+
+int mig__files_open_staging(const char *root, const char *mid, const char *rel)
+{
+	if (!mig__files_root_ok(root) || !mig__valid_mid(mid) || !staged_path_ok(rel))
+		return mig__files_err_inval();
+	return create_staged(root, mid, rel);
 }
 
 int mig__files_staging_replace(const char *root, const char *mid, const char *tmp_rel,
@@ -518,17 +525,7 @@ int mig__files_open_staging_tmp(const char *root, const char *mid, const char *n
 		return mig__files_err_inval();
 	char tmp[MIG__MID_LEN + 8];
 	snprintf(tmp, sizeof(tmp), "%s.tmp", mid);
-	int rfd, pfd;
-	const char *base;
-	if (staging_parent(root, tmp, name, true, &rfd, &pfd, &base) < 0)
-		return mig__files_err_of(errno);
-	int fd = -1;
-	if (clear_name(pfd, base) == 0)
-		fd = mig__files_beneath_open(pfd, base, O_CREAT | O_EXCL | O_WRONLY | O_NOCTTY,
-					     0600);
-	int e = errno;
-	close_pair(pfd, rfd);
-	return fd >= 0 ? fd : mig__files_err_of(e);
+	return create_staged(root, tmp, name);
 }
 
 int mig__files_staging_commit_tmp(const char *root, const char *mid, const char *name,
