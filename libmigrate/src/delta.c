@@ -114,7 +114,7 @@ static ssize_t read_full(int fd, uint8_t *buf, size_t len, bool positional, uint
  *   cost(B) ~ N (4 + S) / B + k B + changed bytes,
  * minimised at B = sqrt(N (4 + S) / k).
  *
- * strong_len: the engine checks a SHA-256 of every file right after it is
+ * strong_len: the engine checks a digest (XXH3-128) of every file right after it is
  * patched (RoundEnd carries the source's digests) and has the source resend
  * a file whole when they differ, as rsync does after a false block match.
  * A false match therefore costs bytes, never correctness, which lets the
@@ -210,7 +210,7 @@ static int rs_err(rs_result r)
  * the two librsync offers (about twice BLAKE2's speed here, in signatures
  * and in the delta's match checks). MD4 is weak against deliberate
  * collisions, which here can only make a block match that is not the same
- * data: the patched file then fails the SHA-256 check of its round and the
+ * data: the patched file then fails the digest check of its round and the
  * source resends it whole (RoundDone.redo). A collision costs bytes, never
  * correctness; see "Strong sums" in docs/PROTOCOL.md. */
 #define SIG_MAGIC RS_RK_MD4_SIG_MAGIC
@@ -709,7 +709,7 @@ struct mig__patch {
 	int out_fd;
 	uint64_t max_out; /* most bytes we may write */
 	uint64_t written;
-	mig__sha256 *digest; /* optional: hashes the output as it is written */
+	mig__digest *digest; /* optional: hashes the output as it is written */
 	rs_long_t seen_cmds; /* copy commands already bounds-checked */
 	rs_long_t seen_bytes;
 	uint8_t *out;  /* PATCH_OUT_LEN bytes of output space */
@@ -816,7 +816,7 @@ void mig__patch_set_max_output(mig__patch *p, uint64_t max_out)
 	p->max_out = max_out;
 }
 
-void mig__patch_set_digest(mig__patch *p, mig__sha256 *h)
+void mig__patch_set_digest(mig__patch *p, mig__digest *h)
 {
 	p->digest = h;
 }
@@ -834,7 +834,7 @@ static int write_all(mig__patch *p, const uint8_t *data, size_t len, char *why, 
 		return MIG_EPROTO;
 	}
 	p->written += len;
-	if (p->digest && mig__sha256_update(p->digest, data, len) != 0) {
+	if (p->digest && mig__digest_update(p->digest, data, len) != 0) {
 		set_why(why, why_len, "hashing the patched file failed");
 		return MIG_ESYSTEM;
 	}

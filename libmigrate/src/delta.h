@@ -107,8 +107,8 @@ void mig__patch_set_max_output(mig__patch *p, uint64_t max_out);
 /* Optional: every byte the patch writes is also added to `h` (borrowed;
  * must outlive the patch's use), so the result's digest needs no second
  * read of the file. */
-struct mig__sha256;
-void mig__patch_set_digest(mig__patch *p, struct mig__sha256 *h);
+struct mig__digest;
+void mig__patch_set_digest(mig__patch *p, struct mig__digest *h);
 /* Bytes written so far. */
 uint64_t mig__patch_output_size(const mig__patch *p);
 int mig__patch_feed(mig__patch *p, const uint8_t *data, size_t len, char *why,

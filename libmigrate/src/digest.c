@@ -1,58 +1,60 @@
-/* Incremental SHA-256 over OpenSSL EVP. */
+/* Incremental XXH3-128 over libxxhash's streaming API. */
 #include <errno.h>
+#include <string.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
+#include <xxhash.h>
 
 #include "digest.h"
 
-struct mig__sha256 {
-	EVP_MD_CTX *ctx;
+struct mig__digest {
+	XXH3_state_t *st;
 };
 
-mig__sha256 *mig__sha256_new(void)
+mig__digest *mig__digest_new(void)
 {
-	mig__sha256 *h = mig__calloc(1, sizeof(*h));
+	mig__digest *h = mig__calloc(1, sizeof(*h));
 	if (!h)
 		return NULL;
-	h->ctx = EVP_MD_CTX_new();
-	if (!h->ctx || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1) {
-		mig__sha256_free(h);
+	/* XXH3_createState uses XXH_malloc (libc malloc, 64-byte aligned
+	 * inside); the state is about 600 bytes. */
+	h->st = XXH3_createState();
+	if (!h->st || XXH3_128bits_reset(h->st) != XXH_OK) {
+		mig__digest_free(h);
 		return NULL;
 	}
 	return h;
 }
 
-void mig__sha256_free(mig__sha256 *h)
+void mig__digest_free(mig__digest *h)
 {
 	if (!h)
 		return;
-	EVP_MD_CTX_free(h->ctx);
+	XXH3_freeState(h->st);
 	mig__free(h);
 }
 
-int mig__sha256_update(mig__sha256 *h, const void *data, size_t len)
+int mig__digest_update(mig__digest *h, const void *data, size_t len)
 {
-	return EVP_DigestUpdate(h->ctx, data, len) == 1 ? 0 : MIG_ESYSTEM;
+	return XXH3_128bits_update(h->st, data, len) == XXH_OK ? 0 : MIG_ESYSTEM;
 }
 
-int mig__sha256_peek(const mig__sha256 *h, uint8_t out[32])
+int mig__digest_peek(const mig__digest *h, uint8_t out[MIG__DIGEST_LEN])
 {
-	EVP_MD_CTX *copy = EVP_MD_CTX_new();
-	unsigned int n = 0;
-	int ok = copy && EVP_MD_CTX_copy_ex(copy, h->ctx) == 1 &&
-		 EVP_DigestFinal_ex(copy, out, &n) == 1 && n == 32;
-	EVP_MD_CTX_free(copy);
-	return ok ? 0 : MIG_ESYSTEM;
+	/* XXH3_128bits_digest does not change the state. */
+	XXH128_canonical_t c;
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(h->st));
+	memcpy(out, c.digest, MIG__DIGEST_LEN);
+	return 0;
 }
 
-int mig__sha256_file(int fd, uint64_t limit, mig__sha256 **out)
+int mig__digest_file(int fd, uint64_t limit, mig__digest **out)
 {
 	*out = NULL;
-	mig__sha256 *h = mig__sha256_new();
+	mig__digest *h = mig__digest_new();
 	uint8_t *buf = mig__malloc(256 * 1024);
 	if (!h || !buf) {
-		mig__sha256_free(h);
+		mig__digest_free(h);
 		mig__free(buf);
 		return MIG_ENOMEM;
 	}
@@ -65,13 +67,13 @@ int mig__sha256_file(int fd, uint64_t limit, mig__sha256 **out)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			mig__sha256_free(h);
+			mig__digest_free(h);
 			mig__free(buf);
 			return MIG_EIO;
 		}
 		if (n == 0)
 			break;
-		mig__sha256_update(h, buf, (size_t)n);
+		mig__digest_update(h, buf, (size_t)n);
 		off += (uint64_t)n;
 	}
 	mig__free(buf);

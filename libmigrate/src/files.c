@@ -26,7 +26,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
 #include "files_int.h"
 
@@ -324,38 +323,3 @@ int mig__files_open_staging_read(const char *root, const char *mid, const char *
 	return fd >= 0 ? fd : mig__files_err_of(e);
 }
 
-int mig__files_sha256_fd(int fd, uint8_t out[32])
-{
-	if (fd < 0 || !out)
-		return mig__files_err_inval();
-	uint8_t *buf = mig__malloc(FILES_CHUNK);
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	int rc = 0;
-	if (!buf || !ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
-		rc = mig__files_err_io(ENOMEM);
-		goto out;
-	}
-	for (off_t off = 0;;) {
-		ssize_t n = pread(fd, buf, FILES_CHUNK, off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			rc = mig__files_err_io(errno);
-			goto out;
-		}
-		if (n == 0)
-			break;
-		if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1) {
-			rc = mig__files_err_io(ENOMEM);
-			goto out;
-		}
-		off += n;
-	}
-	unsigned len = 0;
-	if (EVP_DigestFinal_ex(ctx, out, &len) != 1 || len != 32)
-		rc = mig__files_err_io(ENOMEM);
-out:
-	EVP_MD_CTX_free(ctx);
-	mig__free(buf);
-	return rc;
-}

@@ -78,9 +78,6 @@ int mig__files_stage_existing(const char *root, const char *user, const char *mi
 /* Removes staging/<mid>/<rel> (a file the source deleted). */
 int mig__files_staging_unlink(const char *root, const char *mid, const char *rel);
 
-/* SHA-256 of the file on fd from offset 0. */
-int mig__files_sha256_fd(int fd, uint8_t out[32]);
-
 /* Installs the staged folder as ROOT/<user> atomically: with an existing
  * folder, renameat2(RENAME_EXCHANGE) swaps them and the old one is removed;
  * otherwise a plain rename.

@@ -16,7 +16,7 @@
  * and then left at the standby's previous copy until the next update. A file
  * modified within the timestamp granularity of its read is marked to be
  * compared again next time (its delta is then a few bytes if it did not
- * change). The standby checks every patched file against the SHA-256 of
+ * change). The standby checks every patched file against the digest of
  * the bytes the primary read. */
 #include <errno.h>
 #include <stdatomic.h>
@@ -50,12 +50,12 @@ typedef struct rf_file {
 	int64_t mtime_ns; /* INT64_MIN: compare again next time */
 	uint64_t ino;
 	uint32_t mode;
-	uint8_t sha[32];  /* of the content the standby holds */
+	uint8_t dgst[MIG__DIGEST_LEN];  /* of the content the standby holds */
 	mig__bytes sig;   /* signature of that content (append-only: of a prefix) */
 	/* Append-only domains: the running digest of that content, so a grown
 	 * file is read from its old end only. Moved, never copied: an entry
 	 * without one takes the whole-file path once. */
-	mig__sha256 *run;
+	mig__digest *run;
 } rf_file;
 
 typedef struct rf_dom {
@@ -72,7 +72,7 @@ static void rf_file_clear(rf_file *f)
 {
 	mig__free(f->path);
 	mig__bytes_free(&f->sig);
-	mig__sha256_free(f->run);
+	mig__digest_free(f->run);
 	f->run = NULL;
 }
 
@@ -269,7 +269,7 @@ static int inject_fault(piece_out *o, uint8_t *data, size_t len, bool last)
 }
 
 static int send_piece(piece_out *o, const uint8_t *data, size_t len, bool last, bool remove,
-		      const uint8_t sha[32], uint32_t mode)
+		      const uint8_t dgst[MIG__DIGEST_LEN], uint32_t mode)
 {
 	mig__rfjob *j = o->j;
 	if (atomic_load(&j->cancel))
@@ -311,9 +311,9 @@ static int send_piece(piece_out *o, const uint8_t *data, size_t len, bool last, 
 	if (last) {
 		rf.has_last = rf.last = true;
 		if (!remove) {
-			rf.has_sha256 = true;
-			rf.sha256.data = (uint8_t *)sha;
-			rf.sha256.len = 32;
+			rf.has_digest = true;
+			rf.digest.data = (uint8_t *)dgst;
+			rf.digest.len = MIG__DIGEST_LEN;
 			rf.has_mode = true;
 			rf.mode = mode;
 		}
@@ -336,14 +336,14 @@ static int piece_sink(const uint8_t *data, size_t len, void *ud)
 }
 
 typedef struct tap_ctx {
-	mig__sha256 *h;
+	mig__digest *h;
 	mig__sigjob *sj;
 } tap_ctx;
 
 static int piece_tap(const uint8_t *data, size_t len, void *ud)
 {
 	tap_ctx *t = ud;
-	if (mig__sha256_update(t->h, data, len) || mig__sigjob_feed(t->sj, data, len))
+	if (mig__digest_update(t->h, data, len) || mig__sigjob_feed(t->sj, data, len))
 		return 1;
 	return 0;
 }
@@ -376,17 +376,17 @@ static int send_file(mig__rfjob *j, size_t d, uint32_t index, const char *path,
 		struct stat st0, st1;
 		mig__bytes nsig = {0};
 		mig__sigjob *sj = NULL;
-		mig__sha256 *h = mig__sha256_new();
+		mig__digest *h = mig__digest_new();
 		mig__sig_params prm;
 		if (fstat(fd, &st0) < 0 || !S_ISREG(st0.st_mode)) {
 			close(fd);
-			mig__sha256_free(h);
+			mig__digest_free(h);
 			break;
 		}
 		mig__delta_params((uint64_t)st0.st_size, &prm);
 		if (!h || (rc = mig__sigjob_new(&prm, &nsig, &sj)) != 0) {
 			close(fd);
-			mig__sha256_free(h);
+			mig__digest_free(h);
 			rc = rc ? rc : MIG_ENOMEM;
 			break;
 		}
@@ -405,8 +405,8 @@ static int send_file(mig__rfjob *j, size_t d, uint32_t index, const char *path,
 		bool grew = frc == 0 && st1.st_ino == st0.st_ino && j->append_only[d] &&
 			    st1.st_size >= st0.st_size;
 		if (!rc && (same || grew)) {
-			uint8_t dg[32];
-			mig__sha256_peek(h, dg);
+			uint8_t dg[MIG__DIGEST_LEN];
+			mig__digest_peek(h, dg);
 			uint32_t mode = (uint32_t)(st0.st_mode & 0777);
 			rc = send_piece(&o, o.held ? o.buf : NULL, o.held ? o.len : 0, true, false,
 					dg, mode);
@@ -421,7 +421,7 @@ static int send_file(mig__rfjob *j, size_t d, uint32_t index, const char *path,
 							: INT64_MIN;
 				out->ino = (uint64_t)st0.st_ino;
 				out->mode = mode;
-				memcpy(out->sha, dg, 32);
+				memcpy(out->dgst, dg, MIG__DIGEST_LEN);
 				out->sig = nsig;
 				memset(&nsig, 0, sizeof(nsig));
 				if (j->append_only[d]) {
@@ -435,7 +435,7 @@ static int send_file(mig__rfjob *j, size_t d, uint32_t index, const char *path,
 			}
 		}
 		mig__bytes_free(&nsig);
-		mig__sha256_free(h);
+		mig__digest_free(h);
 	}
 	mig__delta_sig_free(sig);
 	if (rc == MIG_ECANCELED)
@@ -468,7 +468,7 @@ static int send_tail(mig__rfjob *j, size_t d, uint32_t index, rf_file *old, rf_f
 		close(fd);
 		return 0; /* replaced meanwhile: next time, whole */
 	}
-	mig__sha256 *h = old->run;
+	mig__digest *h = old->run;
 	old->run = NULL;
 	piece_out o = {.j = j, .d = d, .path = old->path, .index = index, .first = true,
 		       .size = (uint64_t)st0.st_size, .tail = true, .tail_from = old->size};
@@ -482,13 +482,13 @@ static int send_tail(mig__rfjob *j, size_t d, uint32_t index, rf_file *old, rf_f
 			break;
 		}
 		off += want;
-		if (mig__sha256_update(h, buf, want)) {
+		if (mig__digest_update(h, buf, want)) {
 			rc = MIG_ENOMEM;
 			break;
 		}
-		uint8_t dg[32] = {0};
+		uint8_t dg[MIG__DIGEST_LEN] = {0};
 		if (off == end)
-			mig__sha256_peek(h, dg);
+			mig__digest_peek(h, dg);
 		rc = send_piece(&o, buf, want, off == end, false, dg,
 				(uint32_t)(st0.st_mode & 0777));
 	} while (!rc && off < end);
@@ -502,7 +502,7 @@ static int send_tail(mig__rfjob *j, size_t d, uint32_t index, rf_file *old, rf_f
 		out->mtime_ns = INT64_MIN; /* grew: its size tells the next change */
 		out->ino = old->ino;
 		out->mode = (uint32_t)(st0.st_mode & 0777);
-		mig__sha256_peek(h, out->sha);
+		mig__digest_peek(h, out->dgst);
 		out->run = h;
 		h = NULL;
 		if (!out->path || mig__bytes_append(&out->sig, old->sig.data, old->sig.len))
@@ -510,7 +510,7 @@ static int send_tail(mig__rfjob *j, size_t d, uint32_t index, rf_file *old, rf_f
 		else
 			*sent = true;
 	}
-	mig__sha256_free(h);
+	mig__digest_free(h);
 	if (rc == MIG_ECANCELED)
 		snprintf(j->why, sizeof(j->why), "round cancelled");
 	else if (rc)
@@ -529,14 +529,14 @@ static void recheck(mig__rfjob *j, size_t d, const rf_file *old, rf_file *out, b
 	if (fd < 0)
 		return;
 	struct stat st0, st1;
-	mig__sha256 *h = NULL;
-	uint8_t dg[32];
+	mig__digest *h = NULL;
+	uint8_t dg[MIG__DIGEST_LEN];
 	bool ok = fstat(fd, &st0) == 0 && (uint64_t)st0.st_size == old->size &&
 		  (uint64_t)st0.st_ino == old->ino && (uint32_t)(st0.st_mode & 0777) == old->mode &&
-		  mig__sha256_file(fd, UINT64_MAX, &h) == 0 && mig__sha256_peek(h, dg) == 0 &&
+		  mig__digest_file(fd, UINT64_MAX, &h) == 0 && mig__digest_peek(h, dg) == 0 &&
 		  fstat(fd, &st1) == 0 && st_mtime_ns(&st1) == st_mtime_ns(&st0) &&
-		  st1.st_size == st0.st_size && memcmp(dg, old->sha, 32) == 0;
-	mig__sha256_free(h);
+		  st1.st_size == st0.st_size && memcmp(dg, old->dgst, MIG__DIGEST_LEN) == 0;
+	mig__digest_free(h);
 	close(fd);
 	if (!ok)
 		return;

@@ -6,7 +6,7 @@
  * Reuses the migration's file machinery: the bounds-checked patches of
  * delta.c, staging and the atomic install of files.c. Pieces are patched
  * against the replica copy into a staging folder on the update's strand as
- * they arrive, each file checked against the SHA-256 of the bytes the
+ * they arrive, each file checked against the digest of the bytes the
  * primary read; the ReplicaUpdate completes the staging with the unchanged
  * files and installs it by an atomic rename as the new replica copy. */
 #include <errno.h>
@@ -58,7 +58,7 @@ typedef struct rfin_sh {
 	mig__patch *patch;  /* a delta stream */
 	bool tail;          /* an appended tail: raw bytes after a copied prefix */
 	uint64_t written;
-	mig__sha256 *hash;
+	mig__digest *hash;
 	uint64_t size;
 	/* Complete streams. */
 	rfin_entry *entries;
@@ -98,7 +98,7 @@ static void stream_close(rfin_sh *s, bool discard)
 	if (!s->open)
 		return;
 	mig__patch_free(s->patch);
-	mig__sha256_free(s->hash);
+	mig__digest_free(s->hash);
 	s->tail = false;
 	s->written = 0;
 	if (s->basis_fd >= 0)
@@ -171,7 +171,7 @@ typedef struct piece_in {
 	uint64_t tail_from;
 	uint64_t size;
 	uint32_t mode;
-	uint8_t sha[32];
+	uint8_t dgst[MIG__DIGEST_LEN];
 	uint8_t *data;
 	size_t len;
 } piece_in;
@@ -190,7 +190,7 @@ static void piece_free(void *arg)
 static void tail_open(rfin_sh *s, piece_in *p)
 {
 	s->path = mig__strdup(p->path);
-	s->hash = mig__sha256_new();
+	s->hash = mig__digest_new();
 	s->open = true;
 	s->index = p->index;
 	s->d = p->d;
@@ -222,7 +222,7 @@ static void tail_open(rfin_sh *s, piece_in *p)
 								  : (size_t)(p->tail_from - s->written);
 		ssize_t n = pread(s->basis_fd, buf, want, (off_t)s->written);
 		if (n != (ssize_t)want || write(s->out_fd, buf, want) != (ssize_t)want ||
-		    mig__sha256_update(s->hash, buf, want)) {
+		    mig__digest_update(s->hash, buf, want)) {
 			mig__free(buf);
 			sh_fail(s, MIG_EIO, "file %s: cannot copy the replica's copy: %s", p->path,
 				strerror(errno));
@@ -265,7 +265,7 @@ static void piece_open(rfin_sh *s, piece_in *p)
 		return;
 	}
 	s->path = mig__strdup(p->path);
-	s->hash = mig__sha256_new();
+	s->hash = mig__digest_new();
 	int rc = s->path && s->hash ? mig__patch_new(s->basis_fd, s->out_fd, &s->patch)
 				    : MIG_ENOMEM;
 	s->open = true;
@@ -303,7 +303,7 @@ static void piece_run(void *arg)
 			goto out;
 		}
 		if (p->len && (write(s->out_fd, p->data, p->len) != (ssize_t)p->len ||
-			       mig__sha256_update(s->hash, p->data, p->len))) {
+			       mig__digest_update(s->hash, p->data, p->len))) {
 			sh_fail(s, MIG_EIO, "file %s: %s", p->path, strerror(errno));
 			goto out;
 		}
@@ -322,10 +322,10 @@ static void piece_run(void *arg)
 		sh_fail(s, rc, "file %s: %s", p->path, why);
 		goto out;
 	}
-	uint8_t dg[32];
-	mig__sha256_peek(s->hash, dg);
+	uint8_t dg[MIG__DIGEST_LEN];
+	mig__digest_peek(s->hash, dg);
 	uint64_t out_size = s->tail ? s->written : mig__patch_output_size(s->patch);
-	if (out_size != p->size || memcmp(dg, p->sha, 32) != 0) {
+	if (out_size != p->size || memcmp(dg, p->dgst, MIG__DIGEST_LEN) != 0) {
 		sh_fail(s, MIG_EPROTO, "file %s: the patched content does not match its digest",
 			p->path);
 		goto out;
@@ -593,8 +593,8 @@ void mig__rfin_piece(mig__rfin *in, const Migwire__ReplicaFile *f)
 	p->tail_from = f->tail_from;
 	p->size = f->size;
 	p->mode = f->mode;
-	if (f->sha256.len == 32)
-		memcpy(p->sha, f->sha256.data, 32);
+	if (f->digest.len == MIG__DIGEST_LEN)
+		memcpy(p->dgst, f->digest.data, MIG__DIGEST_LEN);
 	if (f->data.len)
 		memcpy(p->data, f->data.data, f->data.len);
 	p->len = f->data.len;

@@ -4,6 +4,7 @@
 #ifndef MIG_REPLICA_INT_H
 #define MIG_REPLICA_INT_H
 
+#include "digest.h"
 #include "migrate/replicate.h"
 #include "replica.h"
 #include "replica_files.h"
@@ -37,10 +38,10 @@ typedef struct prim {
 	uint64_t inflight_since_us; /* extraction (the lag is measured from it) */
 	uint64_t inflight_sent_us;  /* sent (the peer timeout runs from it) */
 	uint64_t inflight_bytes;
-	uint8_t inflight_digest[32];
+	uint8_t inflight_digest[MIG__DIGEST_LEN];
 	/* Digest of the state the standby acknowledged last. */
 	bool have_digest;
-	uint8_t digest[32];
+	uint8_t digest[MIG__DIGEST_LEN];
 	/* The standby's engine id, from the link its first answer came on
 	 * (what a failover token must name); "" until then. */
 	char standby_id[MIG__ENGINE_ID_MAX + 1];
@@ -53,7 +54,7 @@ typedef struct prim {
 	mig__strand *strand;
 	mig__rfjob *job;
 	mig_buf *job_light;
-	uint8_t job_digest[32];
+	uint8_t job_digest[MIG__DIGEST_LEN];
 	uint64_t job_extracted_us;
 	mig__rfset *acked_files;
 	mig__rfset *inflight_files;

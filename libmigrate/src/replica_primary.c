@@ -34,14 +34,14 @@ static void unlink_prim(struct mig__replica *r, prim *p)
 		}
 }
 
-static void digest_domain(mig__sha256 *h, const char *name, uint32_t version, const mig_buf *b)
+static void digest_domain(mig__digest *h, const char *name, uint32_t version, const mig_buf *b)
 {
 	uint64_t len = b->len;
-	mig__sha256_update(h, name, strlen(name) + 1);
-	mig__sha256_update(h, &version, sizeof(version));
-	mig__sha256_update(h, &len, sizeof(len));
+	mig__digest_update(h, name, strlen(name) + 1);
+	mig__digest_update(h, &version, sizeof(version));
+	mig__digest_update(h, &len, sizeof(len));
 	if (b->len)
-		mig__sha256_update(h, b->data, b->len);
+		mig__digest_update(h, b->data, b->len);
 }
 
 static void report_refused(mig_engine *e, prim *p, int err, const char *why)
@@ -53,10 +53,10 @@ static void report_refused(mig_engine *e, prim *p, int err, const char *why)
 
 /* Extracts every light domain of the user into bufs (n = e->ndomains) and
  * their digest into dg. Returns 0 or a MIG_E* with the reason. */
-static int extract_light(mig_engine *e, prim *p, mig_buf *bufs, uint8_t dg[32], char *why,
+static int extract_light(mig_engine *e, prim *p, mig_buf *bufs, uint8_t dg[MIG__DIGEST_LEN], char *why,
 			 size_t why_len)
 {
-	mig__sha256 *h = mig__sha256_new();
+	mig__digest *h = mig__digest_new();
 	if (!h) {
 		snprintf(why, why_len, "out of memory");
 		return MIG_ENOMEM;
@@ -85,8 +85,8 @@ static int extract_light(mig_engine *e, prim *p, mig_buf *bufs, uint8_t dg[32], 
 		}
 	}
 	if (!err)
-		mig__sha256_peek(h, dg);
-	mig__sha256_free(h);
+		mig__digest_peek(h, dg);
+	mig__digest_free(h);
 	return err;
 }
 
@@ -94,12 +94,12 @@ static int extract_light(mig_engine *e, prim *p, mig_buf *bufs, uint8_t dg[32], 
  * number of ReplicaFile streams that went before it on `conn` against
  * base_seq) if anything changed since the acknowledged one, else a
  * keepalive. conn 0: look the link up. Returns 0 or a MIG_E* with why. */
-static int send_built(mig_engine *e, prim *p, const mig_buf *bufs, const uint8_t dg[32],
+static int send_built(mig_engine *e, prim *p, const mig_buf *bufs, const uint8_t dg[MIG__DIGEST_LEN],
 		      uint64_t extracted_us, bool files, uint32_t streams, uint64_t file_bytes,
 		      uint64_t conn, char *why, size_t why_len)
 {
 	size_t n = e->ndomains;
-	bool full = !p->have_digest || memcmp(dg, p->digest, 32) != 0 || streams > 0;
+	bool full = !p->have_digest || memcmp(dg, p->digest, MIG__DIGEST_LEN) != 0 || streams > 0;
 	Migwire__DomainData data[MIG__MAX_DOMAINS];
 	Migwire__DomainData *ptrs[MIG__MAX_DOMAINS];
 	Migwire__ReplicaUpdate u = MIGWIRE__REPLICA_UPDATE__INIT;
@@ -142,7 +142,7 @@ static int send_built(mig_engine *e, prim *p, const mig_buf *bufs, const uint8_t
 			p->inflight_since_us = extracted_us;
 			p->inflight_sent_us = mig__now_us();
 			p->inflight_bytes = (uint64_t)rc + file_bytes;
-			memcpy(p->inflight_digest, dg, 32);
+			memcpy(p->inflight_digest, dg, MIG__DIGEST_LEN);
 			p->bytes += (uint64_t)rc;
 			if (full)
 				p->seq = u.seq;
@@ -206,7 +206,7 @@ static void send_update(mig_engine *e, prim *p, uint64_t now)
 	size_t n = e->ndomains;
 	mig_buf *bufs = mig__calloc(n ? n : 1, sizeof(*bufs));
 	char why[MIG__REASON_MAX] = "";
-	uint8_t dg[32];
+	uint8_t dg[MIG__DIGEST_LEN];
 	int err = 0;
 	if (!bufs) {
 		err = MIG_ENOMEM;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "digest.h"
 #include "files.h"
 #include "token.h"
 #include "wire.h"
@@ -561,7 +562,7 @@ static bool check_path(check *c, const char *field, size_t i, const char *path)
 	return true;
 }
 
-/* Files in PREPARE: per domain, paths valid and digests exactly 32 bytes. */
+/* Files in PREPARE: per domain, paths valid and digests exactly MIG__DIGEST_LEN bytes. */
 static bool check_manifests(check *c, const Migwire__Prepare *m)
 {
 	if (!check_count(c, "files", m->n_files, MIG__MAX_DOMAINS))
@@ -575,8 +576,8 @@ static bool check_manifests(check *c, const Migwire__Prepare *m)
 		for (size_t k = 0; k < fm->n_files; k++) {
 			if (!check_path(c, "files.files", k, fm->files[k]->path))
 				return false;
-			if (fm->files[k]->sha256.len != 32)
-				return fail(c, "files.files[%zu] sha256 must be 32 bytes", k);
+			if (fm->files[k]->digest.len != MIG__DIGEST_LEN)
+				return fail(c, "files.files[%zu] digest must be %d bytes", k, MIG__DIGEST_LEN);
 		}
 		names[i] = fm->domain;
 	}
@@ -626,8 +627,8 @@ static bool check_round_end(check *c, const Migwire__RoundEnd *m)
 	for (size_t i = 0; i < m->n_sent; i++) {
 		if (!check_domain_path(c, "sent", i, m->sent[i]->path))
 			return false;
-		if (m->sent[i]->sha256.len != 32)
-			return fail(c, "sent[%zu] sha256 must be 32 bytes", i);
+		if (m->sent[i]->digest.len != MIG__DIGEST_LEN)
+			return fail(c, "sent[%zu] digest must be %d bytes", i, MIG__DIGEST_LEN);
 	}
 	return true;
 }
@@ -783,8 +784,8 @@ static bool check_replica_file(check *c, const Migwire__ReplicaFile *m)
 		return fail(c, "data over %u bytes", MIG__CHUNK_RAW_MAX);
 	if (m->remove && (!m->first || !m->last || m->data.len))
 		return fail(c, "a removal is one piece without data");
-	if (m->last && !m->remove && m->sha256.len != 32)
-		return fail(c, "the last piece needs a 32-byte sha256");
+	if (m->last && !m->remove && m->digest.len != MIG__DIGEST_LEN)
+		return fail(c, "the last piece needs a %d-byte digest", MIG__DIGEST_LEN);
 	if (m->has_tail_from && (!m->first || m->delta || m->remove))
 		return fail(c, "tail_from is for the first piece of an appended file");
 	return true;

@@ -51,7 +51,7 @@ struct dst_file *mig__xdst_find_file(struct dst_domain *dd, const char *path, bo
 static void remove_file(struct dst_domain *dd, struct dst_file *f)
 {
 	mig__free(f->path);
-	mig__sha256_free(f->hash);
+	mig__digest_free(f->hash);
 	size_t i = (size_t)(f - dd->files);
 	memmove(&dd->files[i], &dd->files[i + 1], (dd->n - i - 1) * sizeof(*f));
 	dd->n--;
@@ -68,7 +68,7 @@ void mig__xdst_free(struct mig__xfer *x)
 	for (size_t i = 0; i < x->ndd; i++) {
 		for (size_t k = 0; k < x->dd[i].n; k++) {
 			mig__free(x->dd[i].files[k].path);
-			mig__sha256_free(x->dd[i].files[k].hash);
+			mig__digest_free(x->dd[i].files[k].hash);
 		}
 		mig__free(x->dd[i].files);
 	}
@@ -215,7 +215,7 @@ int mig__xdst_start(mig_engine *e, struct mig_migration *m)
 struct sent_entry {
 	char *path; /* "domain/path" */
 	uint64_t size;
-	uint8_t sha[32];
+	uint8_t dgst[MIG__DIGEST_LEN];
 };
 
 struct round_end_job {
@@ -266,9 +266,9 @@ static size_t check_sent(struct mig__xfer *x, struct round_end_job *j, char **re
 		if (d == SIZE_MAX)
 			continue;
 		struct dst_file *f = mig__xdst_find_file(&x->dd[d], path, false);
-		uint8_t got[32];
+		uint8_t got[MIG__DIGEST_LEN];
 		bool ok = f && f->hash && f->size == j->sent[i].size &&
-			  mig__sha256_peek(f->hash, got) == 0 && memcmp(got, j->sent[i].sha, 32) == 0;
+			  mig__digest_peek(f->hash, got) == 0 && memcmp(got, j->sent[i].dgst, MIG__DIGEST_LEN) == 0;
 		if (ok)
 			continue;
 		if (f) {
@@ -427,7 +427,7 @@ void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame
 			rc = MIG_ENOMEM;
 		for (size_t i = 0; !rc && i < re->n_sent; i++, j->nsent++) {
 			j->sent[i].size = re->sent[i]->size;
-			memcpy(j->sent[i].sha, re->sent[i]->sha256.data, 32);
+			memcpy(j->sent[i].dgst, re->sent[i]->digest.data, MIG__DIGEST_LEN);
 			if (!(j->sent[i].path = mig__strdup(re->sent[i]->path)))
 				rc = MIG_ENOMEM;
 		}
@@ -456,7 +456,7 @@ struct verify_job {
 		size_t domain;
 		char *path;
 		uint64_t size;
-		uint8_t sha[32];
+		uint8_t dgst[MIG__DIGEST_LEN];
 	} entries[];
 };
 
@@ -492,11 +492,11 @@ static void verify_task(void *arg)
 		struct verify_entry *v = &j->entries[i];
 		struct dst_domain *dd = &x->dd[v->domain];
 		struct dst_file *f = mig__xdst_find_file(dd, v->path, false);
-		uint8_t got[32];
+		uint8_t got[MIG__DIGEST_LEN];
 		if (!f || !f->hash) {
 			err = MIG_EPROTO;
 			snprintf(why, sizeof(why), "%s/%s: never arrived", dd->d->name, v->path);
-		} else if (mig__sha256_peek(f->hash, got) != 0 || memcmp(got, v->sha, 32) != 0 ||
+		} else if (mig__digest_peek(f->hash, got) != 0 || memcmp(got, v->dgst, MIG__DIGEST_LEN) != 0 ||
 			   f->size != v->size) {
 			err = MIG_EPROTO;
 			snprintf(why, sizeof(why), "%s/%s: digest mismatch after patching",
@@ -553,7 +553,7 @@ void mig__xdst_verify(mig_engine *e, struct mig_migration *m, const Migwire__Pre
 			struct verify_entry *v = &j->entries[j->n];
 			v->domain = d;
 			v->size = fe->size;
-			memcpy(v->sha, fe->sha256.data, 32);
+			memcpy(v->dgst, fe->digest.data, MIG__DIGEST_LEN);
 			if (!(v->path = mig__strdup(fe->path))) {
 				err = MIG_ENOMEM;
 				break;

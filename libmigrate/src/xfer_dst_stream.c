@@ -22,7 +22,7 @@ static void stream_close(struct dst_stream *s)
 {
 	mig__patch_free(s->patch);
 	s->patch = NULL;
-	mig__sha256_free(s->hash);
+	mig__digest_free(s->hash);
 	s->hash = NULL;
 	if (s->basis_fd >= 0)
 		close(s->basis_fd);
@@ -131,7 +131,7 @@ void mig__xdst_open_stream_task(void *arg)
 		if (s->out_fd < 0)
 			mig__xdst_fail(x, MIG_EIO, "%s/%s: cannot create a staging file",
 				       dd->d->name, j->path);
-		else if (!(s->hash = mig__sha256_new()))
+		else if (!(s->hash = mig__digest_new()))
 			mig__xdst_fail(x, MIG_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -154,7 +154,7 @@ void mig__xdst_open_stream_task(void *arg)
 		goto out;
 	}
 	if (mig__patch_new(s->basis_fd, s->out_fd, &s->patch) != 0 ||
-	    !(s->hash = mig__sha256_new())) {
+	    !(s->hash = mig__digest_new())) {
 		mig__xdst_fail(x, MIG_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -220,14 +220,14 @@ static void finish_stream(struct mig__xfer *x, struct dst_stream *s)
 	}
 	/* The stream's digest, of exactly the bytes written, becomes the
 	 * file's: it was computed as they went to disk. */
-	mig__sha256 *hash = s->hash;
+	mig__digest *hash = s->hash;
 	s->hash = NULL;
 	start_writeback(s->out_fd);
 	stream_close(s);
-	mig__sha256_free(f->hash);
+	mig__digest_free(f->hash);
 	f->hash = NULL;
 	if (mig__files_staging_commit_tmp(root, x->mid, s->tmp, s->path) != 0) {
-		mig__sha256_free(hash);
+		mig__digest_free(hash);
 		mig__xdst_fail(x, MIG_EIO, "%s/%s: cannot place the staged file", dd->d->name,
 			       s->path);
 		return;
@@ -247,7 +247,7 @@ static int write_data(struct dst_stream *s, const uint8_t *data, size_t len, cha
 			 (unsigned long long)s->size);
 		return MIG_EPROTO;
 	}
-	if (mig__sha256_update(s->hash, data, len) != 0) {
+	if (mig__digest_update(s->hash, data, len) != 0) {
 		snprintf(why, why_len, "hashing failed");
 		return MIG_ESYSTEM;
 	}
@@ -322,7 +322,7 @@ void mig__xdst_chunk_task(void *arg)
 			done += (size_t)n;
 		}
 		if (f && f->hash)
-			mig__sha256_update(f->hash, data, done);
+			mig__digest_update(f->hash, data, done);
 		s->written += done;
 	} else {
 		rc = mig__patch_feed(s->patch, data, len, why, sizeof(why));

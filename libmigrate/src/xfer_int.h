@@ -45,7 +45,7 @@ struct src_file {
 	uint64_t last_cost; /* bytes the last send of this file took */
 	bool hot;           /* changed after it was sent: keep its signature when sent */
 	bool awaiting_sig;  /* asked the destination for the signature of its copy */
-	mig__sha256 *sha;   /* digest of the version the destination holds */
+	mig__digest *dgst;   /* digest of the version the destination holds */
 };
 
 struct src_domain {
@@ -90,8 +90,8 @@ struct sink_ctx {
 /* ---- destination ---- */
 struct dst_file {
 	char *path;
-	uint8_t sha[32];
-	mig__sha256 *hash; /* running digest of the staged file */
+	uint8_t dgst[MIG__DIGEST_LEN];
+	mig__digest *hash; /* running digest of the staged file */
 	uint64_t size;
 	bool durable;      /* fsynced since it last changed */
 };
@@ -114,7 +114,7 @@ struct dst_stream {
 	int basis_fd;
 	int out_fd;
 	mig__patch *patch;
-	mig__sha256 *hash; /* DELTA, DATA: digest of the output as it is written */
+	mig__digest *hash; /* DELTA, DATA: digest of the output as it is written */
 	uint64_t size;     /* DATA: the announced size, the most it may write */
 	uint64_t written;
 	uint64_t wb_started; /* DATA: bytes whose writeback has been started */
@@ -196,7 +196,7 @@ struct mig__xfer {
 	Migwire__FileManifest **manifest_ptrs;
 	Migwire__FileEntry *entries;
 	Migwire__FileEntry **entry_ptrs;
-	uint8_t *digests;              /* 32 bytes per entry */
+	uint8_t *digests;              /* MIG__DIGEST_LEN bytes per entry */
 	size_t nmanifests;
 
 	/* Destination: strand only. */

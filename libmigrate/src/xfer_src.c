@@ -61,8 +61,8 @@ static void file_forget_sent(struct src_file *f)
 {
 	f->sent = false;
 	mig__bytes_free(&f->sig);
-	mig__sha256_free(f->sha);
-	f->sha = NULL;
+	mig__digest_free(f->dgst);
+	f->dgst = NULL;
 }
 
 static void file_free(struct src_file *f)
@@ -182,7 +182,7 @@ static int sent_add(struct sent_list *l, const char *domain, const struct src_fi
 		if (!e)
 			return MIG_ENOMEM;
 		l->entries = e;
-		uint8_t *d = mig__realloc(l->digests, cap * 32);
+		uint8_t *d = mig__realloc(l->digests, cap * MIG__DIGEST_LEN);
 		if (!d)
 			return MIG_ENOMEM;
 		l->digests = d;
@@ -191,12 +191,12 @@ static int sent_add(struct sent_list *l, const char *domain, const struct src_fi
 	Migwire__FileEntry *e = &l->entries[l->n];
 	migwire__file_entry__init(e);
 	e->path = mig__asprintf("%s/%s", domain, f->path);
-	if (!e->path || !f->sha || mig__sha256_peek(f->sha, l->digests + 32 * l->n) != 0) {
+	if (!e->path || !f->dgst || mig__digest_peek(f->dgst, l->digests + MIG__DIGEST_LEN * l->n) != 0) {
 		mig__free(e->path);
 		return e->path ? MIG_ESYSTEM : MIG_ENOMEM;
 	}
 	e->size = f->sent_size;
-	e->sha256.len = 32;
+	e->digest.len = MIG__DIGEST_LEN;
 	l->n++;
 	return 0;
 }
@@ -279,7 +279,7 @@ static int send_round(struct mig__xfer *x, bool final, uint64_t sig_wait_us, cha
 		if (!sent.ptrs)
 			rc = MIG_ENOMEM;
 		for (size_t i = 0; sent.ptrs && i < sent.n; i++) {
-			sent.entries[i].sha256.data = sent.digests + 32 * i;
+			sent.entries[i].digest.data = sent.digests + MIG__DIGEST_LEN * i;
 			sent.ptrs[i] = &sent.entries[i];
 		}
 		re.n_sent = sent.n;
@@ -320,8 +320,8 @@ static int build_manifests(struct mig__xfer *x)
 	x->manifest_ptrs = mig__calloc(x->nsd ? x->nsd : 1, sizeof(*x->manifest_ptrs));
 	x->entries = mig__calloc(total ? total : 1, sizeof(*x->entries));
 	x->entry_ptrs = mig__calloc(total ? total : 1, sizeof(*x->entry_ptrs));
-	/* Digests live inside the entries' own storage: 32 bytes each. */
-	uint8_t *digests = x->digests = mig__calloc(total ? total : 1, 32);
+	/* Digests live inside the entries' own storage: MIG__DIGEST_LEN bytes each. */
+	uint8_t *digests = x->digests = mig__calloc(total ? total : 1, MIG__DIGEST_LEN);
 	if (!x->manifests || !x->manifest_ptrs || !x->entries || !x->entry_ptrs || !digests)
 		return MIG_ENOMEM;
 	size_t e = 0;
@@ -338,9 +338,9 @@ static int build_manifests(struct mig__xfer *x)
 			migwire__file_entry__init(fe);
 			fe->path = f->path;
 			fe->size = f->sent_size;
-			fe->sha256.data = digests + 32 * e;
-			fe->sha256.len = 32;
-			if (!f->sha || mig__sha256_peek(f->sha, fe->sha256.data) != 0)
+			fe->digest.data = digests + MIG__DIGEST_LEN * e;
+			fe->digest.len = MIG__DIGEST_LEN;
+			if (!f->dgst || mig__digest_peek(f->dgst, fe->digest.data) != 0)
 				return MIG_ESYSTEM;
 			x->entry_ptrs[e] = fe;
 			fm->n_files++;

@@ -144,7 +144,7 @@ static int send_tail(struct mig__xfer *x, size_t domain, struct src_file *f, int
 				 n < 0 ? strerror(errno) : "file shrank");
 			return MIG_EIO;
 		}
-		mig__sha256_update(f->sha, s->buf, (size_t)n);
+		mig__digest_update(f->dgst, s->buf, (size_t)n);
 		s->len = (size_t)n;
 		off += (uint64_t)n;
 		rc = flush_sink(s, off == limit);
@@ -162,7 +162,7 @@ static int send_tail(struct mig__xfer *x, size_t domain, struct src_file *f, int
  * reads them: their digest (RoundEnd, the manifests) and, unless no round
  * follows, their signature (the basis of the next round's delta). */
 struct sent_state {
-	mig__sha256 *sha;
+	mig__digest *dgst;
 	mig__sigjob *sig;
 	mig__bytes next_sig;
 };
@@ -170,7 +170,7 @@ struct sent_state {
 static int sent_state_init(struct sent_state *ss, bool sign, uint64_t size)
 {
 	memset(ss, 0, sizeof(*ss));
-	if (!(ss->sha = mig__sha256_new()))
+	if (!(ss->dgst = mig__digest_new()))
 		return MIG_ENOMEM;
 	if (!sign)
 		return 0;
@@ -182,7 +182,7 @@ static int sent_state_init(struct sent_state *ss, bool sign, uint64_t size)
 static int sent_state_feed(const uint8_t *data, size_t len, void *ud)
 {
 	struct sent_state *ss = ud;
-	if (mig__sha256_update(ss->sha, data, len) != 0)
+	if (mig__digest_update(ss->dgst, data, len) != 0)
 		return MIG_ESYSTEM;
 	return ss->sig ? mig__sigjob_feed(ss->sig, data, len) : 0;
 }
@@ -198,9 +198,9 @@ static int sent_state_keep(struct sent_state *ss, struct src_file *f, uint64_t l
 	mig__bytes_free(&f->sig);
 	f->sig = ss->next_sig;
 	memset(&ss->next_sig, 0, sizeof(ss->next_sig));
-	mig__sha256_free(f->sha);
-	f->sha = ss->sha;
-	ss->sha = NULL;
+	mig__digest_free(f->dgst);
+	f->dgst = ss->dgst;
+	ss->dgst = NULL;
 	f->sent_size = limit;
 	return 0;
 }
@@ -209,7 +209,7 @@ static void sent_state_free(struct sent_state *ss)
 {
 	mig__sigjob_free(ss->sig);
 	mig__bytes_free(&ss->next_sig);
-	mig__sha256_free(ss->sha);
+	mig__digest_free(ss->dgst);
 }
 
 /* Sends a delta of the file against what the destination holds (its
@@ -316,7 +316,7 @@ int mig__xsrc_send_file(struct mig__xfer *x, size_t domain, struct src_file *f, 
 		return MIG_EIO;
 	}
 	uint64_t limit = (uint64_t)st0.st_size;
-	bool tail = sd->d->append_only && f->sent && f->sha && f->sent_ino == (uint64_t)st0.st_ino &&
+	bool tail = sd->d->append_only && f->sent && f->dgst && f->sent_ino == (uint64_t)st0.st_ino &&
 		    limit >= f->sent_size;
 	/* Tests: a corrupt delta needs a delta, even to an empty destination. */
 	bool data = !f->sig.len && x->fault != MIG__FAULT_FILE_CORRUPT_CHUNK;
@@ -425,7 +425,7 @@ int mig__xsrc_request_signatures(struct mig__xfer *x)
 			if (!mig__xsrc_needs_send(sd, f) || !f->sent || f->sig.len ||
 			    f->awaiting_sig)
 				continue;
-			if (sd->d->append_only && f->sha && f->sent_ino == f->ino &&
+			if (sd->d->append_only && f->dgst && f->sent_ino == f->ino &&
 			    f->size >= f->sent_size)
 				continue; /* a tail: no delta, no signature */
 			Migwire__FileStream fs = MIGWIRE__FILE_STREAM__INIT;

@@ -22,6 +22,7 @@
 
 #include "auth.h"
 #include "delta.h"
+#include "digest.h"
 #include "fuzz.h"
 #include "token.h"
 #include "wire.h"
@@ -86,7 +87,7 @@ static void frames(void)
 	mig__frame f;
 
 	Migwire__Challenge ch = MIGWIRE__CHALLENGE__INIT;
-	ch.protocol_version = 1;
+	ch.protocol_version = MIG_PROTOCOL_VERSION;
 	ch.server_nonce = nb;
 	ch.engine_id = "edge-1";
 	f = (mig__frame)MIGWIRE__FRAME__INIT;
@@ -94,7 +95,7 @@ static void frames(void)
 	frame("challenge", &f);
 
 	Migwire__Hello he = MIGWIRE__HELLO__INIT;
-	he.protocol_version = 1;
+	he.protocol_version = MIG_PROTOCOL_VERSION;
 	he.channel = MIGWIRE__CHANNEL__CHANNEL_PEER;
 	he.client_nonce = nb;
 	he.engine_id = "edge-2";
@@ -163,11 +164,11 @@ static void frames(void)
 	Migwire__FileEntry fe1 = MIGWIRE__FILE_ENTRY__INIT, fe2 = MIGWIRE__FILE_ENTRY__INIT;
 	fe1.path = "a/b.jpg";
 	fe1.size = 123456;
-	fe1.sha256.len = 32;
-	fe1.sha256.data = digest;
+	fe1.digest.len = MIG__DIGEST_LEN;
+	fe1.digest.data = digest;
 	fe2.path = "notes.txt";
 	fe2.size = 0;
-	fe2.sha256 = fe1.sha256;
+	fe2.digest = fe1.digest;
 	Migwire__FileEntry *fes[] = {&fe1, &fe2};
 	Migwire__FileManifest fm = MIGWIRE__FILE_MANIFEST__INIT;
 	fm.domain = "photos";
@@ -290,7 +291,7 @@ static void frames(void)
 	Migwire__FileEntry se = MIGWIRE__FILE_ENTRY__INIT;
 	se.path = "photos/a/b.jpg";
 	se.size = 123456;
-	se.sha256 = fe1.sha256;
+	se.digest = fe1.digest;
 	Migwire__FileEntry *sent[] = {&se};
 	Migwire__RoundEnd re = MIGWIRE__ROUND_END__INIT;
 	re.mid = MID;
@@ -420,7 +421,7 @@ static void frames(void)
 	st.request_id = 9;
 	st.engine_id = "edge-1";
 	st.url = "ws://10.0.0.1:7000";
-	st.protocol_version = 1;
+	st.protocol_version = MIG_PROTOCOL_VERSION;
 	st.library_version = "0.1.0";
 	st.n_users = 2;
 	st.users = ucs;
@@ -554,9 +555,9 @@ static void frames(void)
 	rfl.has_data = 1;
 	rfl.data.len = sizeof(rf_data) - 1;
 	rfl.data.data = rf_data;
-	rfl.has_sha256 = 1;
-	rfl.sha256.len = 32;
-	rfl.sha256.data = digest;
+	rfl.has_digest = 1;
+	rfl.digest.len = MIG__DIGEST_LEN;
+	rfl.digest.data = digest;
 	rfl.has_size = 1;
 	rfl.size = 4096;
 	rfl.has_mode = 1;

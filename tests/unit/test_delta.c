@@ -508,7 +508,7 @@ static void test_offsets(void **state)
  * of the result. */
 static int tap_count(const uint8_t *data, size_t len, void *ud)
 {
-	mig__sha256_update(ud, data, len);
+	mig__digest_update(ud, data, len);
 	return 0;
 }
 
@@ -570,38 +570,38 @@ static void test_sigjob_pieces(void **state)
 	assert_int_equal(mig__delta_load_signature(whole.data, whole.len, &sig, why, sizeof(why)), 0);
 	int tfd = tmp_fd(target, n);
 	sink_ctx sc = {.piece = 64 * 1024, .cancel_at = -1};
-	mig__sha256 *seen = mig__sha256_new();
+	mig__digest *seen = mig__digest_new();
 	assert_int_equal(mig__delta_generate_tap(tfd, UINT64_MAX, sig, sc.piece, sink_fn, &sc,
 						 tap_count, seen),
 			 0);
-	mig__sha256 *expect = mig__sha256_new();
-	mig__sha256_update(expect, target, n);
-	uint8_t a[32], b[32];
-	assert_int_equal(mig__sha256_peek(seen, a), 0);
-	assert_int_equal(mig__sha256_peek(expect, b), 0);
-	assert_memory_equal(a, b, 32);
+	mig__digest *expect = mig__digest_new();
+	mig__digest_update(expect, target, n);
+	uint8_t a[MIG__DIGEST_LEN], b[MIG__DIGEST_LEN];
+	assert_int_equal(mig__digest_peek(seen, a), 0);
+	assert_int_equal(mig__digest_peek(expect, b), 0);
+	assert_memory_equal(a, b, MIG__DIGEST_LEN);
 	char path[] = "/tmp/test_delta_out.XXXXXX";
 	int ofd = mkstemp(path);
 	assert_true(ofd >= 0);
 	unlink(path);
 	mig__patch *pt = NULL;
 	assert_int_equal(mig__patch_new(fd, ofd, &pt), 0);
-	mig__sha256 *written = mig__sha256_new();
+	mig__digest *written = mig__digest_new();
 	mig__patch_set_digest(pt, written);
 	assert_int_equal(mig__patch_feed(pt, sc.out.data, sc.out.len, why, sizeof(why)), 0);
 	assert_int_equal(mig__patch_finish(pt, why, sizeof(why)), 0);
 	assert_int_equal(mig__patch_output_size(pt), n);
 	mig__patch_free(pt);
-	assert_int_equal(mig__sha256_peek(written, a), 0);
-	assert_memory_equal(a, b, 32);
+	assert_int_equal(mig__digest_peek(written, a), 0);
+	assert_memory_equal(a, b, MIG__DIGEST_LEN);
 	size_t got_len = 0;
 	uint8_t *got = read_all(ofd, &got_len);
 	assert_int_equal(got_len, n);
 	assert_memory_equal(got, target, n);
 	free(got);
-	mig__sha256_free(seen);
-	mig__sha256_free(expect);
-	mig__sha256_free(written);
+	mig__digest_free(seen);
+	mig__digest_free(expect);
+	mig__digest_free(written);
 	mig__delta_sig_free(sig);
 	mig__bytes_free(&sc.out);
 	mig__bytes_free(&whole);

@@ -38,7 +38,7 @@ extern "C" {
 #define MIG_VERSION_PATCH 0
 
 /** Version of the wire protocol this library speaks (in the handshake). */
-#define MIG_PROTOCOL_VERSION 1
+#define MIG_PROTOCOL_VERSION 2
 
 /**
  * Error codes. Stable: values never change meaning. They also travel on the
