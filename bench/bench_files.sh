@@ -3,7 +3,10 @@
 #
 #   sudo bench/bench_files.sh [--build DIR] [--reps N (5)] [--log FILE]
 #                             [--no-link] [--no-profile]   (skip C / the perf runs)
-#                             [--only A|B|C|AB|...]        (just those sections)
+#                             [--only A|B|C|AB|C1|AC1|...] (just those sections;
+#                                C followed by a digit: just that part of C)
+#                             [--tbf-burst SIZE|auto (32kbit)]  (tbf bucket in C;
+#                                auto: rate/HZ as tc-tbf(8) asks, >= 1514 bytes)
 #
 # Builds bench_files (a release build in DIR, default /tmp/bench-files-build)
 # and runs, on the same generated files and changes, in one run:
@@ -39,6 +42,7 @@ LOG=/tmp/bench_files-results.txt
 NOLINK=
 NOPROFILE=
 CASES=ABC
+BURST=32kbit
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--build) BUILD=$2; shift 2 ;;
@@ -47,7 +51,8 @@ while [ $# -gt 0 ]; do
 	--no-link) NOLINK=1; shift ;;
 	--no-profile) NOPROFILE=1; shift ;;
 	--only) CASES=$2; shift 2 ;;
-	-h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+	--tbf-burst) BURST=$2; shift 2 ;;
+	-h|--help) sed -n '2,34p' "$0"; exit 0 ;;
 	*) echo "unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -75,6 +80,11 @@ cleanup() {
 }
 # has X: section X was asked for (--only)
 has() { case "$CASES" in *"$1"*) return 0 ;; esac; return 1; }
+# hasc N: part N of C was asked for (--only C, or --only CN)
+hasc() {
+	has C || return 1
+	case "$CASES" in *C[0-9]*) has "C$1" ;; *) return 0 ;; esac
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -368,8 +378,21 @@ else
 	for ns in "$NSA" "$NSB"; do ip -n "$ns" link set lo up; done
 	ip -n "$NSA" link set bfa$$ up
 	ip -n "$NSB" link set bfb$$ up
-	tc -n "$NSA" qdisc add dev bfa$$ root tbf rate 100mbit burst 32kbit latency 50ms
-	tc -n "$NSB" qdisc add dev bfb$$ root tbf rate 100mbit burst 32kbit latency 50ms
+	if [ "$BURST" = auto ]; then
+		# tc-tbf(8): the minimum bucket is the rate divided by HZ; at least one full frame.
+		HZ=$(sed -n 's/^CONFIG_HZ=//p' "/boot/config-$(uname -r)" 2>/dev/null || true)
+		HZ_FROM=/boot/config-$(uname -r)
+		if [ -z "$HZ" ] && [ -r /proc/config.gz ]; then
+			HZ=$(zcat /proc/config.gz | sed -n 's/^CONFIG_HZ=//p'); HZ_FROM=/proc/config.gz
+		fi
+		[ -n "$HZ" ] || { HZ=1000; HZ_FROM="unknown, assumed"; }
+		BURST=$(( (12500000 + HZ - 1) / HZ )) # 100 Mbit/s in bytes per jiffy
+		[ "$BURST" -ge 1514 ] || BURST=1514
+		BURST=${BURST}b
+		log "tbf burst $BURST from HZ=$HZ ($HZ_FROM)"
+	fi
+	tc -n "$NSA" qdisc add dev bfa$$ root tbf rate 100mbit burst "$BURST" latency 50ms
+	tc -n "$NSB" qdisc add dev bfb$$ root tbf rate 100mbit burst "$BURST" latency 50ms
 fi
 if [ -n "$skip" ]; then
 	say ""
@@ -380,8 +403,17 @@ if [ -n "$skip" ]; then
 fi
 LINK=12500000 # 100 Mbit/s in bytes per second
 say ""
-say "\`tc qdisc add dev VETH root tbf rate 100mbit burst 32kbit latency 50ms\` on both ends, MTU 1500; 192.0.2.1 ($NSA) -> 192.0.2.2 ($NSB)."
+say "\`tc qdisc add dev VETH root tbf rate 100mbit burst $BURST latency 50ms\` on both ends${HZ:+ (burst = rate/HZ, HZ=$HZ from $HZ_FROM)}, MTU 1500; 192.0.2.1 ($NSA) -> 192.0.2.2 ($NSB)."
+# tbf_stats: "sent/dropped/overlimits" of both ends' tbf so far
+tbf_stats() {
+	local ns dev
+	for ns in "$NSA:bfa$$" "$NSB:bfb$$"; do
+		dev=${ns#*:}
+		tc -s -n "${ns%%:*}" qdisc show dev "$dev" | awk -v d="$dev" '/^ Sent/ {gsub(/[,)]/, ""); printf "%s sent=%s pkts=%s dropped=%s overlimits=%s requeues=%s; ", d, $2, $4, $7, $9, $11}'
+	done
+}
 say ""
+if hasc 1; then
 say "#### C1. Fresh transfer of the 64 MiB (random) over the link"
 say ""
 say "| run | raw TCP copy (s) | libmigrate (s) | raw TCP, Mbit/s of files | libmigrate, Mbit/s of files | libmigrate / 100 Mbit/s | libmigrate / raw TCP | libmigrate downtime (ms) |"
@@ -394,15 +426,19 @@ for rep in 1 2 3; do
 	lm=$(kv "$RES" duration_us)
 	say "| $rep | $(calc '%.2f' "$TCP_US / 1e6") | $(calc '%.2f' "$lm / 1e6") | $(calc '%.1f' "$MB64 * 8 / $TCP_US") | $(calc '%.1f' "$MB64 * 8 / $lm") | $(calc '%.3f' "$MB64 * 1e6 / $lm / $LINK") | $(calc '%.3f' "$TCP_US / $lm") | $(calc '%.0f' "$(kv "$RES" downtime_us) / 1000") |"
 	C1_T+=("$TCP_US"); C1_L+=("$lm"); C1_R+=("$(calc '%.4f' "$TCP_US / $lm")")
+	log "C1.tbf.$rep $(tbf_stats)"
 done
 t=$(median "${C1_T[@]}"); lm=$(median "${C1_L[@]}"); best=$(min "${C1_L[@]}")
 say "| median | $(calc '%.2f' "$t / 1e6") | $(calc '%.2f' "$lm / 1e6") | $(calc '%.1f' "$MB64 * 8 / $t") | $(calc '%.1f' "$MB64 * 8 / $lm") | $(calc '%.3f' "$MB64 * 1e6 / $lm / $LINK") | $(median "${C1_R[@]}") | |"
 say "| best | | $(calc '%.2f' "$best / 1e6") | | $(calc '%.1f' "$MB64 * 8 / $best") | $(calc '%.3f' "$MB64 * 1e6 / $best / $LINK") | | |"
 say ""
 say "libmigrate: pre-copy on, zstd auto (the data is random: not compressed), $(kv "$RES" bytes_sent) bytes sent for 67108864 bytes of files; time to COMMITTED. Target >= 0.95 x link rate (median): $(awk -v a="$MB64" -v t="$lm" -v l="$LINK" 'BEGIN {print (a * 1e6 / t / l >= 0.95) ? "met" : "MISSED"}'). (TCP/IP and Ethernet headers cap any TCP transfer at MTU 1500 at 1448/1514 = 0.956 of the link.)"
+say ""
+say "tbf counters after C1 (cumulative over its runs): $(tbf_stats)"
+fi
 
 WRITER=(--append-rate 1M --modify-rate 256K --warmup-ms 1000 --kind mixed)
-"$BIN" gen "$D/mixed64" --files 8 --file-size 8M --seed 11 --kind mixed
+hasc 2 && "$BIN" gen "$D/mixed64" --files 8 --file-size 8M --seed 11 --kind mixed
 
 # row NAME: one table row from RES
 row() {
@@ -413,6 +449,7 @@ row() {
 	say "| $1 | $(kv "$RES" rounds) | $rb | $(calc '%.1f' "$(kv "$RES" bytes_sent) / 1048576") | $(calc '%.2f' "$(kv "$RES" duration_us) / 1e6") | $(calc '%.0f' "$(kv "$RES" downtime_us) / 1000") | $(calc '%.1f' "$(kv "$RES" appended) / 1048576") + $(calc '%.1f' "$(kv "$RES" modified) / 1048576") | $ok |"
 }
 
+if hasc 2; then
 say ""
 say "#### C2. 64 MiB of half-compressible frames, the app writing, fresh destination"
 say ""
@@ -431,7 +468,9 @@ done
 migrate "C2.heavy" "$D/mixed64" "" "$NSA" 192.0.2.1 "$NSB" 192.0.2.2 --alpha 50 --compression off \
 	--append-rate 1M --modify-rate 1M --warmup-ms 1000 --kind mixed
 row "α = 50 ms, zstd off, rewriting 1 MiB/s"
+fi
 
+if hasc 3; then
 say ""
 say "#### C3. Downtime against folder size: pre-copy α = 50 ms, zstd off, the same writer, 3 runs per size"
 say ""
@@ -455,5 +494,6 @@ for files in 2 8 32; do
 	say "| $((files * 8)) MiB | $(median "${dts[@]:-0}") | $(IFS=,; echo "${dts[*]:-}" | sed 's/,/, /g') | $(IFS=,; echo "${finals[*]}" | sed 's/,/, /g') | $(IFS=,; echo "${rounds[*]}" | sed 's/,/, /g') | $(calc '%.2f' "$(median "${totals[@]}") / 1e6") | $(printf '%s\n' "${oks[@]}" | sort -u | tr '\n' ' ') |"
 	rm -rf "$D/size$files"
 done
+fi
 say ""
 say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). Raw result lines: $LOG"

@@ -287,6 +287,32 @@ static size_t check_sent(struct mig__xfer *x, struct round_end_job *j, char **re
  * writeback is done still waits for a journal commit or a disk cache flush
  * (~4 ms each on the benchmark's virtio disk), once per file. Their
  * writeback started when each was complete (start_writeback()). */
+static int sync_fault(struct mig__xfer *x, int rc)
+{
+	if (x->fault == MIG__FAULT_FILE_SYNC) {
+		x->fault = MIG__FAULT_NONE; /* tests: a disk failing to write */
+		rc = MIG_EIO;
+	}
+	return rc;
+}
+
+int mig__xdst_sync_fd(struct mig__xfer *x, int fd)
+{
+	int rc = fsync(fd) < 0 ? MIG_EIO : 0;
+	rc = sync_fault(x, rc);
+	if (!rc)
+		x->synced_streaming++;
+	return rc;
+}
+
+/* Files fsynced as their streams ended count as synced by the round they
+ * belong to: pre-copy (user served) or the final one (user paused). */
+static void count_streaming(struct mig__xfer *x, unsigned *count)
+{
+	*count += x->synced_streaming;
+	x->synced_streaming = 0;
+}
+
 static void sync_staged(struct mig__xfer *x, unsigned *count)
 {
 	for (size_t d = 0; d < x->ndd && !x->failed; d++) {
@@ -296,10 +322,7 @@ static void sync_staged(struct mig__xfer *x, unsigned *count)
 			if (f->durable)
 				continue;
 			int rc = mig__files_staging_sync(dd->d->root, x->mid, f->path);
-			if (x->fault == MIG__FAULT_FILE_SYNC) {
-				x->fault = MIG__FAULT_NONE; /* tests: a disk failing to write */
-				rc = MIG_EIO;
-			}
+			rc = sync_fault(x, rc);
 			if (rc) {
 				mig__xdst_fail(x, rc, "%s/%s: cannot sync the staged file: %s",
 					       dd->d->name, f->path, mig_strerror(rc));
@@ -337,6 +360,7 @@ static void round_end_task(void *arg)
 	/* Before RoundDone, so that the source's next move (another round, or
 	 * the pause) waits for it, and never while the user is paused: the
 	 * final round's files are synced by PREPARE's verification. */
+	count_streaming(x, j->final ? &x->synced_paused : &x->synced_precopy);
 	if (!j->final && !x->failed)
 		sync_staged(x, &x->synced_precopy);
 	mig__xdst_send_credit(x, true);
@@ -516,6 +540,7 @@ static void verify_task(void *arg)
 	 * pre-copy rounds have not (the final round's files), then the
 	 * folders. COMMIT then only renames. */
 	if (!err) {
+		count_streaming(x, &x->synced_paused);
 		sync_staged(x, &x->synced_paused);
 		err = x->failed;
 		if (err)

@@ -210,7 +210,14 @@ struct mig__xfer {
 	 * PREPARE (user paused: only what the last rounds changed). */
 	unsigned synced_precopy;
 	unsigned synced_paused;
+	/* Large files fsynced as their stream ended (mig__xdst_sync_fd),
+	 * counted into one of the two above when their round ends. */
+	unsigned synced_streaming;
 };
+
+/* xfer_dst.c: fsyncs a staged file (or fails, in tests, at
+ * MIG__FAULT_FILE_SYNC); 0 or MIG_EIO. Strand only. */
+int mig__xdst_sync_fd(struct mig__xfer *x, int fd);
 
 /* xfer.c */
 struct mig__xfer *mig__xfer_new(mig_engine *e, struct mig_migration *m, bool outgoing);

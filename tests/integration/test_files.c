@@ -331,6 +331,21 @@ static void make_folder(const char *dir, unsigned seed)
 	free(buf);
 }
 
+/* 24 files of 256 KiB in 4 folders: each below the size at which the
+ * destination syncs a file as its stream ends (XFER_WRITEBACK_STEP), so
+ * they are synced at the end of their round or at PREPARE. */
+static void make_small_folder(const char *dir, unsigned seed)
+{
+	uint8_t *buf = malloc(256 * 1024);
+	for (int i = 0; i < 24; i++) {
+		char p[512];
+		test_fill(buf, 256 * 1024, seed + (unsigned)i);
+		snprintf(p, sizeof(p), "%s/d%d/f%02d.bin", dir, i % 4, i);
+		write_file(p, buf, 256 * 1024);
+	}
+	free(buf);
+}
+
 /* 64 runs of 10 KiB at scattered offsets: 1 % of 64 MiB. */
 static void scatter_changes(const char *dir)
 {
@@ -617,6 +632,7 @@ static void assert_source_kept(struct fx *f, const char *user, const char *ref)
 
 /* precopy_max_rounds of both engines in bad_input_case() (0: default). */
 static unsigned bad_input_rounds;
+static bool bad_input_small; /* bad_input_case: 24 files of 256 KiB, not 8 of 8 MiB */
 
 static void bad_input_case(const char *name, enum mig__fault_point point, int on_dest,
 			   int expect_err)
@@ -625,7 +641,10 @@ static void bad_input_case(const char *name, enum mig__fault_point point, int on
 	fx_init(&f, name);
 	char src[512], ref[512], cmd[1200];
 	snprintf(src, sizeof(src), "%s/u4", f.a.root);
-	make_folder(src, 11);
+	if (bad_input_small)
+		make_small_folder(src, 11);
+	else
+		make_folder(src, 11);
 	snprintf(ref, sizeof(ref), "%s/ref", f.base);
 	snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s'", src, ref);
 	assert_int_equal(system(cmd), 0);
@@ -703,18 +722,24 @@ static void test_false_match_resent(void **state)
  * (here the two the app wrote as it paused), not the whole folder. Pre-copy
  * off is the contrast: every file is synced while paused. Counted from the
  * destination's log; the installed folder is compared with the source's. */
-static void durable_case(unsigned max_rounds, bool touch, int want_precopy, int want_paused)
+static void durable_case(unsigned max_rounds, bool touch, bool big, int want_precopy,
+			 int want_paused)
 {
 	struct fx f;
 	fx_init(&f, "durable");
 	char p[512], src_copy[512], dst[512];
-	uint8_t *buf = malloc(256 * 1024);
-	for (int i = 0; i < 24; i++) {
-		test_fill(buf, 256 * 1024, 500u + (unsigned)i);
-		snprintf(p, sizeof(p), "%s/u5/d%d/f%02d.bin", f.a.root, i % 4, i);
-		write_file(p, buf, 256 * 1024);
+	snprintf(p, sizeof(p), "%s/u5", f.a.root);
+	make_small_folder(p, 500);
+	if (big) {
+		/* Two files large enough to be synced as their streams end. */
+		uint8_t *buf = malloc(2 * MiB);
+		for (int i = 0; i < 2; i++) {
+			test_fill(buf, 2 * MiB, 700u + (unsigned)i);
+			snprintf(p, sizeof(p), "%s/u5/big/b%d.bin", f.a.root, i);
+			write_file(p, buf, 2 * MiB);
+		}
+		free(buf);
 	}
-	free(buf);
 	if (touch) {
 		snprintf(f.a.touch_at_pause[0], sizeof(f.a.touch_at_pause[0]),
 			 "%s/u5/d1/f05.bin", f.a.root);
@@ -726,9 +751,10 @@ static void durable_case(unsigned max_rounds, bool touch, int want_precopy, int 
 	assert_int_equal(mig_user_add(f.ea, "u5"), 0);
 	mig_migration_stats st;
 	assert_int_equal(migrate(f.ea, f.eb, "u5", &st), 0);
-	print_message("# durable (max rounds %u%s): %u rounds; staged files synced: %d during "
+	print_message("# durable (max rounds %u%s%s): %u rounds; staged files synced: %d during "
 		      "pre-copy, %d at PREPARE\n",
-		      max_rounds, touch ? ", 2 files written at pause" : "", st.rounds,
+		      max_rounds, touch ? ", 2 files written at pause" : "",
+		      big ? ", 2 large files" : "", st.rounds,
 		      f.b.synced_precopy, f.b.synced_paused);
 	assert_int_equal(f.b.synced_precopy, want_precopy);
 	assert_int_equal(f.b.synced_paused, want_paused);
@@ -741,9 +767,13 @@ static void durable_case(unsigned max_rounds, bool touch, int want_precopy, int 
 
 static void test_durable_before_pause(void **state)
 {
-	durable_case(0, false, 24, 0);
-	durable_case(0, true, 24, 2);
-	durable_case(1, false, 0, 24);
+	durable_case(0, false, false, 24, 0);
+	durable_case(0, true, false, 24, 2);
+	durable_case(1, false, false, 0, 24);
+	/* Large files are synced as their streams end, and count with their
+	 * round: pre-copy, or the final round with the user paused. */
+	durable_case(0, false, true, 26, 0);
+	durable_case(1, false, true, 0, 26);
 }
 
 /* The destination cannot make a staged file durable (an fsync fails: a
@@ -752,10 +782,18 @@ static void test_durable_before_pause(void **state)
  * the user with its files unchanged and the destination keeps nothing. */
 static void test_sync_failure(void **state)
 {
+	/* 8 MiB files: the fsync as a stream ends fails. */
 	bad_input_rounds = 0;
 	bad_input_case("syncround", MIG__FAULT_FILE_SYNC, 1, MIG_EIO);
 	bad_input_rounds = 1;
 	bad_input_case("syncprepare", MIG__FAULT_FILE_SYNC, 1, MIG_EIO);
+	/* 256 KiB files: the fsync after the round, or at PREPARE, fails. */
+	bad_input_small = true;
+	bad_input_rounds = 0;
+	bad_input_case("syncround-small", MIG__FAULT_FILE_SYNC, 1, MIG_EIO);
+	bad_input_rounds = 1;
+	bad_input_case("syncprepare-small", MIG__FAULT_FILE_SYNC, 1, MIG_EIO);
+	bad_input_small = false;
 	bad_input_rounds = 0;
 }
 
