@@ -11,10 +11,11 @@
  * Ownership rules (see transport.h): a `struct conn` is created by the thread
  * that asks for a connection (outbound) or by the I/O thread (inbound), and is
  * then touched only on the I/O thread. Other threads name connections by id
- * and talk to the I/O thread through `cmd` records on a locked list, drained
- * in LWS_CALLBACK_EVENT_WAIT_CANCELLED. */
+ * and talk to the I/O thread through `cmd` records on a lock-free list
+ * (transport_int.h, `cmds`), drained in LWS_CALLBACK_EVENT_WAIT_CANCELLED. */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,30 +156,52 @@ static void reap(mig__transport *t)
 
 /* ------------------------------------------------------------------ commands */
 
+/* A command that will not run: frees it and what it carries. */
+static void cmd_free(struct cmd *cmd)
+{
+	if (cmd->conn)
+		conn_free(cmd->conn);
+	mig__msg_free(cmd->msg);
+	mig__free(cmd);
+}
+
+/* Any thread, no lock: queues `cmd` for the I/O thread and wakes it. */
 static void queue_cmd(mig__transport *t, struct cmd *cmd)
 {
-	bool wake;
-	pthread_mutex_lock(&t->lock);
-	wake = !t->stopping;
-	if (wake) {
-		cmd->next = NULL;
-		if (t->cmd_tail)
-			t->cmd_tail->next = cmd;
-		else
-			t->cmd_head = cmd;
-		t->cmd_tail = cmd;
-		/* Waking under the lock: free() takes the same lock to set
-		 * `stopping` before the context is destroyed, so the context is
-		 * alive here. */
-		lws_cancel_service(t->ctx);
+	/* Counted in `posting` before reading `stopping` (both sequentially
+	 * consistent), and free() sets `stopping` before reading `posting`:
+	 * either free() sees this post and waits for it to be over, or this
+	 * post sees `stopping` and keeps its command. So the context is alive
+	 * for lws_cancel_service() without a lock. */
+	atomic_fetch_add(&t->posting, 1);
+	if (atomic_load(&t->stopping)) {
+		atomic_fetch_sub(&t->posting, 1);
+		cmd_free(cmd);
+		return;
 	}
-	pthread_mutex_unlock(&t->lock);
-	if (!wake) {
-		if (cmd->conn)
-			conn_free(cmd->conn);
-		mig__msg_free(cmd->msg);
-		mig__free(cmd);
+	struct cmd *head = atomic_load_explicit(&t->cmds, memory_order_relaxed);
+	do
+		cmd->next = head;
+	while (!atomic_compare_exchange_weak_explicit(&t->cmds, &head, cmd, memory_order_release,
+						      memory_order_relaxed));
+	/* After the push: a drain that missed the command runs again. */
+	lws_cancel_service(t->ctx);
+	atomic_fetch_sub(&t->posting, 1);
+}
+
+/* Takes every queued command, oldest first (the stack holds them newest
+ * first): the commands of one thread run in the order it posted them. */
+static struct cmd *take_cmds(mig__transport *t)
+{
+	struct cmd *c = atomic_exchange_explicit(&t->cmds, NULL, memory_order_acquire);
+	struct cmd *fifo = NULL;
+	while (c) {
+		struct cmd *next = c->next;
+		c->next = fifo;
+		fifo = c;
+		c = next;
 	}
+	return fifo;
 }
 
 static void do_connect(mig__transport *t, struct conn *c)
@@ -231,10 +254,7 @@ static void do_connect(mig__transport *t, struct conn *c)
 
 void mig__drain_cmds(mig__transport *t)
 {
-	pthread_mutex_lock(&t->lock);
-	struct cmd *list = t->cmd_head;
-	t->cmd_head = t->cmd_tail = NULL;
-	pthread_mutex_unlock(&t->lock);
+	struct cmd *list = take_cmds(t);
 
 	reap(t);
 	while (list) {
@@ -295,10 +315,7 @@ static void *service_thread(void *arg)
 									 : base + t->cfg.thread_nice);
 	}
 	for (;;) {
-		pthread_mutex_lock(&t->lock);
-		bool stop = t->stopping;
-		pthread_mutex_unlock(&t->lock);
-		if (stop)
+		if (atomic_load(&t->stopping))
 			break;
 		if (lws_service(t->ctx, 0) < 0)
 			break;
@@ -327,10 +344,10 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 	if (!t)
 		return MIG_ENOMEM;
 	t->cfg = *cfg;
-	if (pthread_mutex_init(&t->lock, NULL) != 0) {
-		mig__free(t);
-		return MIG_ESYSTEM;
-	}
+	atomic_init(&t->cmds, NULL);
+	atomic_init(&t->posting, 0);
+	atomic_init(&t->stopping, false);
+	atomic_init(&t->next_id, 0);
 	/* Enough for the chunks of a transfer's flow-control window. */
 	t->rx_pool = mig__pool_new(MIG__POOL_BLOCK, 40);
 #define DUP(field)                                                   \
@@ -459,24 +476,25 @@ void mig__transport_free(mig__transport *t)
 	if (!t)
 		return;
 	if (t->ctx) {
-		pthread_mutex_lock(&t->lock);
-		t->stopping = true;
+		atomic_store(&t->stopping, true);
 		lws_cancel_service(t->ctx);
-		pthread_mutex_unlock(&t->lock);
 		if (t->thread_started)
 			pthread_join(t->thread, NULL);
+		/* Posts that saw `stopping` false may still be waking the
+		 * context (queue_cmd()); they are a few instructions from done,
+		 * and come from threads the owner is tearing down. */
+		while (atomic_load(&t->posting))
+			sched_yield();
 		t->destroying = true;
 		lws_context_destroy(t->ctx);
 		t->ctx = NULL;
 	}
 	SSL_CTX_free(t->client_ssl_ctx);
-	struct cmd *cmd = t->cmd_head;
+	/* Commands queued after the I/O thread's last drain. */
+	struct cmd *cmd = take_cmds(t);
 	while (cmd) {
 		struct cmd *next = cmd->next;
-		if (cmd->conn)
-			conn_free(cmd->conn);
-		mig__msg_free(cmd->msg);
-		mig__free(cmd);
+		cmd_free(cmd);
 		cmd = next;
 	}
 	struct conn *c = t->conns;
@@ -485,7 +503,6 @@ void mig__transport_free(mig__transport *t)
 		conn_free(c);
 		c = next;
 	}
-	pthread_mutex_destroy(&t->lock);
 	mig__pool_release(t->rx_pool);
 	mig__free(t->listen_address);
 	mig__free(t->tls_cert_file);
@@ -523,9 +540,7 @@ int64_t mig__transport_connect(mig__transport *t, const char *url, int channel)
 	}
 	c->channel = channel;
 	c->state = CONN_CONNECTING;
-	pthread_mutex_lock(&t->lock);
-	c->id = ++t->next_id;
-	pthread_mutex_unlock(&t->lock);
+	c->id = atomic_fetch_add(&t->next_id, 1) + 1;
 	uint64_t id = c->id;
 	cmd->type = CMD_CONNECT;
 	cmd->conn = c;

@@ -9,6 +9,7 @@
 #define MIG_TRANSPORT_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -109,11 +110,17 @@ struct mig__transport {
 	pthread_t thread;
 	bool thread_started;
 
-	pthread_mutex_t lock; /* guards cmds, next_id, stopping */
-	struct cmd *cmd_head;
-	struct cmd *cmd_tail;
-	uint64_t next_id;
-	bool stopping;
+	/* Commands from other threads, newest first: a lock-free stack, like
+	 * the worker pool's `incoming` (workers.c), so that posting never
+	 * waits for the I/O thread. That thread runs nicer than the app
+	 * (worker_nice), and when it was preempted holding the lock this list
+	 * used to have, mig_engine_dispatch() waited for it (2 ms seen). */
+	_Atomic(struct cmd *) cmds;
+	/* Posters between seeing `stopping` false and waking the context:
+	 * mig__transport_free() waits for them before destroying it. */
+	atomic_uint posting;
+	atomic_bool stopping;
+	_Atomic uint64_t next_id; /* connection ids, taken by any thread */
 	bool destroying; /* I/O thread only: no events while tearing down */
 
 	struct conn *conns; /* I/O thread only */

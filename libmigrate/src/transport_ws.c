@@ -564,9 +564,7 @@ int mig__callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 			mig__free(c);
 			return -1;
 		}
-		pthread_mutex_lock(&t->lock);
-		c->id = ++t->next_id;
-		pthread_mutex_unlock(&t->lock);
+		c->id = atomic_fetch_add(&t->next_id, 1) + 1;
 		c->wsi = wsi;
 		c->inbound = true;
 		c->channel = channel;
