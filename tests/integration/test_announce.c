@@ -42,6 +42,19 @@ struct orch {
 	bool announced;
 	uint32_t users;    /* from the last heartbeat */
 	uint64_t hb_us[MAX_HB];
+	bool q_ready;      /* q is initialised (and so must be destroyed) */
+};
+
+/* Everything a case starts lives here, on the heap, and teardown() stops
+ * it. cmocka runs teardown even when a check fails and longjmps out of the
+ * case, so a failing case cannot leave a transport thread writing into its
+ * dead stack frame, or engines still dialling, for the next case to trip
+ * over. */
+struct fixture {
+	struct orch o;
+	mig_engine *e[2];
+	char url[64];      /* orchestrator URL given to the engines */
+	int refusals;      /* record_refusal()'s counter (the engine's user_data) */
 };
 
 static uint64_t mono_us(void)
@@ -55,6 +68,7 @@ static void orch_start(struct orch *o, const char *secret, int port)
 {
 	memset(o, 0, sizeof(*o));
 	assert_int_equal(mig__evq_init(&o->q), 0);
+	o->q_ready = true;
 	mig__transport_cfg cfg;
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.listen = true;
@@ -73,11 +87,15 @@ static void orch_start(struct orch *o, const char *secret, int port)
 	o->port = mig__transport_port(o->t);
 }
 
+/* Also called by teardown(), so it copes with an orchestrator that was
+ * never started, half started, or already stopped. */
 static void orch_stop(struct orch *o)
 {
 	mig__transport_free(o->t);
 	o->t = NULL;
-	mig__evq_destroy(&o->q, mig__tev_free_item);
+	if (o->q_ready)
+		mig__evq_destroy(&o->q, mig__tev_free_item);
+	o->q_ready = false;
 }
 
 static void orch_drain(struct orch *o)
@@ -160,17 +178,41 @@ static bool got_up(void *arg)
 	return o->ups >= 1 && o->heartbeats >= 1;
 }
 
-static mig_engine *engine_new(const char *id, const char *orch_url, unsigned heartbeat_ms)
+/* Creates and starts an engine into *slot (a fixture slot), so teardown
+ * frees it even when starting it fails. */
+static mig_engine *engine_new(mig_engine **slot, const char *id, const char *orch_url,
+			      unsigned heartbeat_ms)
 {
 	mig_engine_options opt;
 	test_engine_options(&opt, id);
 	opt.orchestrator_url = orch_url;
 	opt.heartbeat_ms = heartbeat_ms;
 	opt.app_url = "tcp://127.0.0.1:9000";
-	mig_engine *e = NULL;
-	assert_int_equal(mig_engine_new(&e, &opt), 0);
-	assert_int_equal(mig_engine_start(e), 0);
-	return e;
+	assert_int_equal(mig_engine_new(slot, &opt), 0);
+	assert_int_equal(mig_engine_start(*slot), 0);
+	return *slot;
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	if (!f)
+		return -1;
+	*state = f;
+	return 0;
+}
+
+/* Engines first: they dial the orchestrator, not the other way round. */
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	for (size_t i = 0; i < sizeof(f->e) / sizeof(f->e[0]); i++) {
+		mig_engine_free(f->e[i]);
+		f->e[i] = NULL;
+	}
+	orch_stop(&f->o);
+	free(f);
+	return 0;
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -179,63 +221,59 @@ static mig_engine *engine_new(const char *id, const char *orch_url, unsigned hea
  * link is re-established and the sequence restarts. */
 static void test_announce_heartbeats_reconnect(void **state)
 {
-	(void)state;
-	struct orch o;
-	orch_start(&o, TEST_SECRET, 0);
-	char url[64];
-	snprintf(url, sizeof(url), "ws://127.0.0.1:%d", o.port);
-	mig_engine *e = engine_new("ann-1", url, 50);
+	struct fixture *f = *state;
+	struct orch *o = &f->o;
+	orch_start(o, TEST_SECRET, 0);
+	snprintf(f->url, sizeof(f->url), "ws://127.0.0.1:%d", o->port);
+	mig_engine *e = engine_new(&f->e[0], "ann-1", f->url, 50);
 	assert_int_equal(mig_user_add(e, "alice"), 0);
 	assert_int_equal(mig_user_add(e, "bob"), 0);
 
-	assert_true(test_dispatch_until(&e, 1, heartbeats_at_least_4, &o, 5000));
-	assert_int_equal(o.ups, 1);
-	assert_string_equal(o.peer_id, "ann-1");
-	assert_int_equal(o.announces, 1);
-	assert_string_equal(o.engine_id, "ann-1");
-	assert_string_equal(o.url, mig_engine_url(e));
-	assert_string_equal(o.app_url, "tcp://127.0.0.1:9000");
-	assert_string_equal(o.version, mig_version());
-	assert_int_equal(o.heartbeat_ms, 50);
-	assert_int_equal(o.users, 2);
-	assert_int_equal(o.bad_seq, 0);
-	assert_int_equal(o.before_announce, 0);
+	assert_true(test_dispatch_until(&e, 1, heartbeats_at_least_4, o, 5000));
+	assert_int_equal(o->ups, 1);
+	assert_string_equal(o->peer_id, "ann-1");
+	assert_int_equal(o->announces, 1);
+	assert_string_equal(o->engine_id, "ann-1");
+	assert_string_equal(o->url, mig_engine_url(e));
+	assert_string_equal(o->app_url, "tcp://127.0.0.1:9000");
+	assert_string_equal(o->version, mig_version());
+	assert_int_equal(o->heartbeat_ms, 50);
+	assert_int_equal(o->users, 2);
+	assert_int_equal(o->bad_seq, 0);
+	assert_int_equal(o->before_announce, 0);
 	/* Cadence: heartbeats 2..4 come an interval apart (never early; late
 	 * by at most a scheduling hiccup). */
 	for (int i = 2; i < 4; i++) {
-		uint64_t gap = o.hb_us[i] - o.hb_us[i - 1];
+		uint64_t gap = o->hb_us[i] - o->hb_us[i - 1];
 		if (gap < 35000 || gap > 400000)
 			fail_msg("heartbeat %d came %llu us after the previous one", i,
 				 (unsigned long long)gap);
 	}
 
 	assert_int_equal(mig_user_add(e, "carol"), 0);
-	assert_true(test_dispatch_until(&e, 1, users_are_3, &o, 2000));
+	assert_true(test_dispatch_until(&e, 1, users_are_3, o, 2000));
 
 	/* The orchestrator drops the link: the engine comes back by itself
 	 * (first retry after about 0.25 s) and starts the sequence again. */
-	mig__transport_close(o.t, o.conn, 1000, "test drops the link");
-	assert_true(test_dispatch_until(&e, 1, reconnected, &o, 5000));
-	assert_int_equal(o.announces, 2);
-	assert_int_equal(o.bad_seq, 0);
-	assert_int_equal(o.before_announce, 0);
+	mig__transport_close(o->t, o->conn, 1000, "test drops the link");
+	assert_true(test_dispatch_until(&e, 1, reconnected, o, 5000));
+	assert_int_equal(o->announces, 2);
+	assert_int_equal(o->bad_seq, 0);
+	assert_int_equal(o->before_announce, 0);
 
 	/* The orchestrator sends a frame: nothing is expected on this channel,
 	 * so the engine closes the link (and comes back as after any drop). */
 	Migwire__StatusRequest sr = MIGWIRE__STATUS_REQUEST__INIT;
-	mig__frame f = MIGWIRE__FRAME__INIT;
-	f.body_case = MIGWIRE__FRAME__BODY_STATUS_REQUEST;
-	f.status_request = &sr;
+	mig__frame frame = MIGWIRE__FRAME__INIT;
+	frame.body_case = MIGWIRE__FRAME__BODY_STATUS_REQUEST;
+	frame.status_request = &sr;
 	mig__msg *m = NULL;
-	assert_int_equal(mig__wire_encode(&f, 0, &m), 0);
-	int downs = o.downs;
-	mig__transport_send(o.t, o.conn, m);
-	assert_true(test_dispatch_until(&e, 1, down_and_up_again, &o, 5000));
-	assert_true(o.downs > downs);
-	assert_int_equal(o.announces, 3);
-
-	mig_engine_free(e);
-	orch_stop(&o);
+	assert_int_equal(mig__wire_encode(&frame, 0, &m), 0);
+	int downs = o->downs;
+	mig__transport_send(o->t, o->conn, m);
+	assert_true(test_dispatch_until(&e, 1, down_and_up_again, o, 5000));
+	assert_true(o->downs > downs);
+	assert_int_equal(o->announces, 3);
 }
 
 struct two {
@@ -254,14 +292,15 @@ static bool moved(void *arg)
  * that address the engines announce themselves. */
 static void test_orchestrator_down(void **state)
 {
-	(void)state;
-	struct orch o;
-	orch_start(&o, TEST_SECRET, 0); /* to learn a free port */
-	int port = o.port;
-	orch_stop(&o);
-	char url[64];
-	snprintf(url, sizeof(url), "ws://127.0.0.1:%d", port);
-	mig_engine *e[2] = {engine_new("down-a", url, 50), engine_new("down-b", url, 50)};
+	struct fixture *f = *state;
+	struct orch *o = &f->o;
+	orch_start(o, TEST_SECRET, 0); /* to learn a free port */
+	int port = o->port;
+	orch_stop(o);
+	snprintf(f->url, sizeof(f->url), "ws://127.0.0.1:%d", port);
+	mig_engine **e = f->e;
+	engine_new(&e[0], "down-a", f->url, 50);
+	engine_new(&e[1], "down-b", f->url, 50);
 	assert_int_equal(mig_user_add(e[0], "dora"), 0);
 
 	uint64_t worst = 0, end = mono_us() + 700000;
@@ -284,8 +323,8 @@ static void test_orchestrator_down(void **state)
 	struct two t = {e[0], e[1]};
 	assert_true(test_dispatch_until(e, 2, moved, &t, 10000));
 
-	orch_start(&o, TEST_SECRET, port);
-	assert_true(test_dispatch_until(e, 2, got_up, &o, 15000));
+	orch_start(o, TEST_SECRET, port);
+	assert_true(test_dispatch_until(e, 2, got_up, o, 15000));
 	/* Both get in (the backoff is at most 10 s) and announce themselves;
 	 * a link is up at the orchestrator a moment before its Announce
 	 * arrives, so wait for both. */
@@ -293,15 +332,11 @@ static void test_orchestrator_down(void **state)
 	uint64_t deadline = mono_us() + 15000000;
 	while (!both && mono_us() < deadline) {
 		test_dispatch_for(e, 2, 50);
-		orch_drain(&o);
-		both = o.ups >= 2 && o.announces >= 2;
+		orch_drain(o);
+		both = o->ups >= 2 && o->announces >= 2;
 	}
-	assert_true(o.ups >= 2);
-	assert_true(o.announces >= 2); /* (seq is per connection: checked in test 1) */
-
-	mig_engine_free(e[0]);
-	mig_engine_free(e[1]);
-	orch_stop(&o);
+	assert_true(o->ups >= 2);
+	assert_true(o->announces >= 2); /* (seq is per connection: checked in test 1) */
 }
 
 static void record_refusal(mig_engine *e, mig_log_level level, const char *line, void *arg)
@@ -321,36 +356,32 @@ static bool refused_twice(void *arg)
  * says why, keeps retrying, and keeps working. */
 static void test_wrong_secret(void **state)
 {
-	(void)state;
-	struct orch o;
-	orch_start(&o, OTHER_SECRET, 0);
-	char url[64];
-	snprintf(url, sizeof(url), "ws://127.0.0.1:%d", o.port);
+	struct fixture *f = *state;
+	struct orch *o = &f->o;
+	orch_start(o, OTHER_SECRET, 0);
+	snprintf(f->url, sizeof(f->url), "ws://127.0.0.1:%d", o->port);
 	mig_engine_options opt;
 	test_engine_options(&opt, "stranger");
-	opt.orchestrator_url = url;
+	opt.orchestrator_url = f->url;
 	opt.heartbeat_ms = 50;
-	int refusals = 0;
 	opt.on_log = record_refusal;
 	opt.log_level = MIG_LOG_DEBUG;
-	opt.user_data = &refusals;
-	mig_engine *e = NULL;
-	assert_int_equal(mig_engine_new(&e, &opt), 0);
+	opt.user_data = &f->refusals;
+	assert_int_equal(mig_engine_new(&f->e[0], &opt), 0);
+	mig_engine *e = f->e[0];
 	assert_int_equal(mig_engine_start(e), 0);
-	assert_true(test_dispatch_until(&e, 1, refused_twice, &refusals, 5000));
-	orch_drain(&o);
-	assert_int_equal(o.ups, 0);
-	assert_int_equal(o.announces, 0);
-	assert_int_equal(o.heartbeats, 0);
+	assert_true(test_dispatch_until(&e, 1, refused_twice, &f->refusals, 5000));
+	orch_drain(o);
+	assert_int_equal(o->ups, 0);
+	assert_int_equal(o->announces, 0);
+	assert_int_equal(o->heartbeats, 0);
 	assert_int_equal(mig_user_add(e, "erin"), 0);
 	assert_int_equal(mig_user_get_state(e, "erin"), MIG_USER_ACTIVE);
-	mig_engine_free(e);
-	orch_stop(&o);
 }
 
 static void test_bad_options(void **state)
 {
-	(void)state;
+	struct fixture *f = *state;
 	static const struct {
 		const char *url;
 		unsigned heartbeat_ms;
@@ -367,27 +398,29 @@ static void test_bad_options(void **state)
 		opt.orchestrator_url = bad[i].url;
 		opt.heartbeat_ms = bad[i].heartbeat_ms;
 		mig_engine *e = (mig_engine *)&opt; /* must be reset to NULL */
-		assert_int_equal(mig_engine_new(&e, &opt), MIG_EINVAL);
+		int rc = mig_engine_new(&e, &opt);
+		if (rc == 0)
+			f->e[0] = e; /* wrongly accepted: teardown frees it */
+		assert_int_equal(rc, MIG_EINVAL);
 		assert_null(e);
 	}
 	/* Empty means none. */
 	mig_engine_options opt;
 	test_engine_options(&opt, "none");
 	opt.orchestrator_url = "";
-	mig_engine *e = NULL;
-	assert_int_equal(mig_engine_new(&e, &opt), 0);
-	assert_int_equal(mig_engine_start(e), 0);
-	test_dispatch_for(&e, 1, 50);
-	mig_engine_free(e);
+	assert_int_equal(mig_engine_new(&f->e[0], &opt), 0);
+	assert_int_equal(mig_engine_start(f->e[0]), 0);
+	test_dispatch_for(f->e, 1, 50);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_announce_heartbeats_reconnect),
-		cmocka_unit_test(test_orchestrator_down),
-		cmocka_unit_test(test_wrong_secret),
-		cmocka_unit_test(test_bad_options),
+		cmocka_unit_test_setup_teardown(test_announce_heartbeats_reconnect, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_orchestrator_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_wrong_secret, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
