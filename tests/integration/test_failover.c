@@ -35,10 +35,10 @@
 #include "migrate/client.h"
 #include "migrate/control.h"
 #include "migrate/replicate.h"
+#include "replog.h"
 #include "support.h"
 
 #define NUSERS 4
-#define MAX_EV 512
 #define BLOB_MAX 4096
 
 struct fuser {
@@ -51,24 +51,13 @@ struct fuser {
 	int incoming, activated, released, dropped, merges, paused_n;
 };
 
-struct rev {
-	mig_replica_event_type type;
-	char user[64];
-	uint64_t epoch, seq, bytes, lag;
-	int error;
-	char reason[256];
-};
-
 struct fapp {
 	const char *name;
 	pthread_mutex_t lock;
 	struct fuser users[NUSERS];
 	int violations;
 	char violation[256];
-	struct rev ev[MAX_EV];
-	int nev;
-	char logs[64][256];
-	int nlogs;
+	struct replog log;
 	int fail_merge;
 	/* Child process: the pipe the events are reported on (-1: none). */
 	int report_fd;
@@ -240,18 +229,8 @@ static void on_drop(mig_engine *e, const char *user, void *ud)
 static void on_replica(mig_engine *e, const mig_replica_event *ev, void *ud)
 {
 	struct fapp *a = ud;
+	replog_on_replica(e, ev, &a->log);
 	pthread_mutex_lock(&a->lock);
-	if (a->nev < MAX_EV) {
-		struct rev *r = &a->ev[a->nev++];
-		r->type = ev->type;
-		snprintf(r->user, sizeof(r->user), "%s", ev->user);
-		r->epoch = ev->epoch;
-		r->seq = ev->seq;
-		r->bytes = ev->bytes;
-		r->lag = ev->lag_us;
-		r->error = ev->error;
-		snprintf(r->reason, sizeof(r->reason), "%s", ev->reason);
-	}
 	/* One update is in flight at a time and nothing is extracted
 	 * meanwhile: at an ACK, the last extraction is the acknowledged one. */
 	uint64_t step = 0;
@@ -272,23 +251,13 @@ static void on_replica(mig_engine *e, const mig_replica_event *ev, void *ud)
 	}
 }
 
-static void on_log(mig_engine *e, mig_log_level level, const char *line, void *ud)
-{
-	(void)e;
-	(void)level;
-	struct fapp *a = ud;
-	pthread_mutex_lock(&a->lock);
-	if (a->nlogs < 64)
-		snprintf(a->logs[a->nlogs++], 256, "%s", line);
-	pthread_mutex_unlock(&a->lock);
-}
-
 static void fapp_init(struct fapp *a, const char *name)
 {
 	memset(a, 0, sizeof(*a));
 	a->name = name;
 	a->report_fd = -1;
 	pthread_mutex_init(&a->lock, NULL);
+	replog_init(&a->log);
 	for (int i = 0; i < NUSERS; i++)
 		snprintf(a->users[i].id, sizeof(a->users[i].id), "user-%d", i);
 }
@@ -296,12 +265,9 @@ static void fapp_init(struct fapp *a, const char *name)
 static mig_engine *fapp_engine(struct fapp *a, const char *id, int port)
 {
 	mig_engine_options o;
-	test_engine_options(&o, id);
+	replog_engine_options(&o, id, &a->log);
 	o.listen_port = port;
 	o.peer_timeout_ms = 1000;
-	o.on_log = on_log;
-	o.log_level = MIG_LOG_WARN;
-	o.user_data = a;
 	mig_engine *e = NULL;
 	assert_int_equal(mig_engine_new(&e, &o), 0);
 	mig_light_domain d0 = {"progress", "test.Progress", 1, extract_progress, merge_progress};
@@ -338,39 +304,6 @@ static void fapp_step(struct fapp *a, int i)
 		u->bloblen += 64;
 	}
 	pthread_mutex_unlock(&a->lock);
-}
-
-static int count_ev(struct fapp *a, mig_replica_event_type t, struct rev *last)
-{
-	pthread_mutex_lock(&a->lock);
-	int n = 0;
-	for (int i = 0; i < a->nev; i++)
-		if (a->ev[i].type == t) {
-			n++;
-			if (last)
-				*last = a->ev[i];
-		}
-	pthread_mutex_unlock(&a->lock);
-	return n;
-}
-
-struct evwait {
-	struct fapp *a;
-	mig_replica_event_type type;
-	int n;
-};
-
-static bool ev_reached(void *arg)
-{
-	struct evwait *w = arg;
-	return count_ev(w->a, w->type, NULL) >= w->n;
-}
-
-static bool wait_ev(mig_engine **es, size_t n, struct fapp *a, mig_replica_event_type t, int count,
-		    int ms)
-{
-	struct evwait w = {a, t, count};
-	return test_dispatch_until(es, n, ev_reached, &w, ms);
 }
 
 static void check_no_violations(struct fapp *a)
@@ -420,15 +353,15 @@ static void test_replicate_and_promote(void **state)
 	mig_replicate_options o = {.interval_ms = 400};
 	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
 	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), MIG_EEXIST);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
-	assert_true(wait_ev(both, 2, &sa, MIG_REPLICA_INSTALLED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 1, 5000));
+	assert_true(replog_wait(both, 2, &sa.log, MIG_REPLICA_INSTALLED, 1, 5000));
 
 	/* Steps, each pushed at once by mig_replicate_now (well inside the
 	 * 400 ms interval). */
 	for (int k = 1; k <= 5; k++) {
 		fapp_step(&pa, 0);
 		assert_int_equal(mig_replicate_now(p, user), 0);
-		assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1 + k, 300));
+		assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 1 + k, 300));
 	}
 	mig_replica_info pi, si;
 	assert_int_equal(mig_replica_info_get(p, user, &pi), 0);
@@ -475,7 +408,7 @@ static void test_replicate_and_promote(void **state)
 	assert_int_equal(sa.users[0].incoming, 1);
 	assert_int_equal(sa.users[0].activated, 1);
 	struct rev r;
-	assert_int_equal(count_ev(&sa, MIG_REPLICA_PROMOTED, &r), 1);
+	assert_int_equal(replog_count(&sa.log, MIG_REPLICA_PROMOTED, &r), 1);
 	assert_int_equal(r.epoch, 2);
 	assert_int_equal(mig_replica_promote(s, user), MIG_ENOUSER);
 	check_no_violations(&pa);
@@ -499,13 +432,13 @@ static void test_old_primary_superseded(void **state)
 	const char *user = pa.users[1].id;
 	mig_replicate_options o = {.interval_ms = 50};
 	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 1, 5000));
 	fapp_step(&pa, 1);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 2, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 2, 5000));
 
 	/* Frozen primary: only the standby runs. */
 	assert_int_equal(mig_replica_promote(s, user), 0);
-	assert_true(wait_ev(&s, 1, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	assert_true(replog_wait(&s, 1, &sa.log, MIG_REPLICA_PROMOTED, 1, 5000));
 	assert_int_equal(mig_user_get_state(s, user), MIG_USER_ACTIVE);
 	assert_int_equal(mig_user_epoch(s, user), 2);
 	uint64_t promoted_step = sa.users[1].step;
@@ -514,15 +447,15 @@ static void test_old_primary_superseded(void **state)
 
 	/* It comes back and goes on working: its update is refused. */
 	fapp_step(&pa, 1);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_SUPERSEDED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_SUPERSEDED, 1, 5000));
 	struct rev r;
-	assert_int_equal(count_ev(&pa, MIG_REPLICA_SUPERSEDED, &r), 1);
+	assert_int_equal(replog_count(&pa.log, MIG_REPLICA_SUPERSEDED, &r), 1);
 	assert_int_equal(r.epoch, 2);
 	assert_int_equal(mig_user_get_state(p, user), MIG_USER_ABSENT);
 	assert_false(pa.users[1].present);
 	assert_int_equal(pa.users[1].released, 1);
 	assert_int_equal(mig_replica_info_get(p, user, &(mig_replica_info){0}), MIG_ENOUSER);
-	assert_true(count_ev(&sa, MIG_REPLICA_REJECTED, &r) >= 1);
+	assert_true(replog_count(&sa.log, MIG_REPLICA_REJECTED, &r) >= 1);
 	assert_non_null(strstr(r.reason, "superseded"));
 
 	/* Nothing more comes; the standby's user is untouched. */
@@ -536,7 +469,7 @@ static void test_old_primary_superseded(void **state)
 	/* The promoted user replicates onward at its new epoch (back to the
 	 * old primary, now a standby). */
 	assert_int_equal(mig_replicate(s, user, mig_engine_url(p), &o), 0);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_INSTALLED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_INSTALLED, 1, 5000));
 	mig_replica_info pi;
 	assert_int_equal(mig_replica_info_get(p, user, &pi), 0);
 	assert_int_equal(pi.epoch, 2);
@@ -566,15 +499,15 @@ static void test_auto_promote(void **state)
 	fapp_step(&pa, 2);
 	mig_replicate_options o = {.interval_ms = 50};
 	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 1, 5000));
 	/* Unchanged state: keepalives keep the standby from promoting. */
 	test_dispatch_for(both, 2, 1000);
-	assert_int_equal(count_ev(&sa, MIG_REPLICA_PROMOTED, NULL), 0);
+	assert_int_equal(replog_count(&sa.log, MIG_REPLICA_PROMOTED, NULL), 0);
 	assert_int_equal(mig_user_get_state(s, user), MIG_USER_ABSENT);
 	mig_engine_free(p);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	assert_true(wait_ev(&s, 1, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	assert_true(replog_wait(&s, 1, &sa.log, MIG_REPLICA_PROMOTED, 1, 5000));
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
 	print_message("# auto-promotion %ld ms after the primary was freed (threshold 400 ms)\n",
@@ -607,14 +540,14 @@ static void test_auto_promote_frozen(void **state)
 	fapp_step(&pa, 3);
 	mig_replicate_options o = {.interval_ms = 50};
 	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 1, 5000));
 	test_dispatch_for(both, 2, 600); /* keepalives hold it off */
-	assert_int_equal(count_ev(&sa, MIG_REPLICA_PROMOTED, NULL), 0);
+	assert_int_equal(replog_count(&sa.log, MIG_REPLICA_PROMOTED, NULL), 0);
 
 	/* Frozen: only the standby is dispatched. */
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	assert_true(wait_ev(&s, 1, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	assert_true(replog_wait(&s, 1, &sa.log, MIG_REPLICA_PROMOTED, 1, 5000));
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
 	print_message("# auto-promotion %ld ms after the primary froze, its link up "
@@ -625,7 +558,7 @@ static void test_auto_promote_frozen(void **state)
 	assert_int_equal(sa.users[3].step, 1);
 
 	/* It thaws: superseded, and the user is only on the standby. */
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_SUPERSEDED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_SUPERSEDED, 1, 5000));
 	assert_int_equal(mig_user_get_state(p, user), MIG_USER_ABSENT);
 	assert_int_equal(mig_user_get_state(s, user), MIG_USER_ACTIVE);
 	check_no_violations(&pa);
@@ -682,26 +615,16 @@ static struct rev verdict(mig_engine **es, struct fapp *sa, int before)
 	memset(&r, 0, sizeof(r));
 	for (int t = 0; t < 500; t++) {
 		test_dispatch_for(es, 3, 10);
-		pthread_mutex_lock(&sa->lock);
-		int n = sa->nev;
+		pthread_mutex_lock(&sa->log.lock);
+		int n = sa->log.nev;
 		if (n > before)
-			r = sa->ev[n - 1];
-		pthread_mutex_unlock(&sa->lock);
+			r = sa->log.ev[n - 1];
+		pthread_mutex_unlock(&sa->log.lock);
 		if (n > before)
 			return r;
 	}
 	fail_msg("no verdict from the standby");
 	return r;
-}
-
-static bool logged(struct fapp *a, const char *needle)
-{
-	pthread_mutex_lock(&a->lock);
-	bool found = false;
-	for (int i = 0; i < a->nlogs && !found; i++)
-		found = strstr(a->logs[i], needle) != NULL;
-	pthread_mutex_unlock(&a->lock);
-	return found;
 }
 
 static void test_bad_updates(void **state)
@@ -721,14 +644,14 @@ static void test_bad_updates(void **state)
 	int n;
 
 	/* A good update: installed at epoch 3 seq 5. */
-	n = sa.nev;
+	n = sa.log.nev;
 	send_update(&sx, user, 3, 5, false, "progress", 1, "AAAAAAAA");
 	r = verdict(all, &sa, n);
 	assert_int_equal(r.type, MIG_REPLICA_INSTALLED);
 
 #define REFUSED(call, code, needle)                                     \
 	do {                                                            \
-		n = sa.nev;                                             \
+		n = sa.log.nev;                                         \
 		call;                                                   \
 		r = verdict(all, &sa, n);                               \
 		assert_int_equal(r.type, MIG_REPLICA_REJECTED);         \
@@ -760,7 +683,7 @@ static void test_bad_updates(void **state)
 	 * installed. Epoch 0 passes the encoder but not the standby's check. */
 	send_update(&sx, user, 0, 7, false, "progress", 1, "GGGGGGGG");
 	test_dispatch_for(all, 3, 200);
-	assert_true(logged(&sa, "epoch and seq start at 1"));
+	assert_true(replog_logged(&sa.log, "epoch and seq start at 1"));
 	/* A keepalive with light state is a protocol error. */
 	{
 		Migwire__DomainData dd = MIGWIRE__DOMAIN_DATA__INIT;
@@ -784,7 +707,7 @@ static void test_bad_updates(void **state)
 		pthread_mutex_unlock(&x->lock);
 	}
 	test_dispatch_for(all, 3, 200);
-	assert_true(logged(&sa, "a keepalive carries no light state"));
+	assert_true(replog_logged(&sa.log, "a keepalive carries no light state"));
 	/* Bytes that are no frame at all. */
 	{
 		pthread_mutex_lock(&x->lock);
@@ -809,7 +732,7 @@ static void test_bad_updates(void **state)
 	assert_int_equal(si.epoch, 3);
 	assert_int_equal(si.updates, 1);
 	assert_int_equal(mig_replica_promote(s, user), 0);
-	assert_true(wait_ev(all, 3, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	assert_true(replog_wait(all, 3, &sa.log, MIG_REPLICA_PROMOTED, 1, 5000));
 	assert_int_equal(mig_user_epoch(s, user), 4);
 	assert_int_equal(sa.users[2].step, 0x4141414141414141ull);
 	assert_int_equal(sa.users[2].bloblen, 4);
@@ -818,7 +741,7 @@ static void test_bad_updates(void **state)
 	assert_int_equal(mig_replica_promote(s, "user-3"), MIG_ENOUSER);
 	assert_int_equal(mig_replica_promote(s, user), MIG_ENOUSER);
 	/* The old primary is now told it is superseded (epoch 3 < 4). */
-	n = sa.nev;
+	n = sa.log.nev;
 	send_update(&sx, user, 3, 10, false, "progress", 1, "HHHHHHHH");
 	r = verdict(all, &sa, n);
 	assert_int_equal(r.type, MIG_REPLICA_REJECTED);
@@ -845,7 +768,7 @@ static void test_promote_merge_fails(void **state)
 	fapp_step(&pa, 0);
 	mig_replicate_options o = {.interval_ms = 50};
 	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 1, 5000));
 	sa.fail_merge = 1;
 	test_runner *run = test_runner_start(s);
 	mig_ctl *c = ctl_for(s);
@@ -860,9 +783,9 @@ static void test_promote_merge_fails(void **state)
 	assert_true(si.standby);
 	sa.fail_merge = 0;
 	assert_int_equal(mig_replica_promote(s, user), 0);
-	assert_true(wait_ev(both, 2, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	assert_true(replog_wait(both, 2, &sa.log, MIG_REPLICA_PROMOTED, 1, 5000));
 	assert_int_equal(sa.users[0].step, 1);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_SUPERSEDED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_SUPERSEDED, 1, 5000));
 	assert_int_equal(mig_user_get_state(p, user), MIG_USER_ABSENT);
 	check_no_violations(&pa);
 	check_no_violations(&sa);
@@ -910,7 +833,7 @@ static void child_primary(int fd, const char *standby_url, unsigned step_ms, uns
 	bool tokens_sent = false;
 	for (;;) {
 		uint64_t now = wall_us();
-		if (!tokens_sent && count_ev(&pa, MIG_REPLICA_ACKED, NULL) > 0) {
+		if (!tokens_sent && replog_count(&pa.log, MIG_REPLICA_ACKED, NULL) > 0) {
 			/* What the app hands its client: the engine's URL, a
 			 * session token, and a failover token for the standby. */
 			char tok[MIG_SESSION_TOKEN_MAX], ftok[MIG_SESSION_TOKEN_MAX];
@@ -1147,7 +1070,7 @@ static void test_sigstop_primary(void **state)
 	assert_int_equal(kill(pid, SIGSTOP), 0);
 	test_dispatch_for(&s, 1, 100);
 	assert_int_equal(mig_replica_promote(s, "user-0"), 0);
-	assert_true(wait_ev(&s, 1, &sa, MIG_REPLICA_PROMOTED, 1, 5000));
+	assert_true(replog_wait(&s, 1, &sa.log, MIG_REPLICA_PROMOTED, 1, 5000));
 	uint64_t step = sa.users[0].step;
 	assert_int_equal(kill(pid, SIGCONT), 0);
 	/* The old primary learns on its next update. */
@@ -1171,7 +1094,7 @@ static void test_sigstop_primary(void **state)
 	assert_int_equal(mig_user_get_state(s, "user-0"), MIG_USER_ACTIVE);
 	assert_int_equal(sa.users[0].step, step);
 	struct rev r;
-	assert_true(count_ev(&sa, MIG_REPLICA_REJECTED, &r) >= 1);
+	assert_true(replog_count(&sa.log, MIG_REPLICA_REJECTED, &r) >= 1);
 	assert_non_null(strstr(r.reason, "superseded"));
 	check_no_violations(&sa);
 	mig_engine_free(s);
@@ -1225,7 +1148,7 @@ static void test_client_failover(void **state)
 	assert_int_equal(mig_replica_failover_token(p, user, ftok, sizeof(ftok)), MIG_ENOUSER);
 	mig_replicate_options o = {.interval_ms = 50};
 	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
-	assert_true(wait_ev(both, 2, &pa, MIG_REPLICA_ACKED, 1, 5000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, 1, 5000));
 	assert_int_equal(mig_replica_failover_token(p, user, ftok, 10), MIG_EINVAL);
 	assert_int_equal(mig_replica_failover_token(p, user, ftok, sizeof(ftok)), 0);
 	assert_int_equal(mig_session_token(p, user, tok, sizeof(tok)), 0);

@@ -30,18 +30,11 @@
 #include "engine_int.h"
 #include "migrate/control.h"
 #include "migrate/replicate.h"
+#include "replog.h"
 #include "support.h"
 
 #define USER "user-0"
 #define REPLICA_DIR ".mig-replica" /* the standby's replica area (docs/FAILOVER.md) */
-#define MAX_EV 128
-
-struct rev {
-	mig_replica_event_type type;
-	uint64_t seq, bytes;
-	int error;
-	char reason[256];
-};
 
 struct app {
 	const char *name;
@@ -53,10 +46,7 @@ struct app {
 	bool present, active;
 	int incoming, activated, merges, drops;
 	bool folder_at_merge; /* ROOT/<user> existed when merge ran */
-	struct rev ev[MAX_EV];
-	int nev;
-	char logs[32][256];
-	int nlogs;
+	struct replog log;
 };
 
 /* ---------------------------------------------------------------- app */
@@ -127,84 +117,12 @@ static void on_drop(mig_engine *e, const char *user, void *ud)
 	pthread_mutex_unlock(&a->lock);
 }
 
-static void on_replica(mig_engine *e, const mig_replica_event *ev, void *ud)
-{
-	(void)e;
-	struct app *a = ud;
-	pthread_mutex_lock(&a->lock);
-	if (a->nev < MAX_EV) {
-		struct rev *r = &a->ev[a->nev++];
-		r->type = ev->type;
-		r->seq = ev->seq;
-		r->bytes = ev->bytes;
-		r->error = ev->error;
-		snprintf(r->reason, sizeof(r->reason), "%s", ev->reason);
-	}
-	pthread_mutex_unlock(&a->lock);
-}
-
-static void on_log(mig_engine *e, mig_log_level level, const char *line, void *ud)
-{
-	(void)e;
-	(void)level;
-	struct app *a = ud;
-	pthread_mutex_lock(&a->lock);
-	if (a->nlogs < 32)
-		snprintf(a->logs[a->nlogs++], sizeof(a->logs[0]), "%s", line);
-	pthread_mutex_unlock(&a->lock);
-}
-
-static bool logged(void *arg)
-{
-	void **v = arg;
-	struct app *a = v[0];
-	const char *needle = v[1];
-	pthread_mutex_lock(&a->lock);
-	bool found = false;
-	for (int i = 0; i < a->nlogs && !found; i++)
-		found = strstr(a->logs[i], needle) != NULL;
-	pthread_mutex_unlock(&a->lock);
-	return found;
-}
-
-static int count_ev(struct app *a, mig_replica_event_type t, struct rev *last)
-{
-	pthread_mutex_lock(&a->lock);
-	int n = 0;
-	for (int i = 0; i < a->nev; i++)
-		if (a->ev[i].type == t) {
-			n++;
-			if (last)
-				*last = a->ev[i];
-		}
-	pthread_mutex_unlock(&a->lock);
-	return n;
-}
-
-struct evwait {
-	struct app *a;
-	mig_replica_event_type type;
-	int n;
-};
-
-static bool ev_reached(void *arg)
-{
-	struct evwait *w = arg;
-	return count_ev(w->a, w->type, NULL) >= w->n;
-}
-
-static bool wait_ev(mig_engine **es, size_t n, struct app *a, mig_replica_event_type t, int count,
-		    int ms)
-{
-	struct evwait w = {a, t, count};
-	return test_dispatch_until(es, n, ev_reached, &w, ms);
-}
-
 static void app_init(struct app *a, const char *name)
 {
 	memset(a, 0, sizeof(*a));
 	a->name = name;
 	pthread_mutex_init(&a->lock, NULL);
+	replog_init(&a->log);
 	const char *tmp = getenv("TMPDIR");
 	snprintf(a->root, sizeof(a->root), "%s/migfo-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", name);
 	assert_non_null(mkdtemp(a->root));
@@ -222,16 +140,14 @@ static void app_free(struct app *a)
 {
 	nftw(a->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	pthread_mutex_destroy(&a->lock);
+	replog_destroy(&a->log);
 }
 
 static mig_engine *app_engine(struct app *a, const char *id)
 {
 	mig_engine_options o;
-	test_engine_options(&o, id);
+	replog_engine_options(&o, id, &a->log);
 	o.peer_timeout_ms = 5000;
-	o.user_data = a;
-	o.on_log = on_log;
-	o.log_level = MIG_LOG_WARN;
 	o.max_frame_bytes = a->max_frame;
 	mig_engine *e = NULL;
 	assert_int_equal(mig_engine_new(&e, &o), 0);
@@ -243,7 +159,7 @@ static mig_engine *app_engine(struct app *a, const char *id)
 	mig_hooks h = {.incoming = on_incoming, .activate = on_activate, .drop = on_drop};
 	assert_int_equal(mig_engine_set_hooks(e, &h, a), 0);
 	assert_int_equal(mig_engine_start(e), 0);
-	assert_int_equal(mig_replica_set_handler(e, on_replica, a), 0);
+	assert_int_equal(mig_replica_set_handler(e, replog_on_replica, &a->log), 0);
 	return e;
 }
 
@@ -408,10 +324,10 @@ static void make_folder(struct app *a, int n, size_t size)
 static struct rev push(mig_engine **es, struct app *pa, mig_engine *p, int n)
 {
 	assert_int_equal(mig_replicate_now(p, USER), 0);
-	if (!wait_ev(es, 2, pa, MIG_REPLICA_ACKED, n, 15000))
+	if (!replog_wait(es, 2, &pa->log, MIG_REPLICA_ACKED, n, 15000))
 		fail_msg("update %d was not acknowledged", n);
 	struct rev r = {0};
-	count_ev(pa, MIG_REPLICA_ACKED, &r);
+	replog_count(&pa->log, MIG_REPLICA_ACKED, &r);
 	return r;
 }
 
@@ -440,7 +356,7 @@ static void fixture_start_mode(struct fixture *f, int nfiles, size_t size, int a
 	assert_int_equal(mig_user_add(f->p, USER), 0);
 	mig_replicate_options o = {.interval_ms = 60000};
 	assert_int_equal(mig_replicate(f->p, USER, mig_engine_url(f->s), &o), 0);
-	if (!wait_ev(f->both, 2, &f->pa, MIG_REPLICA_ACKED, 1, 15000))
+	if (!replog_wait(f->both, 2, &f->pa.log, MIG_REPLICA_ACKED, 1, 15000))
 		fail_msg("the first update was not acknowledged");
 }
 
@@ -456,7 +372,7 @@ static void kill_and_promote(struct fixture *f)
 	f->p = NULL;
 	assert_int_equal(mig_replica_promote(f->s, USER), 0);
 	mig_engine *s1[] = {f->s};
-	assert_true(wait_ev(s1, 1, &f->sa, MIG_REPLICA_PROMOTED, 1, 10000));
+	assert_true(replog_wait(s1, 1, &f->sa.log, MIG_REPLICA_PROMOTED, 1, 10000));
 	assert_int_equal(mig_user_get_state(f->s, USER), MIG_USER_ACTIVE);
 	assert_int_equal(mig_user_epoch(f->s, USER), 2);
 	assert_int_equal(f->sa.activated, 1);
@@ -485,7 +401,7 @@ static void test_incremental(void **state)
 	struct fixture f;
 	fixture_start(&f, 16, 256 * 1024); /* 4 MiB */
 	struct rev r1 = {0};
-	count_ev(&f.pa, MIG_REPLICA_ACKED, &r1);
+	replog_count(&f.pa.log, MIG_REPLICA_ACKED, &r1);
 	struct tree t1;
 	tree_read(&t1, f.pa.root, USER);
 	tree_check(&t1, f.sa.root, REPLICA_DIR "/" USER);
@@ -513,11 +429,11 @@ static void test_incremental(void **state)
 
 	/* Nothing changed: a keepalive, no new update. */
 	struct rev k;
-	int acks = count_ev(&f.pa, MIG_REPLICA_ACKED, NULL);
+	int acks = replog_count(&f.pa.log, MIG_REPLICA_ACKED, NULL);
 	assert_int_equal(mig_replicate_now(f.p, USER), 0);
 	test_dispatch_for(f.both, 2, 300);
-	assert_int_equal(count_ev(&f.pa, MIG_REPLICA_ACKED, NULL), acks);
-	assert_int_equal(count_ev(&f.sa, MIG_REPLICA_INSTALLED, &k), 2);
+	assert_int_equal(replog_count(&f.pa.log, MIG_REPLICA_ACKED, NULL), acks);
+	assert_int_equal(replog_count(&f.sa.log, MIG_REPLICA_INSTALLED, &k), 2);
 	tree_free(&t1);
 	tree_free(&t2);
 	fixture_end(&f);
@@ -567,12 +483,12 @@ static void test_torn_update(void **state)
 	write_file(f.pa.root, "big.bin", 2 * 1024 * 1024, 11); /* 8 pieces */
 	patch_file(f.pa.root, "f00.bin", 0, 4096, 12);
 	set_step(&f.pa, 2);
-	int refused = count_ev(&f.pa, MIG_REPLICA_REFUSED, NULL);
+	int refused = replog_count(&f.pa.log, MIG_REPLICA_REFUSED, NULL);
 	mig__engine_set_fault(f.p, MIG__FAULT_FILE_TRUNCATE, MIG__FAULT_DROP_BEFORE, 1);
 	assert_int_equal(mig_replicate_now(f.p, USER), 0);
-	assert_true(wait_ev(f.both, 2, &f.pa, MIG_REPLICA_REFUSED, refused + 1, 10000));
+	assert_true(replog_wait(f.both, 2, &f.pa.log, MIG_REPLICA_REFUSED, refused + 1, 10000));
 	test_dispatch_for(f.both, 2, 300); /* whatever arrived is handled */
-	assert_int_equal(count_ev(&f.sa, MIG_REPLICA_INSTALLED, NULL), 1);
+	assert_int_equal(replog_count(&f.sa.log, MIG_REPLICA_INSTALLED, NULL), 1);
 	/* The first piece of big.bin did arrive: staged aside, not installed. */
 	struct tree staged;
 	tree_read(&staged, f.sa.root, REPLICA_DIR "/.mig-staging");
@@ -615,24 +531,24 @@ static void test_bad_files(void **state)
 		{MIG__FAULT_FILE_CORRUPT_CHUNK, "f00.bin"},
 	};
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-		int pr = count_ev(&f.pa, MIG_REPLICA_REFUSED, NULL);
-		int sr = count_ev(&f.sa, MIG_REPLICA_REJECTED, NULL);
+		int pr = replog_count(&f.pa.log, MIG_REPLICA_REFUSED, NULL);
+		int sr = replog_count(&f.sa.log, MIG_REPLICA_REJECTED, NULL);
 		mig__engine_set_fault(f.p, cases[c].fault, MIG__FAULT_DROP_BEFORE, 1);
 		assert_int_equal(mig_replicate_now(f.p, USER), 0);
-		assert_true(wait_ev(f.both, 2, &f.sa, MIG_REPLICA_REJECTED, sr + 1, 10000));
-		assert_true(wait_ev(f.both, 2, &f.pa, MIG_REPLICA_REFUSED, pr + 1, 10000));
+		assert_true(replog_wait(f.both, 2, &f.sa.log, MIG_REPLICA_REJECTED, sr + 1, 10000));
+		assert_true(replog_wait(f.both, 2, &f.pa.log, MIG_REPLICA_REFUSED, pr + 1, 10000));
 		struct rev r = {0};
-		count_ev(&f.sa, MIG_REPLICA_REJECTED, &r);
+		replog_count(&f.sa.log, MIG_REPLICA_REJECTED, &r);
 		print_message("# refused: %s\n", r.reason);
 		if (!strstr(r.reason, cases[c].needle))
 			fail_msg("reason \"%s\" lacks \"%s\"", r.reason, cases[c].needle);
-		assert_int_equal(count_ev(&f.sa, MIG_REPLICA_INSTALLED, NULL), 1);
+		assert_int_equal(replog_count(&f.sa.log, MIG_REPLICA_INSTALLED, NULL), 1);
 		tree_check(&acked, f.sa.root, REPLICA_DIR "/" USER);
 		assert_false(exists(f.sa.root, "evil"));
 		assert_false(exists(f.sa.root, REPLICA_DIR "/evil"));
 	}
 	/* The link and the replica are fine: the next update goes in. */
-	int acks = count_ev(&f.pa, MIG_REPLICA_ACKED, NULL);
+	int acks = replog_count(&f.pa.log, MIG_REPLICA_ACKED, NULL);
 	push(f.both, &f.pa, f.p, acks + 1);
 	struct tree now;
 	tree_read(&now, f.pa.root, USER);
@@ -754,12 +670,11 @@ static void test_bad_frames(void **state)
 			rf.tail_from = 1;
 		}
 		/* Resent if it went out on the link the last one closed. */
-		void *arg[] = {&f.sa, (void *)needles[c]};
 		bool seen = false;
 		for (int t = 0; t < 5 && !seen; t++) {
 			test_dispatch_for(all, 3, 200);
 			send_raw(x, f.s, &fr);
-			seen = test_dispatch_until(all, 3, logged, arg, 1500);
+			seen = replog_wait_logged(all, 3, &f.sa.log, needles[c], 1500);
 		}
 		if (!seen)
 			fail_msg("the standby did not log \"%s\"", needles[c]);
@@ -773,21 +688,21 @@ static void test_bad_frames(void **state)
 	u.has_files = true;
 	fr.body_case = MIGWIRE__FRAME__BODY_REPLICA_UPDATE;
 	fr.replica_update = &u;
-	int rj = count_ev(&f.sa, MIG_REPLICA_REJECTED, NULL);
+	int rj = replog_count(&f.sa.log, MIG_REPLICA_REJECTED, NULL);
 	bool seen = false;
 	for (int t = 0; t < 5 && !seen; t++) {
 		test_dispatch_for(all, 3, 200);
 		send_raw(x, f.s, &fr);
-		seen = wait_ev(all, 3, &f.sa, MIG_REPLICA_REJECTED, rj + 1, 1500);
+		seen = replog_wait(all, 3, &f.sa.log, MIG_REPLICA_REJECTED, rj + 1, 1500);
 	}
 	assert_true(seen);
 	struct rev r = {0};
-	count_ev(&f.sa, MIG_REPLICA_REJECTED, &r);
+	replog_count(&f.sa.log, MIG_REPLICA_REJECTED, &r);
 	assert_int_equal(r.error, MIG_EINVAL);
 	assert_non_null(strstr(r.reason, "cannot name a folder"));
 
 	test_dispatch_for(all, 3, 200);
-	assert_int_equal(count_ev(&f.sa, MIG_REPLICA_INSTALLED, NULL), 1);
+	assert_int_equal(replog_count(&f.sa.log, MIG_REPLICA_INSTALLED, NULL), 1);
 	tree_check(&acked, f.sa.root, REPLICA_DIR "/" USER);
 	/* The real primary still gets through. */
 	set_step(&f.pa, 2);
@@ -808,7 +723,7 @@ static void test_update_budget(void **state)
 	(void)state;
 	struct fixture f;
 	fixture_start_mode(&f, 24, 64 * 1024, 0, 64 * 1024);
-	assert_true(wait_ev(f.both, 2, &f.pa, MIG_REPLICA_ACKED, 3, 15000));
+	assert_true(replog_wait(f.both, 2, &f.pa.log, MIG_REPLICA_ACKED, 3, 15000));
 	struct tree t;
 	tree_read(&t, f.pa.root, USER);
 	for (int i = 0; i < 20; i++) {
@@ -821,17 +736,18 @@ static void test_update_budget(void **state)
 		test_dispatch_for(f.both, 2, 100);
 	}
 	tree_check(&t, f.sa.root, REPLICA_DIR "/" USER);
-	pthread_mutex_lock(&f.pa.lock);
+	struct replog *l = &f.pa.log;
+	pthread_mutex_lock(&l->lock);
 	int acks = 0;
-	for (int i = 0; i < f.pa.nev; i++)
-		if (f.pa.ev[i].type == MIG_REPLICA_ACKED) {
+	for (int i = 0; i < l->nev; i++)
+		if (l->ev[i].type == MIG_REPLICA_ACKED) {
 			acks++;
 			print_message("# update %llu: %llu bytes\n",
-				      (unsigned long long)f.pa.ev[i].seq,
-				      (unsigned long long)f.pa.ev[i].bytes);
-			assert_true(f.pa.ev[i].bytes <= 8 * 64 * 1024 + 64 * 1024 + 4096);
+				      (unsigned long long)l->ev[i].seq,
+				      (unsigned long long)l->ev[i].bytes);
+			assert_true(l->ev[i].bytes <= 8 * 64 * 1024 + 64 * 1024 + 4096);
 		}
-	pthread_mutex_unlock(&f.pa.lock);
+	pthread_mutex_unlock(&l->lock);
 	assert_true(acks >= 3);
 	tree_free(&t);
 	fixture_end(&f);

@@ -37,10 +37,10 @@
 
 #include <migrate/control.h>
 
+#include "cloudlets.h"
 #include "procs.h"
 
 #define SECRET "sandwich-test-secret-0123456789abcdef"
-#define WAIT_MS 30000
 #define MAX_USERS 8
 
 static const char *const STEPS[] = {"bread", "ham", "lettuce", "half", "tomato", "full", "done"};
@@ -54,106 +54,15 @@ static bool exists(const char *path)
 	return lstat(path, &st) == 0;
 }
 
-/* Waits for `want` lines of `path` holding `a` (and `b`). */
-static void wait_lines(const char *path, const char *a, const char *b, int want)
-{
-	uint64_t end = test_now_ms() + WAIT_MS;
-	while (test_count_lines(path, a, b) < want) {
-		if (test_now_ms() > end)
-			fail_msg("no %d line(s) with \"%s\" \"%s\" in %s within %d ms", want, a,
-				 b ? b : "", path, WAIT_MS);
-		usleep(10000);
-	}
-}
-
 /* ---------------------------------------------------------------- fixture */
-
-struct cloudlet {
-	char name[8];
-	char dir[256], log[300], err[300];
-	char url[128], app[128];
-	pid_t pid;
-};
-
-struct fx {
-	char base[128], secret[300], clog[300], cerr[300];
-	struct cloudlet a, b;
-	pid_t client;
-};
-
-static void cloudlet_start(struct fx *f, struct cloudlet *c, const char *name)
-{
-	const char *exe = getenv("MIG_SANDWICH_SERVER");
-	if (!exe)
-		fail_msg("MIG_SANDWICH_SERVER is not set (run through meson test)");
-	snprintf(c->name, sizeof(c->name), "%s", name);
-	snprintf(c->dir, sizeof(c->dir), "%s/%s", f->base, name);
-	snprintf(c->log, sizeof(c->log), "%s/%s.log", f->base, name);
-	snprintf(c->err, sizeof(c->err), "%s/%s.err", f->base, name);
-	assert_int_equal(mkdir(c->dir, 0755), 0);
-	const char *argv[] = {exe,       "--id",    name,   "--secret-file",
-			      f->secret, "--state", c->dir, NULL};
-	c->pid = test_spawn(argv, c->log, c->err);
-	wait_lines(c->log, "app ", NULL, 1);
-	char *text = test_slurp(c->log, NULL);
-	assert_non_null(text);
-	assert_int_equal(sscanf(text, "url %127s\napp %127s", c->url, c->app), 2);
-	free(text);
-}
-
-/* SIGTERM: the server prints its "final" lines and must exit 0 (under the
- * sanitizers: no leak, no error). */
-static void cloudlet_stop(struct cloudlet *c)
-{
-	if (!c->pid)
-		return;
-	kill(c->pid, SIGTERM);
-	int status = test_reap(c->pid, 20000);
-	c->pid = 0;
-	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		test_dump(c->err);
-		fail_msg("cloudlet %s exited with status 0x%x", c->name, status);
-	}
-}
 
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
-	snprintf(f->base, sizeof(f->base), "/tmp/mig-sandwich-XXXXXX");
-	if (!mkdtemp(f->base))
-		return -1;
-	snprintf(f->secret, sizeof(f->secret), "%s/secret", f->base);
-	snprintf(f->clog, sizeof(f->clog), "%s/clients.log", f->base);
-	snprintf(f->cerr, sizeof(f->cerr), "%s/clients.err", f->base);
-	FILE *s = fopen(f->secret, "w");
-	if (!s)
-		return -1;
-	fputs(SECRET "\n", s);
-	fclose(s);
-	*state = f;
-	return 0;
+	return cloudlets_setup(state, "mig-sandwich", SECRET, false);
 }
 
-static int teardown(void **state)
-{
-	struct fx *f = *state;
-	if (f->client) {
-		kill(f->client, SIGKILL);
-		waitpid(f->client, NULL, 0);
-	}
-	struct cloudlet *cs[] = {&f->a, &f->b};
-	for (int i = 0; i < 2; i++)
-		if (cs[i]->pid) {
-			kill(cs[i]->pid, SIGKILL);
-			waitpid(cs[i]->pid, NULL, 0);
-		}
-	test_rm_rf(f->base);
-	free(f);
-	return 0;
-}
-
-static void client_start(struct fx *f, const char *users, const char *interval_ms, const char *hold,
-			 const char *image_bytes)
+static void client_start(struct cloudlets *f, const char *users, const char *interval_ms,
+			 const char *hold, const char *image_bytes)
 {
 	const char *exe = getenv("MIG_SANDWICH_CLIENT");
 	if (!exe)
@@ -165,29 +74,14 @@ static void client_start(struct fx *f, const char *users, const char *interval_m
 	f->client = test_spawn(argv, f->clog, f->cerr);
 }
 
-static void client_finish(struct fx *f)
-{
-	int status = test_reap(f->client, 150000);
-	f->client = 0;
-	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		test_dump(f->clog);
-		test_dump(f->cerr);
-		fail_msg("sandwich_client exited with status 0x%x", status);
-	}
-}
-
 /* Moves `user` from one cloudlet to the other through the control channel. */
-static void migrate(struct fx *f, const char *user, struct cloudlet *from, struct cloudlet *to)
+static void migrate(struct cloudlets *f, const char *user, struct cloudlet *from,
+		    struct cloudlet *to)
 {
-	mig_ctl_options o = {.url = from->url, .secret = SECRET, .secret_len = strlen(SECRET)};
-	mig_ctl *ctl = NULL;
-	char err[256] = "";
-	int rc = mig_ctl_new(&ctl, &o, err, sizeof(err));
-	if (rc)
-		fail_msg("control channel to %s: %s: %s", from->name, mig_err_name(rc), err);
+	mig_ctl *ctl = cloudlet_ctl(f, from);
 	mig_event final;
 	memset(&final, 0, sizeof(final));
-	rc = mig_ctl_migrate(ctl, user, to->url, 60000, NULL, NULL, &final);
+	int rc = mig_ctl_migrate(ctl, user, to->url, 60000, NULL, NULL, &final);
 	if (rc)
 		fail_msg("migrating %s %s->%s: %s: %s", user, from->name, to->name,
 			 mig_err_name(rc), mig_ctl_last_error(ctl));
@@ -205,62 +99,9 @@ static void migrate(struct fx *f, const char *user, struct cloudlet *from, struc
 
 /* ---------------------------------------------------------------- checks */
 
-struct summary {
-	char user[64];
-	int done, corrections, waits, redirects, consistent;
-	char steps[256], cloudlets[128];
-	uint64_t frames, log_bytes, log_fnv;
-};
-
-static int read_summaries(const char *path, struct summary *out, int max)
-{
-	char *text = test_slurp(path, NULL);
-	assert_non_null(text);
-	int n = 0;
-	for (char *line = text, *nl; line && *line && n < max; line = nl ? nl + 1 : NULL) {
-		nl = strchr(line, '\n');
-		if (nl)
-			*nl = '\0';
-		struct summary *s = &out[n];
-		if (strncmp(line, "summary ", 8) != 0)
-			continue;
-		char final[32];
-		if (sscanf(line,
-			   "summary user=%63s done=%d final_step=%31s steps=%255s corrections=%d "
-			   "frames=%" SCNu64
-			   " waits=%d redirects=%d cloudlets=%127s log_bytes=%" SCNu64
-			   " log_fnv=%" SCNx64 " consistent=%d",
-			   s->user, &s->done, final, s->steps, &s->corrections, &s->frames,
-			   &s->waits, &s->redirects, s->cloudlets, &s->log_bytes, &s->log_fnv,
-			   &s->consistent) != 12)
-			fail_msg("unparsable summary: %s", line);
-		n++;
-	}
-	free(text);
-	return n;
-}
-
-/* The frames the client script sends until "done": 2 "nothing", then each
- * item held `hold` frames, the 6th item's first frame finishing; cucumber
- * (users 0, 2 mod 3) and extra ham (users 1, 2 mod 3) add 3 each. */
-static uint64_t expected_frames(int index, unsigned hold)
-{
-	return 2 + 5 * (uint64_t)hold + 1 + (index % 3 != 1 ? 3 : 0) + (index % 3 != 0 ? 3 : 0);
-}
-
-static uint64_t fnv(uint64_t h, const void *data, size_t len)
-{
-	const uint8_t *p = data;
-	for (size_t i = 0; i < len; i++) {
-		h ^= p[i];
-		h *= 0x100000001b3ull;
-	}
-	return h;
-}
-
 /* The steps the servers announced for `user`, from both logs in time order
  * ("<time> <cloudlet> step <user> step=<name> frame=<n>"). */
-static void server_steps(struct fx *f, const char *user, char *out, size_t cap)
+static void server_steps(struct cloudlets *f, const char *user, char *out, size_t cap)
 {
 	struct {
 		double t;
@@ -325,7 +166,8 @@ static bool final_line(struct cloudlet *c, const char *user, char *step, size_t 
  * 1..frames in order; its size and FNV are the client's. frames.idx: one
  * line per record, offsets matching. Returns the cloudlets that recorded
  * frames, in order ("A,B,A"). */
-static void check_files(struct cloudlet *c, const struct summary *s, char *origin, size_t cap)
+static void check_files(struct cloudlet *c, const struct sandwich_summary *s, char *origin,
+			size_t cap)
 {
 	char path[512];
 	snprintf(path, sizeof(path), "%s/%s/frames.log", c->dir, s->user);
@@ -333,7 +175,7 @@ static void check_files(struct cloudlet *c, const struct summary *s, char *origi
 	char *log = test_slurp(path, &len);
 	if (!log)
 		fail_msg("%s: no frames.log at %s", s->user, c->name);
-	if (len != s->log_bytes || fnv(0xcbf29ce484222325ull, log, len) != s->log_fnv)
+	if (len != s->log_bytes || sandwich_log_fnv(log, len) != s->log_fnv)
 		fail_msg("%s: frames.log at %s: %zu bytes, not what the camera sent (%" PRIu64 ")",
 			 s->user, c->name, len, s->log_bytes);
 	size_t off = 0;
@@ -391,8 +233,9 @@ static void check_files(struct cloudlet *c, const struct summary *s, char *origi
 
 /* Everything about one user at the end. `home` holds it, `away` must not;
  * `cloudlets` is the client's expected path ("A,B,A"). */
-static void check_user(struct fx *f, const struct summary *s, int index, unsigned hold,
-		       struct cloudlet *home, struct cloudlet *away, const char *cloudlets)
+static void check_user(struct cloudlets *f, const struct sandwich_summary *s, int index,
+		       unsigned hold, struct cloudlet *home, struct cloudlet *away,
+		       const char *cloudlets)
 {
 	char all[128] = "", srv[128], step[16], origin[64], path[512];
 	for (int i = 0; i < NSTEPS; i++)
@@ -405,7 +248,7 @@ static void check_user(struct fx *f, const struct summary *s, int index, unsigne
 	assert_int_equal(s->done, 1);
 	assert_string_equal(s->steps, all); /* client side: none repeated, none skipped */
 	assert_int_equal(s->consistent, 1);
-	assert_int_equal(s->frames, expected_frames(index, hold));
+	assert_int_equal(s->frames, sandwich_expected_frames(index, hold));
 	assert_int_equal(s->corrections, index % 3 == 2 ? 2 : 1);
 	assert_string_equal(s->cloudlets, cloudlets);
 	server_steps(f, s->user, srv, sizeof(srv)); /* server side, across cloudlets */
@@ -424,21 +267,21 @@ static void check_user(struct fx *f, const struct summary *s, int index, unsigne
 
 static void test_demo_scenario(void **state)
 {
-	struct fx *f = *state;
-	cloudlet_start(f, &f->a, "A");
-	cloudlet_start(f, &f->b, "B");
+	struct cloudlets *f = *state;
+	cloudlet_start(f, &f->a, "A", NULL);
+	cloudlet_start(f, &f->b, "B", NULL);
 	client_start(f, "user-1,user-2,user-3", "50", "12,6,8", "8192");
 
-	wait_lines(f->clog, " user-1 A step step=lettuce ", NULL, 1);
+	cloudlets_wait_lines(f, f->clog, " user-1 A step step=lettuce ", NULL, 1);
 	migrate(f, "user-1", &f->a, &f->b);
-	wait_lines(f->clog, " user-1 B step step=tomato ", NULL, 1);
+	cloudlets_wait_lines(f, f->clog, " user-1 B step step=tomato ", NULL, 1);
 	migrate(f, "user-1", &f->b, &f->a);
-	client_finish(f);
+	cloudlets_client_finish(f, 150000);
 	cloudlet_stop(&f->a);
 	cloudlet_stop(&f->b);
 
-	struct summary s[MAX_USERS];
-	assert_int_equal(read_summaries(f->clog, s, MAX_USERS), 3);
+	struct sandwich_summary s[MAX_USERS];
+	assert_int_equal(sandwich_read_summaries(f->clog, s, MAX_USERS), 3);
 	const unsigned hold[] = {12, 6, 8};
 	check_user(f, &s[0], 0, hold[0], &f->a, &f->b, "A,B,A");
 	assert_int_equal(s[0].redirects, 2);
@@ -451,25 +294,25 @@ static void test_demo_scenario(void **state)
 
 /* Waits until the client of `user` is served by `at` again and its reconnect
  * helper is attached there (so that it hears of the next move). */
-static void wait_settled(struct fx *f, const char *user, struct cloudlet *at, int times)
+static void wait_settled(struct cloudlets *f, const char *user, struct cloudlet *at, int times)
 {
 	char a[96], b[96];
 	snprintf(a, sizeof(a), " %s %s welcome ", user, at->name);
-	wait_lines(f->clog, a, NULL, times);
+	cloudlets_wait_lines(f, f->clog, a, NULL, times);
 	snprintf(a, sizeof(a), " %s ", user);
 	snprintf(b, sizeof(b), "session state=ATTACHED error=MIG_OK detail=\"%s ", at->name);
-	wait_lines(f->clog, a, b, times);
+	cloudlets_wait_lines(f, f->clog, a, b, times);
 }
 
 static void test_bounce(void **state)
 {
-	struct fx *f = *state;
-	cloudlet_start(f, &f->a, "A");
-	cloudlet_start(f, &f->b, "B");
+	struct cloudlets *f = *state;
+	cloudlet_start(f, &f->a, "A", NULL);
+	cloudlet_start(f, &f->b, "B", NULL);
 	client_start(f, "user-1,user-2,user-3,user-4", "10", "80,60,8,8", "16384");
 	wait_settled(f, "user-1", &f->a, 1);
 	wait_settled(f, "user-2", &f->a, 1);
-	wait_lines(f->clog, " user-1 A step step=ham ", NULL, 1);
+	cloudlets_wait_lines(f, f->clog, " user-1 A step step=ham ", NULL, 1);
 
 	migrate(f, "user-1", &f->a, &f->b);
 	migrate(f, "user-2", &f->a, &f->b); /* user-2 stays at B */
@@ -479,12 +322,12 @@ static void test_bounce(void **state)
 	migrate(f, "user-1", &f->a, &f->b);
 	wait_settled(f, "user-1", &f->b, 2);
 	migrate(f, "user-1", &f->b, &f->a);
-	client_finish(f);
+	cloudlets_client_finish(f, 150000);
 	cloudlet_stop(&f->a);
 	cloudlet_stop(&f->b);
 
-	struct summary s[MAX_USERS];
-	assert_int_equal(read_summaries(f->clog, s, MAX_USERS), 4);
+	struct sandwich_summary s[MAX_USERS];
+	assert_int_equal(sandwich_read_summaries(f->clog, s, MAX_USERS), 4);
 	const unsigned hold[] = {80, 60, 8, 8};
 	check_user(f, &s[0], 0, hold[0], &f->a, &f->b, "A,B,A,B,A");
 	assert_int_equal(s[0].redirects, 4);
@@ -497,8 +340,8 @@ static void test_bounce(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_demo_scenario, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bounce, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_demo_scenario, setup, cloudlets_teardown),
+		cmocka_unit_test_setup_teardown(test_bounce, setup, cloudlets_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -55,13 +55,13 @@
 
 #include <migrate/control.h>
 
+#include "cloudlets.h"
 #include "procs.h"
 
 /* 1: mig_replicate replicates file domains (see the top comment). */
 #define FILES_REPLICATED 1
 
 #define SECRET "sandwich-failover-secret-0123456789ab"
-#define WAIT_MS 30000
 #define NUSERS 3
 #define INTERVAL_MS 30  /* the camera: a frame every 30 ms */
 #define FAILOVER_MS 500 /* the helper's after_ms */
@@ -82,25 +82,6 @@ static double wall(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void dump_all(void);
-static void check_alive(void);
-
-/* Waits for `want` lines of `path` holding `a` (and `b`); fails at once
- * if a cloudlet died. */
-static void wait_lines(const char *path, const char *a, const char *b, int want)
-{
-	uint64_t end = test_now_ms() + WAIT_MS;
-	while (test_count_lines(path, a, b) < want) {
-		check_alive();
-		if (test_now_ms() > end) {
-			dump_all();
-			fail_msg("no %d line(s) with \"%s\" \"%s\" in %s within %d ms", want, a,
-				 b ? b : "", path, WAIT_MS);
-		}
-		usleep(5000);
-	}
-}
-
 static int step_index(const char *name)
 {
 	for (int i = 0; i < NSTEPS; i++)
@@ -112,132 +93,15 @@ static int step_index(const char *name)
 
 /* ---------------------------------------------------------------- fixture */
 
-struct cloudlet {
-	char name[8];
-	char dir[256], log[300], err[300];
-	char url[128], app[128];
-	pid_t pid;
-};
-
-struct fx {
-	char base[128], secret[300], clog[300], cerr[300];
-	struct cloudlet a, b;
-	pid_t client;
-};
-
-/* Starts sandwich_server `name` with the extra options in `extra` (NULL
- * terminated). */
-static void cloudlet_start(struct fx *f, struct cloudlet *c, const char *name,
-			   const char *const *extra)
-{
-	const char *exe = getenv("MIG_SANDWICH_SERVER");
-	if (!exe)
-		fail_msg("MIG_SANDWICH_SERVER is not set (run through meson test)");
-	snprintf(c->name, sizeof(c->name), "%s", name);
-	snprintf(c->dir, sizeof(c->dir), "%s/%s", f->base, name);
-	snprintf(c->log, sizeof(c->log), "%s/%s.log", f->base, name);
-	snprintf(c->err, sizeof(c->err), "%s/%s.err", f->base, name);
-	assert_int_equal(mkdir(c->dir, 0755), 0);
-	const char *argv[16] = {exe, "--id", name, "--secret-file", f->secret, "--state", c->dir};
-	int n = 7;
-	for (int i = 0; extra && extra[i] && n < 15; i++)
-		argv[n++] = extra[i];
-	argv[n] = NULL;
-	c->pid = test_spawn(argv, c->log, c->err);
-	wait_lines(c->log, "app ", NULL, 1);
-	char *text = test_slurp(c->log, NULL);
-	assert_non_null(text);
-	assert_int_equal(sscanf(text, "url %127s\napp %127s", c->url, c->app), 2);
-	free(text);
-}
-
-/* SIGTERM: the server prints its "final" lines and must exit 0 (under the
- * sanitizers: no leak, no error). */
-static void cloudlet_stop(struct cloudlet *c)
-{
-	if (!c->pid)
-		return;
-	kill(c->pid, SIGTERM);
-	int status = test_reap(c->pid, 20000);
-	c->pid = 0;
-	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		test_dump(c->err);
-		fail_msg("cloudlet %s exited with status 0x%x", c->name, status);
-	}
-}
-
-static struct fx *current; /* for dump_all() */
-
-/* Every log of the running case, for a failure's diagnosis. */
-static void dump_all(void)
-{
-	if (!current)
-		return;
-	const char *paths[] = {current->clog,  current->cerr,  current->a.log,
-			       current->a.err, current->b.log, current->b.err};
-	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
-		if (paths[i][0])
-			test_dump(paths[i]);
-}
-
-/* A cloudlet that exited by itself (a crash, a sanitizer report) fails
- * the case at once, with its logs. */
-static void check_alive(void)
-{
-	struct cloudlet *cs[] = {current ? &current->a : NULL, current ? &current->b : NULL};
-	for (int i = 0; i < 2; i++) {
-		int status;
-		if (cs[i] && cs[i]->pid && waitpid(cs[i]->pid, &status, WNOHANG) == cs[i]->pid) {
-			cs[i]->pid = 0;
-			dump_all();
-			fail_msg("cloudlet %s exited by itself, status 0x%x", cs[i]->name, status);
-		}
-	}
-}
-
 static int setup(void **state)
 {
-	struct fx *f = calloc(1, sizeof(*f));
-	if (!f)
-		return -1;
-	snprintf(f->base, sizeof(f->base), "/tmp/mig-sandwich-fo-XXXXXX");
-	if (!mkdtemp(f->base))
-		return -1;
-	snprintf(f->secret, sizeof(f->secret), "%s/secret", f->base);
-	snprintf(f->clog, sizeof(f->clog), "%s/clients.log", f->base);
-	snprintf(f->cerr, sizeof(f->cerr), "%s/clients.err", f->base);
-	FILE *s = fopen(f->secret, "w");
-	if (!s)
-		return -1;
-	fputs(SECRET "\n", s);
-	fclose(s);
-	*state = f;
-	current = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fx *f = *state;
-	if (f->client) {
-		kill(f->client, SIGKILL);
-		waitpid(f->client, NULL, 0);
-	}
-	struct cloudlet *cs[] = {&f->a, &f->b};
-	for (int i = 0; i < 2; i++)
-		if (cs[i]->pid) {
-			kill(cs[i]->pid, SIGCONT);
-			kill(cs[i]->pid, SIGKILL);
-			waitpid(cs[i]->pid, NULL, 0);
-		}
-	test_rm_rf(f->base);
-	free(f);
-	current = NULL;
-	return 0;
+	/* A cloudlet that dies (a crash, a sanitizer report) fails the case
+	 * at once, with every log. */
+	return cloudlets_setup(state, "mig-sandwich-fo", SECRET, true);
 }
 
 /* The clients start at A; their helpers fail over to B after FAILOVER_MS. */
-static void client_start(struct fx *f)
+static void client_start(struct cloudlets *f)
 {
 	const char *exe = getenv("MIG_SANDWICH_CLIENT");
 	if (!exe)
@@ -251,27 +115,6 @@ static void client_start(struct fx *f)
 			      hold, "--interval-ms", interval, "--image-bytes", "4096", "--timeout",
 			      "60", "--standby",     f->b.url, "--failover-ms", after,  NULL};
 	f->client = test_spawn(argv, f->clog, f->cerr);
-}
-
-static void client_finish(struct fx *f)
-{
-	int status = test_reap(f->client, 90000);
-	f->client = 0;
-	if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		dump_all();
-		fail_msg("sandwich_client exited with status 0x%x", status);
-	}
-}
-
-static mig_ctl *ctl_to(struct cloudlet *c)
-{
-	mig_ctl_options o = {.url = c->url, .secret = SECRET, .secret_len = strlen(SECRET)};
-	mig_ctl *ctl = NULL;
-	char err[256] = "";
-	int rc = mig_ctl_new(&ctl, &o, err, sizeof(err));
-	if (rc)
-		fail_msg("control channel to %s: %s: %s", c->name, mig_err_name(rc), err);
-	return ctl;
 }
 
 /* ---------------------------------------------------------------- what the logs say */
@@ -357,61 +200,6 @@ static double line_time(const char *log, const char *what, const char *user, boo
 	return found;
 }
 
-struct summary {
-	char user[64];
-	int done, corrections, waits, redirects, consistent, failovers;
-	int steps_redone, corrections_redone;
-	char steps[256], cloudlets[128], resumed_step[16];
-	uint64_t frames, log_bytes, log_fnv, resumed_frame, frames_redone;
-};
-
-static int read_summaries(const char *path, struct summary *out, int max)
-{
-	char *text = test_slurp(path, NULL);
-	assert_non_null(text);
-	int n = 0;
-	for (char *line = text, *nl; line && *line && n < max; line = nl ? nl + 1 : NULL) {
-		nl = strchr(line, '\n');
-		if (nl)
-			*nl = '\0';
-		struct summary *s = &out[n];
-		if (strncmp(line, "summary ", 8) != 0)
-			continue;
-		char final[32];
-		if (sscanf(line,
-			   "summary user=%63s done=%d final_step=%31s steps=%255s corrections=%d "
-			   "frames=%" SCNu64
-			   " waits=%d redirects=%d cloudlets=%127s log_bytes=%" SCNu64
-			   " log_fnv=%" SCNx64 " consistent=%d failovers=%d resumed_step=%15s "
-			   "resumed_frame=%" SCNu64 " steps_redone=%d frames_redone=%" SCNu64
-			   " corrections_redone=%d",
-			   s->user, &s->done, final, s->steps, &s->corrections, &s->frames,
-			   &s->waits, &s->redirects, s->cloudlets, &s->log_bytes, &s->log_fnv,
-			   &s->consistent, &s->failovers, s->resumed_step, &s->resumed_frame,
-			   &s->steps_redone, &s->frames_redone, &s->corrections_redone) != 18)
-			fail_msg("unparsable summary: %s", line);
-		n++;
-	}
-	free(text);
-	return n;
-}
-
-/* The frames the client script sends until "done" (see test_sandwich.c). */
-static uint64_t expected_frames(int index, unsigned hold)
-{
-	return 2 + 5 * (uint64_t)hold + 1 + (index % 3 != 1 ? 3 : 0) + (index % 3 != 0 ? 3 : 0);
-}
-
-static uint64_t fnv(uint64_t h, const void *data, size_t len)
-{
-	const uint8_t *p = data;
-	for (size_t i = 0; i < len; i++) {
-		h ^= p[i];
-		h *= 0x100000001b3ull;
-	}
-	return h;
-}
-
 /* frames.log of `user` at `c`: records "frame <id> <label> <n>\n" <n bytes>
  * "\n", ids first..last in order, once each. Returns the file's FNV-1a. */
 static uint64_t check_records(struct cloudlet *c, const char *user, uint64_t first, uint64_t last,
@@ -445,7 +233,7 @@ static uint64_t check_records(struct cloudlet *c, const char *user, uint64_t fir
 		id = fid;
 		off += hl + n + 1;
 	}
-	uint64_t h = fnv(0xcbf29ce484222325ull, log, len);
+	uint64_t h = sandwich_log_fnv(log, len);
 	free(log);
 	if (bad[0])
 		fail_msg("%s: frames.log at %s: %s", user, c->name, bad);
@@ -491,7 +279,7 @@ static void users_cb(const char *user, mig_user_state state, void *ud)
 /* After A died or was superseded: every user finished on B, resumed there
  * no older than A's last acknowledged replication, and B's steps continue in
  * order from the resumed step. Prints the loss window. */
-static void check_failover(struct fx *f, double kill_t, const char *how, int replicate_ms)
+static void check_failover(struct cloudlets *f, double kill_t, const char *how, int replicate_ms)
 {
 	struct acked acked[NUSERS];
 	for (int i = 0; i < NUSERS; i++) {
@@ -501,28 +289,28 @@ static void check_failover(struct fx *f, double kill_t, const char *how, int rep
 	}
 	/* Active on B only: A is gone (or has let go); B lists each user ACTIVE. */
 	int active[NUSERS] = {0};
-	mig_ctl *ctl = ctl_to(&f->b);
+	mig_ctl *ctl = cloudlet_ctl(f, &f->b);
 	assert_int_equal(mig_ctl_users(ctl, users_cb, active), NUSERS);
 	mig_ctl_free(ctl);
 	for (int i = 0; i < NUSERS; i++)
 		assert_int_equal(active[i], 1);
 	if (f->a.pid) { /* A is alive again: it serves none of them */
 		int at_a[NUSERS] = {0};
-		ctl = ctl_to(&f->a);
+		ctl = cloudlet_ctl(f, &f->a);
 		assert_true(mig_ctl_users(ctl, users_cb, at_a) >= 0);
 		mig_ctl_free(ctl);
 		for (int i = 0; i < NUSERS; i++)
 			assert_int_equal(at_a[i], 0);
 	}
 
-	struct summary s[NUSERS];
-	assert_int_equal(read_summaries(f->clog, s, NUSERS), NUSERS);
+	struct sandwich_summary s[NUSERS];
+	assert_int_equal(sandwich_read_summaries(f->clog, s, NUSERS), NUSERS);
 	char all[128] = "";
 	for (int i = 0; i < NSTEPS; i++)
 		snprintf(all + strlen(all), sizeof(all) - strlen(all), "%s%s", i ? "," : "",
 			 STEPS[i]);
 	for (int i = 0; i < NUSERS; i++) {
-		struct summary *u = &s[i];
+		struct sandwich_summary *u = &s[i];
 		assert_string_equal(u->user, USERS[i]);
 		/* Finished, every step once in the client's list, redone steps
 		 * the same as the first time (consistent). */
@@ -531,7 +319,7 @@ static void check_failover(struct fx *f, double kill_t, const char *how, int rep
 		assert_int_equal(u->consistent, 1);
 		assert_int_equal(u->failovers, 1);
 		assert_string_equal(u->cloudlets, "A,B");
-		assert_int_equal(u->frames, expected_frames(i, HOLD[i]));
+		assert_int_equal(u->frames, sandwich_expected_frames(i, HOLD[i]));
 		assert_int_equal(u->corrections, i % 3 == 2 ? 2 : 1);
 
 		/* No older than the last acknowledged replication. */
@@ -610,8 +398,8 @@ static void check_failover(struct fx *f, double kill_t, const char *how, int rep
 /* Primary A replicating to standby B every replicate_ms (and after each
  * step if `steps`); the clients at A, each with a failover token (the helper
  * armed), user-1 at least at `step`. */
-static void start_replicated(struct fx *f, const char *const *b_extra, int replicate_ms, bool steps,
-			     const char *step)
+static void start_replicated(struct cloudlets *f, const char *const *b_extra, int replicate_ms,
+			     bool steps, const char *step)
 {
 	cloudlet_start(f, &f->b, "B", b_extra);
 	char ms[16];
@@ -624,10 +412,10 @@ static void start_replicated(struct fx *f, const char *const *b_extra, int repli
 	char a[96];
 	for (int i = 0; i < NUSERS; i++) {
 		snprintf(a, sizeof(a), " %s A standby url=", USERS[i]);
-		wait_lines(f->clog, a, NULL, 1);
+		cloudlets_wait_lines(f, f->clog, a, NULL, 1);
 	}
 	snprintf(a, sizeof(a), " %s A step step=%s ", USERS[0], step);
-	wait_lines(f->clog, a, NULL, 1);
+	cloudlets_wait_lines(f, f->clog, a, NULL, 1);
 	/* Mid-assembly: nobody is done yet. */
 	assert_int_equal(test_count_lines(f->a.log, " step ", "step=done"), 0);
 }
@@ -635,7 +423,7 @@ static void start_replicated(struct fx *f, const char *const *b_extra, int repli
 /* ---------------------------------------------------------------- tests */
 
 /* The last step `user`'s client was told by A: its frame, or 0. */
-static uint64_t client_last_step_frame(struct fx *f, const char *user)
+static uint64_t client_last_step_frame(struct cloudlets *f, const char *user)
 {
 	char *text = test_slurp(f->clog, NULL);
 	assert_non_null(text);
@@ -660,16 +448,16 @@ static uint64_t client_last_step_frame(struct fx *f, const char *user)
 /* SIGKILLs A, promotes every user on B with the control API (unless B
  * promotes by itself: `automatic`), lets the clients finish; returns the
  * wall clock of the kill. */
-static double kill_and_promote(struct fx *f, bool automatic)
+static double kill_and_promote(struct cloudlets *f, bool automatic)
 {
 	assert_int_equal(kill(f->a.pid, SIGKILL), 0);
 	double kill_t = wall();
 	assert_int_equal(waitpid(f->a.pid, NULL, 0), f->a.pid);
 	f->a.pid = 0;
 
-	mig_ctl *ctl = ctl_to(&f->b);
+	mig_ctl *ctl = cloudlet_ctl(f, &f->b);
 	if (automatic) /* B notices the link is gone and promotes by itself */
-		wait_lines(f->b.log, " promoted ", NULL, NUSERS);
+		cloudlets_wait_lines(f, f->b.log, " promoted ", NULL, NUSERS);
 	for (int i = 0; i < NUSERS && !automatic; i++) {
 		int rc = mig_ctl_promote(ctl, USERS[i]);
 		if (rc)
@@ -681,7 +469,7 @@ static double kill_and_promote(struct fx *f, bool automatic)
 	int again = mig_ctl_promote(ctl, USERS[0]);
 	assert_true(again == MIG_ENOUSER || again == MIG_EEXIST);
 	mig_ctl_free(ctl);
-	client_finish(f);
+	cloudlets_client_finish(f, 90000);
 	return kill_t;
 }
 
@@ -690,7 +478,7 @@ static double kill_and_promote(struct fx *f, bool automatic)
  * on B with the control API; the clients fail over and finish. */
 static void test_sigkill_promote(void **state)
 {
-	struct fx *f = *state;
+	struct cloudlets *f = *state;
 	const int replicate_ms = 300;
 	start_replicated(f, NULL, replicate_ms, true, "lettuce");
 	usleep(replicate_ms * 1000 / 2);
@@ -705,13 +493,13 @@ static void test_sigkill_promote(void **state)
  * replication is made again on B, and the client counts it. */
 static void test_sigkill_interval_only(void **state)
 {
-	struct fx *f = *state;
+	struct cloudlets *f = *state;
 	const int replicate_ms = 500;
 	const char *b_extra[] = {"--auto-promote-ms", "1000", NULL};
 	start_replicated(f, b_extra, replicate_ms, false, "ham");
 	char line[96];
 	snprintf(line, sizeof(line), " %s A step step=tomato ", USERS[0]);
-	wait_lines(f->clog, line, NULL, 1);
+	cloudlets_wait_lines(f, f->clog, line, NULL, 1);
 	uint64_t step_frame = client_last_step_frame(f, USERS[0]);
 	struct acked before;
 	last_acked(f->a.log, USERS[0], &before);
@@ -719,8 +507,8 @@ static void test_sigkill_interval_only(void **state)
 	check_failover(f, kill_t, "SIGKILL", replicate_ms);
 	struct acked last;
 	last_acked(f->a.log, USERS[0], &last);
-	struct summary s[NUSERS];
-	assert_int_equal(read_summaries(f->clog, s, NUSERS), NUSERS);
+	struct sandwich_summary s[NUSERS];
+	assert_int_equal(sandwich_read_summaries(f->clog, s, NUSERS), NUSERS);
 	print_message("# %s: told step tomato at frame %" PRIu64 ", last replicated frame %" PRIu64
 		      " (%" PRIu64 " before the kill check)\n",
 		      USERS[0], step_frame, last.frame, before.frame);
@@ -765,7 +553,7 @@ static int served_after(const char *log, const char *user, double after)
  * clients go to B and finish there. */
 static void test_sigstop_superseded(void **state)
 {
-	struct fx *f = *state;
+	struct cloudlets *f = *state;
 	const int replicate_ms = 200;
 	start_replicated(f, NULL, replicate_ms, true, "lettuce");
 	usleep(replicate_ms * 1000 / 2);
@@ -773,7 +561,7 @@ static void test_sigstop_superseded(void **state)
 	assert_int_equal(kill(f->a.pid, SIGSTOP), 0);
 	double stop_t = wall();
 	usleep(2 * replicate_ms * 1000); /* A misses two replications */
-	mig_ctl *ctl = ctl_to(&f->b);
+	mig_ctl *ctl = cloudlet_ctl(f, &f->b);
 	for (int i = 0; i < NUSERS; i++) {
 		int rc = mig_ctl_promote(ctl, USERS[i]);
 		if (rc)
@@ -784,9 +572,9 @@ static void test_sigstop_superseded(void **state)
 	double promoted_t = wall();
 	assert_int_equal(kill(f->a.pid, SIGCONT), 0);
 	double cont_t = wall();
-	wait_lines(f->a.log, " superseded ", NULL, NUSERS);
+	cloudlets_wait_lines(f, f->a.log, " superseded ", NULL, NUSERS);
 
-	client_finish(f);
+	cloudlets_client_finish(f, 90000);
 	check_failover(f, stop_t, "SIGSTOP", replicate_ms);
 	for (int i = 0; i < NUSERS; i++) {
 		double sup = line_time(f->a.log, "superseded", USERS[i], false);
@@ -807,7 +595,7 @@ static void test_sigstop_superseded(void **state)
 }
 
 /* Runs `argv`, which must exit 2 (usage) and say `why` on stderr. */
-static void refused(struct fx *f, const char *const *argv, const char *why)
+static void refused(struct cloudlets *f, const char *const *argv, const char *why)
 {
 	char out[300], err[300];
 	snprintf(out, sizeof(out), "%s/bad.out", f->base);
@@ -828,13 +616,13 @@ static void refused(struct fx *f, const char *const *argv, const char *why)
  * no state folder created. */
 static void test_bad_options(void **state)
 {
-	struct fx *f = *state;
+	struct cloudlets *f = *state;
 	const char *server = getenv("MIG_SANDWICH_SERVER"), *client = getenv("MIG_SANDWICH_CLIENT");
 	if (!server || !client)
 		fail_msg("MIG_SANDWICH_SERVER/CLIENT are not set (run through meson test)");
 	char dir[300];
 	snprintf(dir, sizeof(dir), "%s/state", f->base);
-#define SRV server, "--id", "A", "--secret-file", f->secret, "--state", dir
+#define SRV server, "--id", "A", "--secret-file", f->secret_file, "--state", dir
 	const char *const a1[] = {SRV, "--standby", "tcp://127.0.0.1:1", NULL};
 	refused(f, a1, "--standby needs the standby's engine URL");
 	const char *const a2[] = {SRV, "--standby", "ws://127.0.0.1:1", "--replicate-ms",
@@ -857,10 +645,11 @@ static void test_bad_options(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_sigkill_promote, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_sigkill_interval_only, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_sigstop_superseded, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bad_options, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sigkill_promote, setup, cloudlets_teardown),
+		cmocka_unit_test_setup_teardown(test_sigkill_interval_only, setup,
+						cloudlets_teardown),
+		cmocka_unit_test_setup_teardown(test_sigstop_superseded, setup, cloudlets_teardown),
+		cmocka_unit_test_setup_teardown(test_bad_options, setup, cloudlets_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
