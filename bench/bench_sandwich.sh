@@ -29,9 +29,9 @@
 #      migratectl. The other users' frame latency inside each migration
 #      window (A's STARTED → COMMITTED events) is compared with the same
 #      length of window 2 s before it, and with every window of that length
-#      away from the migrations (the noise). --b-nice "0 19" runs (b) once
+#      away from the migrations (the noise). --b-nice "0 19 idle" runs (b) once
 #      per value, the engine threads of A and B (every thread but the main
-#      one) reniced by it: an experiment, does the interference come from
+#      one) reniced by it (idle: chrt --idle, SCHED_IDLE): an experiment, does the interference come from
 #      the engines competing for the CPU with the app's thread?
 #      --worker-nice "0 -1" runs (b) once per value for each --b-nice value,
 #      A and B started with sandwich_server --worker-nice N (the engine
@@ -229,7 +229,12 @@ for nice_wn in $(for n in $BNICE; do for w in $BWNICE; do echo "$n/$w"; done; do
 	if [ "$nice" != 0 ]; then
 		for p in $PID_A $PID_B; do
 			for t in /proc/"$p"/task/*; do
-				[ "${t##*/}" = "$p" ] || renice -n "$nice" -p "${t##*/}" >/dev/null
+				[ "${t##*/}" = "$p" ] && continue
+				if [ "$nice" = idle ]; then
+					chrt --idle -p 0 "${t##*/}" >/dev/null
+				else
+					renice -n "$nice" -p "${t##*/}" >/dev/null
+				fi
 			done
 		done
 	fi

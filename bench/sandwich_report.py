@@ -290,7 +290,7 @@ def load_b(rd):
         "rep": int(read(f("rep")).strip()),
         "warmup_s": float(read(f("warmup")).strip()),
         "control_gap_s": float(read(f("gap")).strip()),
-        "nice": int(read(f("nice")).strip()) if os.path.exists(f("nice")) else 0,
+        "nice": read(f("nice")).strip() if os.path.exists(f("nice")) else "0",
         "worker_nice": int(read(f("worker_nice")).strip()) if os.path.exists(f("worker_nice")) else 0,
         "load": jload(f("load.json")),
         "samples": f("samples.txt"),
@@ -344,7 +344,7 @@ def report_b(d, res):
         t_first = samples[0][0] + r["warmup_s"]
         t_last = samples[-1][0]
         migs = r["migrations"]
-        print("\n### (b) other users' frames while one user is migrated (run %d, engine threads' nice %d, worker_nice %d)" % (r["rep"], r["nice"], r["worker_nice"]))
+        print("\n### (b) other users' frames while one user is migrated (run %d, engine threads' nice %s, worker_nice %d)" % (r["rep"], r["nice"], r["worker_nice"]))
         print()
         print("| user | seeded frames.log | migratectl | bytes sent | rounds | duration (engine) | downtime | window (STARTED → COMMITTED) |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
