@@ -404,8 +404,11 @@ int mig__transport_new(mig__transport **out, const mig__transport_cfg *cfg, char
 	/* Bytes one read of a connection takes (lws reads at most this much
 	 * per recv(); its default, 4 KiB, made a 64 MiB transfer 16384 reads
 	 * and as many trips through the event loop). One buffer per context,
-	 * up to 64 KiB resident per engine (256 KiB measured no faster,
-	 * docs/BENCHMARKS.md "File state"). */
+	 * resident from the start (lws touches all of it). 256 KiB, with
+	 * 256 KiB peer fragments, made a fresh 64 MiB transfer 8 % faster once
+	 * the digests were XXH3 (111 against 120 ms) but cost every engine
+	 * 0.22 MiB more idle RSS, so it stays at 64 KiB (docs/BENCHMARKS.md,
+	 * "File state"). */
 	info.pt_serv_buf_size = READ_BYTES;
 	info.retry_and_idle_policy = &mig__keepalive_policy;
 	if (t->tls_cert_file || t->tls_ca_file)
