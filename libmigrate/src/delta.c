@@ -1,25 +1,20 @@
-/* librsync, wrapped: signatures, deltas and patches for file state.
+/* librsync, wrapped: signatures, deltas and patches for file state (delta.h).
+ * This file: signature parameters, signatures of our files, and checking and
+ * loading the peer's untrusted ones, plus the helpers that delta_gen.c
+ * (deltas) and delta_patch.c (patches) share through delta_int.h.
  *
  * Everything here is blocking and meant for a worker thread. librsync
  * allocates with plain malloc (and aborts when that fails); our own buffers go
  * through mig__malloc. Untrusted signatures are checked here before librsync
- * parses them, and every copy command of an untrusted delta is bounds-checked
- * against the basis in the copy callback. */
+ * parses them. */
 #include <errno.h>
-#include <librsync.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include "delta.h"
-#include "digest.h"
-
-#define IO_BUF_LEN (64u * 1024)      /* read buffer for signature and delta */
-#define DELTA_OUT_MAX (1024u * 1024) /* largest piece we buffer for the sink */
-#define PATCH_OUT_LEN (64u * 1024)   /* patch output buffer */
+#include "delta_int.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -31,12 +26,12 @@ static void trace_quiet(void)
 }
 
 /* librsync's trace setting is process-global: make it silent once. */
-static void rs_init(void)
+void mig__delta_rs_init(void)
 {
 	pthread_once(&trace_once, trace_quiet);
 }
 
-static void MIG__PRINTF(3, 4) set_why(char *why, size_t why_len, const char *fmt, ...)
+void mig__delta_set_why(char *why, size_t why_len, const char *fmt, ...)
 {
 	if (!why || !why_len)
 		return;
@@ -44,14 +39,6 @@ static void MIG__PRINTF(3, 4) set_why(char *why, size_t why_len, const char *fmt
 	va_start(ap, fmt);
 	vsnprintf(why, why_len, fmt, ap);
 	va_end(ap);
-}
-
-static void errno_text(int err, char *buf, size_t len)
-{
-	/* GNU strerror_r (the project builds with _GNU_SOURCE). */
-	const char *s = strerror_r(err, buf, len);
-	if (s != buf)
-		mig__strlcpy(buf, s, len);
 }
 
 static uint32_t get_be32(const uint8_t *p)
@@ -84,7 +71,7 @@ static uint64_t isqrt64(uint64_t x)
 }
 
 /* Reads up to len bytes (fewer only at EOF). Returns the count or -errno. */
-static ssize_t read_full(int fd, uint8_t *buf, size_t len, bool positional, uint64_t off)
+ssize_t mig__delta_read_full(int fd, uint8_t *buf, size_t len, bool positional, uint64_t off)
 {
 	size_t got = 0;
 	while (got < len) {
@@ -201,7 +188,7 @@ void mig__bytes_free(mig__bytes *b)
 
 /* ---------------------------------------------------------------- signature */
 
-static int rs_err(rs_result r)
+int mig__delta_rs_err(rs_result r)
 {
 	return r == RS_MEM_ERROR ? MIG_ENOMEM : MIG_EIO;
 }
@@ -247,7 +234,7 @@ static int sigjob_run(mig__sigjob *j, const uint8_t *data, size_t len, bool eof)
 			break;
 		}
 		if (r != RS_BLOCKED)
-			return rs_err(r);
+			return mig__delta_rs_err(r);
 		if (produced || bufs.avail_in != in_before)
 			continue;
 		if (eof)
@@ -269,7 +256,7 @@ int mig__sigjob_new(const mig__sig_params *p, mig__bytes *out, mig__sigjob **jp)
 	    p->block_len > MIG__SIG_MAX_BLOCK_LEN || p->strong_len < 1 ||
 	    p->strong_len > (uint32_t)RS_MD4_SUM_LENGTH)
 		return MIG_EINVAL;
-	rs_init();
+	mig__delta_rs_init();
 	mig__sigjob *j = mig__calloc(1, sizeof(*j));
 	if (!j)
 		return MIG_ENOMEM;
@@ -359,7 +346,7 @@ int mig__delta_signature(int fd, uint64_t limit, const mig__sig_params *p, mig__
 		size_t want = IO_BUF_LEN;
 		if (limit - off < want)
 			want = (size_t)(limit - off);
-		ssize_t n = read_full(fd, buf, want, true, off);
+		ssize_t n = mig__delta_read_full(fd, buf, want, true, off);
 		if (n < 0)
 			rc = MIG_EIO;
 		else if (n == 0)
@@ -379,17 +366,17 @@ int mig__delta_check_signature(const uint8_t *sig, size_t len, size_t max_len, c
 			       size_t why_len)
 {
 	if (!sig && len) {
-		set_why(why, why_len, "no signature");
+		mig__delta_set_why(why, why_len, "no signature");
 		return MIG_EPROTO;
 	}
 	if (len > max_len) {
-		set_why(why, why_len, "signature of %zu bytes over the %zu-byte limit", len,
-			max_len);
+		mig__delta_set_why(why, why_len, "signature of %zu bytes over the %zu-byte limit",
+				   len, max_len);
 		return MIG_EPROTO;
 	}
 	if (len < MIG__SIG_HEADER_LEN) {
-		set_why(why, why_len, "signature truncated: %zu bytes, header needs %d", len,
-			MIG__SIG_HEADER_LEN);
+		mig__delta_set_why(why, why_len, "signature truncated: %zu bytes, header needs %d",
+				   len, MIG__SIG_HEADER_LEN);
 		return MIG_EPROTO;
 	}
 	uint32_t magic = get_be32(sig);
@@ -397,40 +384,38 @@ int mig__delta_check_signature(const uint8_t *sig, size_t len, size_t max_len, c
 	uint32_t strong_len = get_be32(sig + 8);
 	if (magic != RS_MD4_SIG_MAGIC && magic != RS_RK_MD4_SIG_MAGIC &&
 	    magic != RS_BLAKE2_SIG_MAGIC && magic != RS_RK_BLAKE2_SIG_MAGIC) {
-		set_why(why, why_len, "bad signature magic 0x%08x", magic);
+		mig__delta_set_why(why, why_len, "bad signature magic 0x%08x", magic);
 		return MIG_EPROTO;
 	}
 	if (block_len < MIG__SIG_MIN_BLOCK_LEN || block_len > MIG__SIG_MAX_BLOCK_LEN) {
-		set_why(why, why_len, "signature block length %u out of range [%u, %u]", block_len,
-			MIG__SIG_MIN_BLOCK_LEN, MIG__SIG_MAX_BLOCK_LEN);
+		mig__delta_set_why(why, why_len, "signature block length %u out of range [%u, %u]",
+				   block_len, MIG__SIG_MIN_BLOCK_LEN, MIG__SIG_MAX_BLOCK_LEN);
 		return MIG_EPROTO;
 	}
 	if (strong_len < 1 || strong_len > RS_MAX_STRONG_SUM_LENGTH) {
-		set_why(why, why_len, "signature strong sum length %u out of range [1, %d]",
-			strong_len, RS_MAX_STRONG_SUM_LENGTH);
+		mig__delta_set_why(why, why_len,
+				   "signature strong sum length %u out of range [1, %d]",
+				   strong_len, RS_MAX_STRONG_SUM_LENGTH);
 		return MIG_EPROTO;
 	}
 	if ((magic == RS_MD4_SIG_MAGIC || magic == RS_RK_MD4_SIG_MAGIC) &&
 	    strong_len > (uint32_t)RS_MD4_SUM_LENGTH) {
 		/* librsync refuses these too; never let it see them. */
-		set_why(why, why_len, "signature strong sum length %u out of range [1, %d] for MD4",
-			strong_len, RS_MD4_SUM_LENGTH);
+		mig__delta_set_why(why, why_len,
+				   "signature strong sum length %u out of range [1, %d] for MD4",
+				   strong_len, RS_MD4_SUM_LENGTH);
 		return MIG_EPROTO;
 	}
 	size_t body = len - MIG__SIG_HEADER_LEN;
 	size_t rec = 4 + (size_t)strong_len;
 	if (body % rec) {
-		set_why(why, why_len,
+		mig__delta_set_why(why, why_len,
 			"signature body of %zu bytes is not a whole number of %zu-byte blocks",
 			body, rec);
 		return MIG_EPROTO;
 	}
 	return 0;
 }
-
-struct mig__sig {
-	rs_signature_t *sums;
-};
 
 /* ---------------------------------------------------------------- hostile signatures
  *
@@ -485,7 +470,7 @@ static int check_weak_chains(const uint8_t *sig, size_t len, char *why, size_t w
 	if (n <= WEAK_CHAIN_MAX)
 		return 0;
 	if (n > UINT32_MAX) {
-		set_why(why, why_len, "signature of %zu blocks is too large", n);
+		mig__delta_set_why(why, why_len, "signature of %zu blocks is too large", n);
 		return MIG_EPROTO;
 	}
 	size_t slots = (size_t)1 << (bitlen64(n) - 1); /* <= n */
@@ -493,7 +478,7 @@ static int check_weak_chains(const uint8_t *sig, size_t len, char *why, size_t w
 	uint32_t *cnt = mig__calloc(slots, sizeof(*cnt));
 	int rc = 0;
 	if (!idx || !cnt) {
-		set_why(why, why_len, "out of memory loading the signature");
+		mig__delta_set_why(why, why_len, "out of memory loading the signature");
 		rc = MIG_ENOMEM;
 		goto out;
 	}
@@ -509,7 +494,7 @@ static int check_weak_chains(const uint8_t *sig, size_t len, char *why, size_t w
 		if (!h)
 			h = UINT32_MAX; /* librsync reserves 0 the same way */
 		if (++cnt[h & (slots - 1)] > WEAK_CHAIN_MAX) {
-			set_why(why, why_len,
+			mig__delta_set_why(why, why_len,
 				"signature has over %d blocks with colliding weak sums",
 				WEAK_CHAIN_MAX);
 			rc = MIG_EPROTO;
@@ -523,7 +508,7 @@ out:
 }
 
 /* Loads a signature already checked; returns an rs_result. */
-static rs_result load_sums(const uint8_t *sig, size_t len, rs_signature_t **out)
+rs_result mig__delta_load_sums(const uint8_t *sig, size_t len, rs_signature_t **out)
 {
 	rs_signature_t *sums = NULL;
 	rs_job_t *job = rs_loadsig_begin(&sums);
@@ -555,23 +540,23 @@ int mig__delta_load_signature(const uint8_t *sig, size_t len, mig__sig **out, ch
 	int rc = mig__delta_check_signature(sig, len, SIZE_MAX, why, why_len);
 	if (rc)
 		return rc;
-	rs_init();
+	mig__delta_rs_init();
 	rc = check_weak_chains(sig, len, why, why_len);
 	if (rc)
 		return rc;
 	mig__sig *s = mig__calloc(1, sizeof(*s));
 	if (!s) {
-		set_why(why, why_len, "out of memory loading the signature");
+		mig__delta_set_why(why, why_len, "out of memory loading the signature");
 		return MIG_ENOMEM;
 	}
-	rs_result r = load_sums(sig, len, &s->sums);
+	rs_result r = mig__delta_load_sums(sig, len, &s->sums);
 	if (r != RS_DONE) {
 		mig__free(s);
 		if (r == RS_MEM_ERROR) {
-			set_why(why, why_len, "out of memory loading the signature");
+			mig__delta_set_why(why, why_len, "out of memory loading the signature");
 			return MIG_ENOMEM;
 		}
-		set_why(why, why_len, "corrupt signature: %s", rs_strerror(r));
+		mig__delta_set_why(why, why_len, "corrupt signature: %s", rs_strerror(r));
 		return MIG_EPROTO;
 	}
 	*out = s;
@@ -585,432 +570,4 @@ void mig__delta_sig_free(mig__sig *s)
 	if (s->sums)
 		rs_free_sumset(s->sums);
 	mig__free(s);
-}
-
-/* ---------------------------------------------------------------- delta */
-
-/* The signature of an empty basis: a delta against it is all literal data.
- * (rs_delta_begin(NULL) does the same from librsync 2.3 on, but an empty
- * signature works with every version.) */
-static const uint8_t empty_sig[MIG__SIG_HEADER_LEN] = {
-	0x72, 0x73, 0x01, 0x47, /* RS_RK_BLAKE2_SIG_MAGIC */
-	0x00, 0x00, 0x08, 0x00, /* block length 2048 */
-	0x00, 0x00, 0x00, 0x20, /* strong sum length 32 */
-};
-
-int mig__delta_generate(int fd, uint64_t limit, const mig__sig *sig, size_t piece,
-			mig__delta_sink sink, void *ud)
-{
-	return mig__delta_generate_tap(fd, limit, sig, piece, sink, ud, NULL, NULL);
-}
-
-int mig__delta_generate_tap(int fd, uint64_t limit, const mig__sig *sig, size_t piece,
-			    mig__delta_sink sink, void *ud, mig__delta_tap tap, void *tap_ud)
-{
-	if (fd < 0 || !piece || !sink)
-		return MIG_EINVAL;
-	rs_init();
-	size_t out_cap = piece < DELTA_OUT_MAX ? piece : DELTA_OUT_MAX;
-	uint8_t *in = mig__malloc(IO_BUF_LEN);
-	uint8_t *obuf = mig__malloc(out_cap);
-	rs_signature_t *own = NULL;
-	rs_job_t *job = NULL;
-	int rc = MIG_ENOMEM;
-	if (!in || !obuf)
-		goto out;
-	rs_signature_t *sums;
-	if (sig) {
-		/* librsync updates match statistics inside the signature: one
-		 * delta at a time per signature. */
-		sums = sig->sums;
-	} else {
-		rs_result r = load_sums(empty_sig, sizeof(empty_sig), &own);
-		if (r != RS_DONE) {
-			rc = rs_err(r);
-			goto out;
-		}
-		sums = own;
-	}
-	job = rs_delta_begin(sums);
-	if (!job)
-		goto out;
-
-	rs_buffers_t bufs = {0};
-	size_t used = 0;    /* bytes of obuf waiting for the sink */
-	uint64_t taken = 0; /* input bytes read, at most limit */
-	bool eof = false;
-	for (;;) {
-		bool progress = false;
-		if (!eof && bufs.avail_in < IO_BUF_LEN) {
-			if (bufs.avail_in)
-				memmove(in, bufs.next_in, bufs.avail_in);
-			size_t want = IO_BUF_LEN - bufs.avail_in;
-			if (limit - taken < want)
-				want = (size_t)(limit - taken);
-			ssize_t n = want ? read_full(fd, in + bufs.avail_in, want, false, 0) : 0;
-			if (n < 0) {
-				rc = MIG_EIO;
-				goto out;
-			}
-			eof = n == 0;
-			taken += (uint64_t)n;
-			if (n && tap && tap(in + bufs.avail_in, (size_t)n, tap_ud)) {
-				rc = MIG_ECANCELED;
-				goto out;
-			}
-			bufs.avail_in += (size_t)n;
-			progress = true;
-		}
-		bufs.next_in = (char *)in;
-		bufs.eof_in = eof;
-		bufs.next_out = (char *)obuf + used;
-		bufs.avail_out = out_cap - used;
-		size_t in_before = bufs.avail_in;
-		rs_result r = rs_job_iter(job, &bufs);
-		size_t produced = out_cap - used - bufs.avail_out;
-		used += produced;
-		if (r != RS_DONE && r != RS_BLOCKED) {
-			rc = rs_err(r);
-			goto out;
-		}
-		if (used == out_cap || (r == RS_DONE && used)) {
-			if (sink(obuf, used, ud)) {
-				rc = MIG_ECANCELED;
-				goto out;
-			}
-			used = 0;
-		}
-		if (r == RS_DONE)
-			break;
-		if (!progress && !produced && bufs.avail_in == in_before) {
-			rc = MIG_EIO; /* librsync stalled: never expected */
-			goto out;
-		}
-		memmove(in, bufs.next_in, bufs.avail_in);
-		bufs.next_in = (char *)in;
-	}
-	rc = 0;
-out:
-	if (job)
-		rs_job_free(job);
-	if (own)
-		rs_free_sumset(own);
-	mig__free(in);
-	mig__free(obuf);
-	return rc;
-}
-
-/* ---------------------------------------------------------------- patch */
-
-struct mig__patch {
-	rs_job_t *job;
-	int basis_fd;
-	uint64_t basis_size;
-	int out_fd;
-	uint64_t max_out; /* most bytes we may write */
-	uint64_t written;
-	mig__digest *digest; /* optional: hashes the output as it is written */
-	rs_long_t seen_cmds; /* copy commands already bounds-checked */
-	rs_long_t seen_bytes;
-	uint8_t *out;  /* PATCH_OUT_LEN bytes of output space */
-	uint8_t *pend; /* input the job has not taken yet */
-	size_t pend_len;
-	size_t pend_cap;
-	int err;    /* sticky: the first error */
-	bool done;  /* the delta's END command was seen */
-	int cb_err; /* error recorded by the copy callback */
-	char cb_why[MIG__REASON_MAX];
-};
-
-static rs_result copy_cb(void *opaque, rs_long_t pos, size_t *len, void **buf)
-{
-	mig__patch *p = opaque;
-	if (p->basis_fd < 0 || *len == 0) {
-		p->cb_err = MIG_EPROTO;
-		snprintf(p->cb_why, sizeof(p->cb_why),
-			 p->basis_fd < 0 ? "corrupt delta: copy command but there is no basis"
-					 : "corrupt delta: empty copy command");
-		return RS_CORRUPT;
-	}
-	/* A new COPY command: librsync has added its length to the statistics
-	 * before the first callback, so the whole command is checked before any
-	 * of it is written. Each piece is checked below as well. */
-	const rs_stats_t *st = rs_job_statistics(p->job);
-	if (st->copy_cmds != p->seen_cmds) {
-		rs_long_t cmd_len = st->copy_bytes - p->seen_bytes;
-		p->seen_cmds = st->copy_cmds;
-		p->seen_bytes = st->copy_bytes;
-		if (pos >= 0 && cmd_len > 0 &&
-		    ((uint64_t)pos > p->basis_size ||
-		     (uint64_t)cmd_len > p->basis_size - (uint64_t)pos)) {
-			p->cb_err = MIG_EPROTO;
-			snprintf(p->cb_why, sizeof(p->cb_why),
-				 "corrupt delta: copy of %jd bytes at offset %jd beyond the "
-				 "%ju-byte basis",
-				 (intmax_t)cmd_len, (intmax_t)pos, (uintmax_t)p->basis_size);
-			return RS_CORRUPT;
-		}
-	}
-	if (pos < 0 || (uint64_t)pos > p->basis_size || *len > p->basis_size - (uint64_t)pos) {
-		p->cb_err = MIG_EPROTO;
-		snprintf(p->cb_why, sizeof(p->cb_why),
-			 "corrupt delta: copy of %zu bytes at offset %jd beyond the %ju-byte basis",
-			 *len, (intmax_t)pos, (uintmax_t)p->basis_size);
-		return RS_CORRUPT;
-	}
-	ssize_t n = read_full(p->basis_fd, *buf, *len, true, (uint64_t)pos);
-	if (n < 0) {
-		char e[128];
-		errno_text((int)-n, e, sizeof(e));
-		p->cb_err = MIG_EIO;
-		snprintf(p->cb_why, sizeof(p->cb_why), "reading the basis: %s", e);
-		return RS_IO_ERROR;
-	}
-	if (n == 0) {
-		/* Never RS_DONE with 0 bytes: librsync would loop forever. */
-		p->cb_err = MIG_EIO;
-		snprintf(p->cb_why, sizeof(p->cb_why), "the basis shrank while patching");
-		return RS_INPUT_ENDED;
-	}
-	*len = (size_t)n;
-	return RS_DONE;
-}
-
-int mig__patch_new(int basis_fd, int out_fd, mig__patch **out)
-{
-	*out = NULL;
-	if (out_fd < 0)
-		return MIG_EINVAL;
-	rs_init();
-	uint64_t size = 0;
-	if (basis_fd >= 0) {
-		struct stat st;
-		if (fstat(basis_fd, &st) != 0)
-			return MIG_EIO;
-		size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
-	}
-	mig__patch *p = mig__calloc(1, sizeof(*p));
-	if (!p)
-		return MIG_ENOMEM;
-	p->basis_fd = basis_fd < 0 ? -1 : basis_fd;
-	p->basis_size = size;
-	p->out_fd = out_fd;
-	p->max_out = UINT64_MAX;
-	p->out = mig__malloc(PATCH_OUT_LEN);
-	if (!p->out) {
-		mig__free(p);
-		return MIG_ENOMEM;
-	}
-	p->job = rs_patch_begin(copy_cb, p);
-	if (!p->job) {
-		mig__free(p->out);
-		mig__free(p);
-		return MIG_ENOMEM;
-	}
-	*out = p;
-	return 0;
-}
-
-void mig__patch_set_max_output(mig__patch *p, uint64_t max_out)
-{
-	p->max_out = max_out;
-}
-
-void mig__patch_set_digest(mig__patch *p, mig__digest *h)
-{
-	p->digest = h;
-}
-
-uint64_t mig__patch_output_size(const mig__patch *p)
-{
-	return p->written;
-}
-
-static int write_all(mig__patch *p, const uint8_t *data, size_t len, char *why, size_t why_len)
-{
-	if (len > p->max_out - p->written) {
-		set_why(why, why_len, "corrupt delta: output over the expected %ju bytes",
-			(uintmax_t)p->max_out);
-		return MIG_EPROTO;
-	}
-	p->written += len;
-	if (p->digest && mig__digest_update(p->digest, data, len) != 0) {
-		set_why(why, why_len, "hashing the patched file failed");
-		return MIG_ESYSTEM;
-	}
-	while (len) {
-		ssize_t n = write(p->out_fd, data, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			char e[128];
-			errno_text(errno, e, sizeof(e));
-			set_why(why, why_len, "writing the patched file: %s", e);
-			return MIG_EIO;
-		}
-		if (n == 0) {
-			set_why(why, why_len, "writing the patched file: no progress");
-			return MIG_EIO;
-		}
-		data += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int patch_fail(mig__patch *p, rs_result r, bool eof, char *why, size_t why_len)
-{
-	if (p->cb_err) {
-		set_why(why, why_len, "%s", p->cb_why);
-		return p->cb_err;
-	}
-	switch (r) {
-	case RS_MEM_ERROR:
-		set_why(why, why_len, "out of memory while patching");
-		return MIG_ENOMEM;
-	case RS_INPUT_ENDED:
-		set_why(why, why_len, "delta truncated");
-		return MIG_EPROTO;
-	case RS_BAD_MAGIC:
-		set_why(why, why_len, "not a delta: bad magic");
-		return MIG_EPROTO;
-	case RS_BLOCKED:
-		set_why(why, why_len, eof ? "delta truncated" : "librsync made no progress");
-		return MIG_EPROTO;
-	default:
-		set_why(why, why_len, "corrupt delta: %s", rs_strerror(r));
-		return MIG_EPROTO;
-	}
-}
-
-/* Runs the job over data (all of it, or until it blocks for more input).
- * Leaves in *left the bytes the job did not take. */
-static int patch_run(mig__patch *p, const uint8_t *data, size_t len, bool eof, size_t *left,
-		     char *why, size_t why_len)
-{
-	rs_buffers_t bufs = {0};
-	bufs.next_in = (char *)data;
-	bufs.avail_in = len;
-	bufs.eof_in = eof;
-	for (;;) {
-		size_t in_before = bufs.avail_in;
-		bufs.next_out = (char *)p->out;
-		bufs.avail_out = PATCH_OUT_LEN;
-		rs_result r = rs_job_iter(p->job, &bufs);
-		size_t produced = PATCH_OUT_LEN - bufs.avail_out;
-		*left = bufs.avail_in;
-		if (produced) {
-			int rc = write_all(p, p->out, produced, why, why_len);
-			if (rc)
-				return rc;
-		}
-		if (r == RS_DONE) {
-			p->done = true;
-			if (bufs.avail_in) {
-				set_why(why, why_len, "corrupt delta: %zu bytes after its end",
-					bufs.avail_in);
-				return MIG_EPROTO;
-			}
-			return 0;
-		}
-		if (r != RS_BLOCKED)
-			return patch_fail(p, r, eof, why, why_len);
-		if (produced || bufs.avail_in != in_before)
-			continue; /* progress: maybe more output is waiting */
-		if (!eof && (bufs.avail_in == 0 || in_before == 0))
-			return 0; /* needs more input */
-		return patch_fail(p, RS_BLOCKED, eof, why, why_len);
-	}
-}
-
-static int keep_input(mig__patch *p, const uint8_t *data, size_t len)
-{
-	if (len > p->pend_cap) {
-		uint8_t *b = mig__realloc(p->pend, len);
-		if (!b)
-			return MIG_ENOMEM;
-		p->pend = b;
-		p->pend_cap = len;
-	}
-	if (len)
-		memmove(p->pend, data, len);
-	p->pend_len = len;
-	return 0;
-}
-
-int mig__patch_feed(mig__patch *p, const uint8_t *data, size_t len, char *why, size_t why_len)
-{
-	if (p->err) {
-		set_why(why, why_len, "patch already failed");
-		return p->err;
-	}
-	if (!len)
-		return 0;
-	if (p->done) {
-		set_why(why, why_len, "corrupt delta: %zu bytes after its end", len);
-		return p->err = MIG_EPROTO;
-	}
-	const uint8_t *src = data;
-	size_t n = len;
-	if (p->pend_len) {
-		/* join the leftover and the new bytes */
-		if (len > SIZE_MAX - p->pend_len) {
-			set_why(why, why_len, "out of memory while patching");
-			return p->err = MIG_ENOMEM;
-		}
-		size_t need = p->pend_len + len;
-		if (need > p->pend_cap) {
-			uint8_t *b = mig__realloc(p->pend, need);
-			if (!b) {
-				set_why(why, why_len, "out of memory while patching");
-				return p->err = MIG_ENOMEM;
-			}
-			p->pend = b;
-			p->pend_cap = need;
-		}
-		memcpy(p->pend + p->pend_len, data, len);
-		p->pend_len = need;
-		src = p->pend;
-		n = need;
-	}
-	size_t left = 0;
-	int rc = patch_run(p, src, n, false, &left, why, why_len);
-	if (rc)
-		return p->err = rc;
-	if (keep_input(p, src + (n - left), left)) {
-		set_why(why, why_len, "out of memory while patching");
-		return p->err = MIG_ENOMEM;
-	}
-	return 0;
-}
-
-int mig__patch_finish(mig__patch *p, char *why, size_t why_len)
-{
-	if (p->err) {
-		set_why(why, why_len, "patch already failed");
-		return p->err;
-	}
-	if (p->done)
-		return 0;
-	size_t left = 0;
-	int rc = patch_run(p, p->pend, p->pend_len, true, &left, why, why_len);
-	p->pend_len = 0;
-	if (!rc && !p->done) {
-		set_why(why, why_len, "delta truncated");
-		rc = MIG_EPROTO;
-	}
-	if (rc)
-		p->err = rc;
-	return rc;
-}
-
-void mig__patch_free(mig__patch *p)
-{
-	if (!p)
-		return;
-	if (p->job)
-		rs_job_free(p->job);
-	mig__free(p->out);
-	mig__free(p->pend);
-	mig__free(p);
 }
