@@ -232,6 +232,8 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 	if (o->compression < MIG_COMPRESSION_AUTO || o->compression > MIG_COMPRESSION_ON ||
 	    o->worker_threads > 64 || o->worker_nice < -1 || o->worker_nice > 19)
 		return MIG_EINVAL;
+	if (o->precopy_rate_limit && o->precopy_rate_limit < MIG__PRECOPY_RATE_MIN)
+		return MIG_EINVAL;
 	if ((o->app_url && !mig__valid_app_url(o->app_url)) ||
 	    o->session_token_ttl_s > MIG__SESSION_TTL_MAX_S)
 		return MIG_EINVAL;
@@ -287,6 +289,7 @@ MIG_EXPORT int mig_engine_new(mig_engine **out, const mig_engine_options *option
 	e->peer_timeout_ms = o->peer_timeout_ms ? o->peer_timeout_ms : DEFAULT_PEER_TIMEOUT_MS;
 	e->precopy_alpha_ms = o->precopy_alpha_ms ? o->precopy_alpha_ms : 50;
 	e->precopy_max_rounds = o->precopy_max_rounds ? o->precopy_max_rounds : 8;
+	e->precopy_rate_limit = o->precopy_rate_limit;
 	if (e->precopy_max_rounds > 16)
 		e->precopy_max_rounds = 16;
 	e->compression = o->compression;

@@ -166,6 +166,8 @@ struct mig_migration {
 };
 
 #define MIG__PROGRESS_INTERVAL_US 100000u
+/* The lowest precopy_rate_limit accepted, bytes/s (migrate.h). */
+#define MIG__PRECOPY_RATE_MIN 65536u
 
 /* Downtime histogram buckets (seconds); +Inf is implicit. */
 #define MIG__DOWNTIME_BUCKETS 8
@@ -237,6 +239,7 @@ struct mig_engine {
 	size_t nfdomains;
 	unsigned precopy_alpha_ms;
 	unsigned precopy_max_rounds;
+	uint64_t precopy_rate_limit; /* bytes/s of pre-copy file data; 0: none */
 	int compression;
 	uint64_t file_cache_bytes; /* 0 = keep no cache */
 	unsigned worker_threads;

@@ -2,6 +2,7 @@
  * flow control and chunk compression. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <zstd.h>
 
@@ -146,6 +147,34 @@ void mig__xfer_credit(struct mig__xfer *x, uint64_t bytes)
 	x->inflight = bytes > x->inflight ? 0 : x->inflight - bytes;
 	pthread_cond_broadcast(&x->fc_cond);
 	pthread_mutex_unlock(&x->fc_lock);
+}
+
+int mig__xfer_pace(struct mig__xfer *x, size_t len)
+{
+	uint64_t rate = x->e->precopy_rate_limit;
+	if (!rate)
+		return 0;
+	uint64_t now = mig__now_us();
+	if (x->pace_next_us > now) {
+		pthread_mutex_lock(&x->fc_lock);
+		while (!atomic_load(&x->cancelled) && (now = mig__now_us()) < x->pace_next_us) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			uint64_t ns = (uint64_t)ts.tv_nsec + (x->pace_next_us - now) * 1000u;
+			ts.tv_sec += (time_t)(ns / 1000000000u);
+			ts.tv_nsec = (long)(ns % 1000000000u);
+			pthread_cond_timedwait(&x->fc_cond, &x->fc_lock, &ts);
+		}
+		pthread_mutex_unlock(&x->fc_lock);
+		if (atomic_load(&x->cancelled))
+			return MIG_ECANCELED;
+	}
+	/* Time the round spent not sending is not saved up: at most this one
+	 * chunk goes at once. */
+	if (x->pace_next_us < now)
+		x->pace_next_us = now;
+	x->pace_next_us += (uint64_t)len * 1000000u / rate;
+	return 0;
 }
 
 static int wait_credit(struct mig__xfer *x, size_t len)

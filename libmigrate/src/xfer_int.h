@@ -158,6 +158,8 @@ struct mig__xfer {
 	pthread_mutex_t fc_lock;
 	pthread_cond_t fc_cond;
 	uint64_t inflight;
+	/* Source strand: when the next pre-copy chunk may go (mig__xfer_pace). */
+	uint64_t pace_next_us;
 
 	/* Compression (workers). */
 	int compression;
@@ -249,6 +251,10 @@ int mig__xfer_send_chunk(struct mig__xfer *x, uint32_t stream, const uint8_t *da
 int mig__xfer_chunk_data(const Migwire__Chunk *c, uint8_t **out, size_t *len, char *why,
 			 size_t why_len);
 void mig__xfer_credit(struct mig__xfer *x, uint64_t bytes);
+/* Source strand, pre-copy rounds: waits until the engine's
+ * precopy_rate_limit lets `len` more bytes go (returns at once without a
+ * limit). 0, or MIG_ECANCELED when the transfer is cancelled meanwhile. */
+int mig__xfer_pace(struct mig__xfer *x, size_t len);
 
 /* xfer_src.c / xfer_dst.c */
 void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f);

@@ -56,7 +56,12 @@ static int flush_sink(struct sink_ctx *s, bool last)
 		if (rc)
 			return rc;
 	}
-	int rc = mig__xfer_send_chunk(s->x, s->stream, s->buf, s->len, last, true);
+	/* Pre-copy rounds go at most at precopy_rate_limit; the final round,
+	 * the user paused, at full speed. */
+	int rc = s->final ? 0 : mig__xfer_pace(s->x, s->len);
+	if (rc)
+		return rc;
+	rc = mig__xfer_send_chunk(s->x, s->stream, s->buf, s->len, last, true);
 	atomic_fetch_add(&s->x->round_sent_bytes, s->len);
 	s->total += s->len;
 	s->len = 0;

@@ -80,6 +80,7 @@ class EngineOptions(Structure):
         ("user_data", c_void_p),
         ("precopy_alpha_ms", c_uint),
         ("precopy_max_rounds", c_uint),
+        ("precopy_rate_limit", c_uint64),
         ("compression", c_int),
         ("file_cache_bytes", c_uint64),
         ("file_cache_off", c_int),

@@ -153,7 +153,8 @@ class Engine(LoopHandle):
                  tls_key_file: Optional[str] = None, tls_ca_file: Optional[str] = None,
                  tls_require_client_cert: bool = False, max_frame_bytes: int = 0,
                  peer_timeout_ms: int = 0, precopy_alpha_ms: int = 0,
-                 precopy_max_rounds: int = 0, compression: Compression = Compression.AUTO,
+                 precopy_max_rounds: int = 0, precopy_rate_limit: int = 0,
+                 compression: Compression = Compression.AUTO,
                  file_cache_bytes: int = 0, file_cache_off: bool = False,
                  worker_threads: int = 0, worker_nice: int = 0,
                  metrics_off: bool = False,
@@ -189,6 +190,8 @@ class Engine(LoopHandle):
         o.precopy_alpha_ms = check_int("precopy_alpha_ms", precopy_alpha_ms, 0, _UINT_MAX)
         o.precopy_max_rounds = check_int("precopy_max_rounds", precopy_max_rounds, 0,
                                          _UINT_MAX)
+        o.precopy_rate_limit = check_int("precopy_rate_limit", precopy_rate_limit, 0,
+                                         2**64 - 1)
         o.compression = check_int("compression", int(compression), -2**31, 2**31 - 1)
         o.file_cache_bytes = check_int("file_cache_bytes", file_cache_bytes, 0, 2**64 - 1)
         o.file_cache_off = 1 if file_cache_off else 0

@@ -53,6 +53,7 @@ int main(void)
 	OFF(mig_engine_options, user_data);
 	OFF(mig_engine_options, precopy_alpha_ms);
 	OFF(mig_engine_options, precopy_max_rounds);
+	OFF(mig_engine_options, precopy_rate_limit);
 	OFF(mig_engine_options, compression);
 	OFF(mig_engine_options, file_cache_bytes);
 	OFF(mig_engine_options, file_cache_off);
