@@ -918,7 +918,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: sandwich_server --id NAME --secret-file FILE --state DIR\n"
 		"                       [--port P] [--app-port P] [--listen ADDRESS]\n"
-		"                       [--worker-nice N]\n"
+		"                       [--worker-nice N] [--precopy-rate BYTES_PER_S]\n"
 		"                       [--standby URL [--replicate-ms N] [--no-replicate-steps]]\n"
 		"                       [--auto-promote-ms N]\n");
 	exit(2);
@@ -929,6 +929,7 @@ int main(int argc, char **argv)
 	static struct server s; /* large (hash table): not on the stack */
 	const char *secret_file = NULL, *listen_address = "127.0.0.1";
 	int port = 0, app_port = 0, worker_nice = 0, opt;
+	unsigned long long precopy_rate = 0;
 	int replicate_ms = 0, auto_promote_ms = 0;
 	const char *standby_url = NULL;
 	bool replicate_steps = true;
@@ -940,6 +941,7 @@ int main(int argc, char **argv)
 		{"app-port", required_argument, NULL, 'a'},
 		{"listen", required_argument, NULL, 'l'},
 		{"worker-nice", required_argument, NULL, 'n'}, /* engine option worker_nice */
+		{"precopy-rate", required_argument, NULL, 'R'}, /* precopy_rate_limit */
 		{"standby", required_argument, NULL, 'S'},
 		{"replicate-ms", required_argument, NULL, 'r'},
 		{"no-replicate-steps", no_argument, NULL, 'N'},
@@ -968,6 +970,9 @@ int main(int argc, char **argv)
 			break;
 		case 'n':
 			worker_nice = atoi(optarg);
+			break;
+		case 'R':
+			precopy_rate = strtoull(optarg, NULL, 10);
 			break;
 		case 'S':
 			standby_url = optarg;
@@ -1019,9 +1024,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 #else
-	(void)port; /* --port, --secret-file, --worker-nice: accepted, unused */
+	(void)port; /* --port, --secret-file, --worker-nice, --precopy-rate: accepted, unused */
 	(void)secret_file;
 	(void)worker_nice;
+	(void)precopy_rate;
 	(void)replicate_ms; /* failover options: accepted, unused */
 	(void)auto_promote_ms;
 	(void)standby_url;
@@ -1067,6 +1073,7 @@ int main(int argc, char **argv)
 	o.on_log = on_log;
 	o.log_level = MIG_LOG_WARN;
 	o.worker_nice = worker_nice;
+	o.precopy_rate_limit = precopy_rate;
 	o.user_data = &s;
 	int rc = mig_engine_new(&s.engine, &o);
 	if (rc) {
