@@ -6,6 +6,7 @@
 #                           [--users 50] [--rate 20] [--duration 30]
 #                           [--image-bytes 20480] [--reps 3] [--seed-mib 64]
 #                           [--movers 3] [--b-nice "0"] [--worker-nice "0"]
+#                           [--precopy-rate "0"]
 #                           [--state-root DIR]
 #
 # Builds (a release build in DIR, -Dtests=false) examples/sandwich_server,
@@ -37,6 +38,9 @@
 #      A and B started with sandwich_server --worker-nice N (the engine
 #      option worker_nice: 0 = the library's default, 10; -1 = the engine's
 #      threads at the app's priority, as the library ran before that option).
+#      --precopy-rate "0 100000000" likewise, for each of those: A and B
+#      started with sandwich_server --precopy-rate N (the engine option
+#      precopy_rate_limit, bytes/s; 0 = no limit).
 #  (c) idle after one migration: engine servers A and B, idle 5 s, then one
 #      user with 20 frames on A moved to B, then 5 s idle again: VmRSS,
 #      RssAnon, RssFile and RSS by mapping of both, before and after (the
@@ -65,6 +69,7 @@ SEED_MIB=64
 MOVERS=3
 BNICE=0
 BWNICE=0
+BRATE=0
 WARMUP=2
 STATE_ROOT=
 while [ $# -gt 0 ]; do
@@ -80,6 +85,7 @@ while [ $# -gt 0 ]; do
 	--movers) MOVERS=$2; shift 2 ;;
 	--b-nice) BNICE=$2; shift 2 ;;
 	--worker-nice) BWNICE=$2; shift 2 ;;
+	--precopy-rate) BRATE=$2; shift 2 ;;
 	--state-root) STATE_ROOT=$2; shift 2 ;;
 	-h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {print}' "$0"; exit 0 ;;
 	*) echo "unknown argument $1" >&2; exit 2 ;;
@@ -143,6 +149,7 @@ start_server() {
 	[ "$1" = plain ] && bin=$PLAIN_BIN
 	mkdir -p "$3"
 	"$bin" --id "$2" --secret-file "$OUT/secret" --state "$3" --worker-nice "${4:-0}" \
+		--precopy-rate "${5:-0}" \
 		>"$3.log" 2>"$3.err" &
 	SRV_PID=$!
 	PIDS+=("$SRV_PID")
@@ -209,22 +216,25 @@ seed_frames=$(( (SEED_MIB * 1048576 + IMAGE + 29) / (IMAGE + 30) ))
 BDUR=$((DURATION + 10))
 [ "$BDUR" -ge $((10 * MOVERS + 6)) ] || BDUR=$((10 * MOVERS + 6)) # the last migration at 8 + 10 (MOVERS - 1) s
 brep=0
-for nice_wn in $(for n in $BNICE; do for w in $BWNICE; do echo "$n/$w"; done; done); do
-	nice=${nice_wn%/*}
-	wn=${nice_wn#*/}
+for combo in $(for n in $BNICE; do for w in $BWNICE; do for r in $BRATE; do echo "$n/$w/$r"; done; done; done); do
+	nice=${combo%%/*}
+	rest=${combo#*/}
+	wn=${rest%%/*}
+	rate=${rest#*/}
 	brep=$((brep + 1))
 	rd=$OUT/b-$(printf %02d "$brep")
 	mkdir -p "$rd"
 	echo "$brep" >"$rd/rep"
 	echo "$nice" >"$rd/nice"
 	echo "$wn" >"$rd/worker_nice"
+	echo "$rate" >"$rd/precopy_rate"
 	echo "$WARMUP" >"$rd/warmup"
 	echo 2 >"$rd/gap"
 	say ""
-	say "(b) run $brep: $MOVERS users with ${SEED_MIB} MiB of frames each moved A -> B, one at a time, under the load; engine threads' nice $nice, worker_nice $wn"
-	start_server engine A "$STATE_ROOT/s-bA" "$wn"
+	say "(b) run $brep: $MOVERS users with ${SEED_MIB} MiB of frames each moved A -> B, one at a time, under the load; engine threads' nice $nice, worker_nice $wn, precopy_rate_limit $rate"
+	start_server engine A "$STATE_ROOT/s-bA" "$wn" "$rate"
 	PID_A=$SRV_PID; APP_A=$SRV_APP; URL_A=$SRV_URL
-	start_server engine B "$STATE_ROOT/s-bB" "$wn"
+	start_server engine B "$STATE_ROOT/s-bB" "$wn" "$rate"
 	PID_B=$SRV_PID; URL_B=$SRV_URL
 	if [ "$nice" != 0 ]; then
 		for p in $PID_A $PID_B; do

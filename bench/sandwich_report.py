@@ -292,6 +292,7 @@ def load_b(rd):
         "control_gap_s": float(read(f("gap")).strip()),
         "nice": read(f("nice")).strip() if os.path.exists(f("nice")) else "0",
         "worker_nice": int(read(f("worker_nice")).strip()) if os.path.exists(f("worker_nice")) else 0,
+        "precopy_rate": int(read(f("precopy_rate")).strip()) if os.path.exists(f("precopy_rate")) else 0,
         "load": jload(f("load.json")),
         "samples": f("samples.txt"),
     }
@@ -344,7 +345,7 @@ def report_b(d, res):
         t_first = samples[0][0] + r["warmup_s"]
         t_last = samples[-1][0]
         migs = r["migrations"]
-        print("\n### (b) other users' frames while one user is migrated (run %d, engine threads' nice %s, worker_nice %d)" % (r["rep"], r["nice"], r["worker_nice"]))
+        print("\n### (b) other users' frames while one user is migrated (run %d, engine threads' nice %s, worker_nice %d, precopy_rate_limit %d)" % (r["rep"], r["nice"], r["worker_nice"], r["precopy_rate"]))
         print()
         print("| user | seeded frames.log | migratectl | bytes sent | rounds | duration (engine) | downtime | window (STARTED → COMMITTED) |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -411,6 +412,7 @@ def report_b(d, res):
             "rep": r["rep"],
             "nice": r["nice"],
             "worker_nice": r["worker_nice"],
+            "precopy_rate": r["precopy_rate"],
             "migration_windows": {"n": len(mw), "p50_us": pct(mw, 50), "p99_us": pct(mw, 99), "max_us": max(mw) if mw else 0},
             "control_windows": {"n": len(cw), "p50_us": pct(cw, 50), "p99_us": pct(cw, 99), "max_us": max(cw) if cw else 0},
             "after_commit_1s": {"n": len(aw), "p50_us": pct(aw, 50), "p99_us": pct(aw, 99), "max_us": max(aw) if aw else 0},
