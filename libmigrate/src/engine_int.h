@@ -1,6 +1,7 @@
-/* The engine's private state, shared by engine.c (API, dispatch loop),
- * users.c (user table), handoff.c (the two-phase handoff) and control.c
- * (the control channel).
+/* The engine's private state, shared by engine.c (options, lifecycle),
+ * engine_dispatch.c (dispatch loop, connections), engine_migration.c
+ * (migration handles), users.c (user table), handoff.c (the two-phase
+ * handoff) and control.c (the control channel).
  *
  * Locking: `lock` guards everything below it. The handoff state machine runs
  * only inside dispatch (serialised by `dispatch_lock`) and holds `lock` except
@@ -288,9 +289,11 @@ struct mig_engine {
 };
 
 /* engine.c */
+void mig__engine_set_error(mig_engine *e, const char *fmt, ...) MIG__PRINTF(2, 3);
+
+/* engine_dispatch.c */
 void mig__engine_log(mig_engine *e, mig_log_level level, const char *fmt, ...)
 	MIG__PRINTF(3, 4);
-void mig__engine_set_error(mig_engine *e, const char *fmt, ...) MIG__PRINTF(2, 3);
 void mig__engine_unlock_for_app(mig_engine *e);
 void mig__engine_relock(mig_engine *e);
 void mig__engine_wake(mig_engine *e);
@@ -303,11 +306,16 @@ int mig__engine_send(mig_engine *e, uint64_t conn, const mig__frame *f,
  * connecting, else a new one. Returns 0 and the id, or a negative MIG_E*. */
 int mig__engine_peer_conn(mig_engine *e, const char *url, uint64_t *conn);
 mig__conn_rec *mig__engine_conn(mig_engine *e, uint64_t id);
+/* Frees a record already unlinked from e->conns (or the whole list at the
+ * end of the engine). */
+void mig__conn_rec_free(mig__conn_rec *c);
 /* Test hook (white-box tests only). */
 void mig__engine_set_fault(mig_engine *e, enum mig__fault_point point,
 			   enum mig__fault_action action, unsigned count);
 /* Should the frame at `point` fire a fault? Consumes one count. */
 enum mig__fault_action mig__engine_fault_at(mig_engine *e, enum mig__fault_point point);
+
+/* engine_migration.c */
 void mig__migration_unref(struct mig_migration *m);
 
 /* users.c */
