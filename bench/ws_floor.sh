@@ -8,9 +8,9 @@
 # random) measured alternately in the same run:
 #  - libwebsockets alone (bench/ws_floor.c), one thread per side, set up as
 #    libmigrate's transport, then with the work a libmigrate destination
-#    must do added one piece at a time: the copy out of lws's read buffer,
-#    XXH3-128 of every file on both sides, the files made durable before the
-#    acknowledgement;
+#    must do added one piece at a time: XXH3-128 of every file on both
+#    sides, the copy out of lws's read buffer (libmigrate reassembles whole
+#    messages), the files made durable before the acknowledgement;
 #  - a raw TCP copy whose receiver makes the files durable (bench_files
 #    tcp-recv --fsync), and libmigrate itself: two engine processes (bench_files engine), a fresh
 #    destination, default options, time to COMMITTED.
@@ -59,8 +59,8 @@ echo "|---|---:|---:|---:|---|"
 # ws_floor rows: its own raw TCP copy alternates with each run.
 ROWS=(
 	"libwebsockets alone (64 KiB reads and fragments)|"
-	"+ the receiver copies each piece out of lws's buffer|--rx-copy"
-	"+ XXH3-128 of every file on both sides, checked|--rx-copy --digest"
+	"+ XXH3-128 of every file on both sides, checked|--digest"
+	"+ the receiver copies each piece out of lws's buffer|--digest --rx-copy"
 	"+ the files durable before the acknowledgement|--rx-copy --digest --fsync"
 )
 for row in "${ROWS[@]}"; do
