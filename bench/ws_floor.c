@@ -321,6 +321,16 @@ static int send_frame(struct lws *wsi, uint8_t *payload, size_t n, bool first, b
 	return w < (int)(h + n) ? -1 : 0;
 }
 
+/* The sender's current file is sent: its hash, and on to the next. */
+static void tx_file_end(struct tx *t)
+{
+	close(t->fd);
+	t->fd = -1;
+	if (g_digest)
+		digest_end(t->dg, &t->sums[t->file]);
+	t->file++;
+}
+
 /* One frame of the sender's stream per WRITEABLE callback. */
 static int tx_writeable(struct lws *wsi)
 {
@@ -355,13 +365,8 @@ static int tx_writeable(struct lws *wsi)
 		t->in_msg = false;
 		if (g_digest)
 			t->dg = digest_new();
-		if (!t->left) {
-			close(t->fd);
-			t->fd = -1;
-			if (g_digest)
-				digest_end(t->dg, &t->sums[t->file]);
-			t->file++;
-		}
+		if (!t->left)
+			tx_file_end(t);
 		lws_callback_on_writable(wsi);
 		return 0;
 	}
@@ -376,13 +381,8 @@ static int tx_writeable(struct lws *wsi)
 		return -1;
 	t->in_msg = true;
 	t->left -= (uint64_t)n;
-	if (last) {
-		close(t->fd);
-		t->fd = -1;
-		if (g_digest)
-			digest_end(t->dg, &t->sums[t->file]);
-		t->file++;
-	}
+	if (last)
+		tx_file_end(t);
 	lws_callback_on_writable(wsi);
 	return 0;
 }
