@@ -708,7 +708,7 @@ int main(int argc, char **argv)
 			g_fsync = true;
 		else
 			die("usage: ws_floor --dir DIR [--reps N] [--read BYTES] [--fragment BYTES] "
-			    "[--rx-copy]");
+			    "[--rx-copy] [--digest] [--fsync]");
 	}
 	if (!g_dir || reps < 1 || reps > MAX_REPS || g_read < 4096 || g_fragment < 4096 ||
 	    g_fragment > (64u << 20))
