@@ -99,8 +99,13 @@ def main():
                    not css('#engine-edge-1 li[data-user="alice"]'),
                    'alice under edge-2 on the dashboard')
         t_seen = time.monotonic()
-        wait.until(lambda d: css('#migrations tr.committed'), 'the migration row committed')
-        row = css('#migrations tr.committed')[0].text
+        # The table is re-rendered on every push: read the row's text in
+        # the same try that finds it (a stale element is tried again).
+        def text_of(sel):
+            found = css(sel)
+            return found[0].text if found else False
+        row = wait.until(lambda d: text_of('#migrations tr.committed'),
+                         'the migration row committed')
         print('migration row: %s' % row, flush=True)
         print('click -> alice shown under edge-2: %.0f ms' % ((t_seen - t_click) * 1000), flush=True)
         # The page is not the proof: ask both engines over their control channels.
@@ -108,7 +113,7 @@ def main():
         assert users2.get('alice') == 'active', users2
         assert 'alice' not in users1, users1
         print('migratectl: alice active on edge-2, absent from edge-1', flush=True)
-        result = css('#move-result')[0].text
+        result = wait.until(lambda d: text_of('#move-result'), 'the move result')
         assert 'migration #' in result, result
 
         shot = os.path.join(args.workdir, 'dashboard.png')
