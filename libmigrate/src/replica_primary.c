@@ -269,8 +269,16 @@ void mig__replica_on_ack(mig_engine *e, uint64_t conn, const Migwire__ReplicaAck
 	if (k->code) {
 		mig__rfset_free(p->inflight_files);
 		p->inflight_files = NULL;
-		if (k->has_held_seq && k->held_seq > p->seq)
-			p->seq = k->held_seq; /* a restarted primary continues above */
+		if (k->has_held_seq && k->held_seq > p->seq) {
+			/* Replication restarted (this engine, or this user's
+			 * record after mig_replicate_stop) below what the
+			 * standby holds: continue above it, and at once, or
+			 * the standby would keep the older copy for an
+			 * interval. seq only grows, so this resends once. */
+			p->seq = k->held_seq;
+			p->dirty = true;
+			mig__engine_wake(e);
+		}
 		if (k->code == MIG_EUNKNOWN) {
 			/* The standby lost its copy (or holds another): resend
 			 * everything, files whole. */

@@ -416,6 +416,67 @@ static void test_replicate_and_promote(void **state)
 	mig_engine_free(s);
 }
 
+/* Replication of a user stopped and started again towards the same standby:
+ * the new record starts at seq 1, below what the standby holds, which
+ * refuses it as replayed and says what it holds; the primary resends above
+ * that at once instead of after an interval (60 s here), so the standby
+ * never keeps the older copy longer than one round trip. */
+static void test_restart_replication(void **state)
+{
+	(void)state;
+	struct fapp pa, sa;
+	fapp_init(&pa, "primary");
+	fapp_init(&sa, "standby");
+	mig_engine *p = fapp_engine(&pa, "primary", 0);
+	mig_engine *s = fapp_engine(&sa, "standby", 0);
+	mig_engine *both[] = {p, s};
+	fapp_add(&pa, p, 0);
+	const char *user = pa.users[0].id;
+	mig_replicate_options o = {.interval_ms = 60000};
+	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
+	assert_true(replog_wait(both, 2, &sa.log, MIG_REPLICA_INSTALLED, 1, 5000));
+	for (int k = 1; k <= 3; k++) {
+		fapp_step(&pa, 0);
+		assert_int_equal(mig_replicate_now(p, user), 0);
+		assert_true(replog_wait(both, 2, &sa.log, MIG_REPLICA_INSTALLED, 1 + k, 3000));
+	}
+	mig_replica_info si;
+	assert_int_equal(mig_replica_info_get(s, user, &si), 0);
+	assert_int_equal(si.seq, 4);
+
+	assert_int_equal(mig_replicate_stop(p, user), 0);
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_STOPPED, 1, 3000));
+	int acked = replog_count(&pa.log, MIG_REPLICA_ACKED, NULL);
+	fapp_step(&pa, 0);
+	assert_int_equal(mig_replicate(p, user, mig_engine_url(s), &o), 0);
+	/* seq 1 refused as replayed, then seq 5 installed: well inside the
+	 * 60 s interval. */
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_REFUSED, 1, 3000));
+	struct rev r;
+	assert_int_equal(replog_count(&pa.log, MIG_REPLICA_REFUSED, &r), 1);
+	assert_int_equal(r.error, MIG_EPROTO);
+	assert_true(replog_wait(both, 2, &sa.log, MIG_REPLICA_INSTALLED, 5, 3000));
+	assert_true(replog_wait(both, 2, &pa.log, MIG_REPLICA_ACKED, acked + 1, 3000));
+	mig_replica_info pi;
+	assert_int_equal(mig_replica_info_get(p, user, &pi), 0);
+	assert_int_equal(mig_replica_info_get(s, user, &si), 0);
+	assert_int_equal(si.seq, 5);
+	assert_int_equal(pi.acked_seq, 5);
+	assert_int_equal(replog_count(&pa.log, MIG_REPLICA_REFUSED, NULL), 1);
+
+	/* What the standby holds is the latest step: promoted, the app there
+	 * gets it. */
+	uint64_t last_step = pa.users[0].step;
+	mig_engine_free(p);
+	assert_int_equal(mig_replica_promote(s, user), 0);
+	mig_engine *only[] = {s};
+	assert_true(replog_wait(only, 1, &sa.log, MIG_REPLICA_PROMOTED, 1, 3000));
+	assert_int_equal(sa.users[0].step, last_step);
+	check_no_violations(&pa);
+	check_no_violations(&sa);
+	mig_engine_free(s);
+}
+
 /* The primary stops being dispatched (frozen), the standby is promoted; when
  * the primary runs again its next update is refused as superseded and it
  * stops serving the user: in the end the user is active on exactly one. */
@@ -1273,6 +1334,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_replicate_and_promote),
 		cmocka_unit_test(test_old_primary_superseded),
+		cmocka_unit_test(test_restart_replication),
 		cmocka_unit_test(test_bad_updates),
 		cmocka_unit_test(test_promote_merge_fails),
 		cmocka_unit_test(test_auto_promote),
