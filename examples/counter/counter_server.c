@@ -8,9 +8,12 @@
  *
  *   counter_server --id A --secret-file S [--port P] [--users u1,u2,...]
  *                  [--orchestrator URL [--heartbeat-ms MS]]
+ *                  [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
  *
  * With --orchestrator the engine announces itself to a migrate-orchestrator
- * (docs/ORCHESTRATOR.md) and sends it heartbeats.
+ * (docs/ORCHESTRATOR.md) and sends it heartbeats. With --tls-cert/--tls-key
+ * the engine serves wss://; --tls-ca verifies the wss:// peers and
+ * orchestrator it connects to.
  *
  * Prints "url <engine url>" first, then one timeline line per event, and the
  * final counters on SIGTERM/SIGINT. */
@@ -200,6 +203,7 @@ int main(int argc, char **argv)
 {
 	struct server s = {.name = "A"};
 	const char *secret_file = NULL, *users = NULL, *orchestrator = NULL;
+	const char *tls_cert = NULL, *tls_key = NULL, *tls_ca = NULL;
 	int port = 0;
 	unsigned heartbeat_ms = 0;
 	int opt;
@@ -210,6 +214,9 @@ int main(int argc, char **argv)
 		{"users", required_argument, NULL, 'u'},
 		{"orchestrator", required_argument, NULL, 'o'},
 		{"heartbeat-ms", required_argument, NULL, 'b'},
+		{"tls-cert", required_argument, NULL, 'c'},
+		{"tls-key", required_argument, NULL, 'k'},
+		{"tls-ca", required_argument, NULL, 'C'},
 		{NULL, 0, NULL, 0},
 	};
 	while ((opt = getopt_long(argc, argv, "i:p:s:u:", longopts, NULL)) != -1) {
@@ -232,10 +239,20 @@ int main(int argc, char **argv)
 		case 'b':
 			heartbeat_ms = (unsigned)strtoul(optarg, NULL, 10);
 			break;
+		case 'c':
+			tls_cert = optarg;
+			break;
+		case 'k':
+			tls_key = optarg;
+			break;
+		case 'C':
+			tls_ca = optarg;
+			break;
 		default:
 			fprintf(stderr, "usage: counter_server --id NAME --secret-file FILE "
 					"[--port P] [--users a,b,c] [--orchestrator URL "
-					"[--heartbeat-ms MS]]\n");
+					"[--heartbeat-ms MS]] [--tls-cert FILE --tls-key FILE] "
+					"[--tls-ca FILE]\n");
 			return 2;
 		}
 	}
@@ -263,6 +280,9 @@ int main(int argc, char **argv)
 	o.heartbeat_ms = heartbeat_ms;
 	o.secret = secret;
 	o.secret_len = secret_len;
+	o.tls_cert_file = tls_cert;
+	o.tls_key_file = tls_key;
+	o.tls_ca_file = tls_ca;
 	o.on_event = on_event;
 	o.on_log = on_log;
 	o.log_level = MIG_LOG_WARN;

@@ -5,13 +5,17 @@ migration through the API checked with migratectl, and every API error case.
 Prints TAP; exit 0 when every check passed.
 """
 import argparse
+import http.client
 import json
 import os
 import signal
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 sys.dont_write_bytecode = True  # keep the source tree clean
@@ -32,10 +36,16 @@ def main():
     for a in ('orchestrator', 'server', 'migratectl', 'web', 'workdir'):
         ap.add_argument('--' + a, required=True)
     ap.add_argument('--probe', required=True)
+    ap.add_argument('--certs', required=True)
     args = ap.parse_args()
     c = Cluster(args, args.workdir, 'api-test')
     try:
         run(c)
+    finally:
+        c.close()
+    c = Cluster(args, args.workdir, 'api-test-tls')
+    try:
+        run_tls(c, args.certs)
     finally:
         c.close()
     print('1..%d' % len(checks))
@@ -194,6 +204,90 @@ def run(c):
                         '--orchestrator', 'http://nowhere'], capture_output=True, timeout=10)
     check('a bad orchestrator URL is refused at engine start', r.returncode != 0 and
           b'invalid argument' in r.stderr, r.stderr)
+
+
+def run_tls(c, certs):
+    """Both orchestrator ports over TLS: engines announce to wss://, the API
+    and dashboard are https://, the orchestrator reaches wss:// engines
+    with the CA it was given; nothing answers in clear, and an engine that
+    cannot verify the orchestrator never registers."""
+    def pem(name):
+        return os.path.join(certs, name)
+    tls = ['--tls-cert', pem('server.pem'), '--tls-key', pem('server.key'),
+           '--tls-ca', pem('ca.pem')]
+    r = subprocess.run([c.args.orchestrator, '--secret-file', c.secret, '--token-file',
+                        c.token_file, '--engines-port', '0', '--http-port', '0', '--db',
+                        ':memory:', '--static', c.args.web, '--tls-cert', pem('server.pem')],
+                       capture_output=True, timeout=10)
+    check('TLS: --tls-cert without --tls-key is a usage error', r.returncode == 2 and
+          b'go together' in r.stderr, (r.returncode, r.stderr))
+    r = subprocess.run([c.args.orchestrator, '--secret-file', c.secret, '--token-file',
+                        c.token_file, '--engines-port', '0', '--http-port', '0', '--db',
+                        ':memory:', '--static', c.args.web, '--tls-cert', pem('server.pem'),
+                        '--tls-key', pem('ca.key')], capture_output=True, timeout=10)
+    check('TLS: a key that does not match the certificate fails at start',
+          r.returncode == 1 and b'certificate or key' in r.stderr, (r.returncode, r.stderr))
+
+    c.start_orchestrator(extra=tls)
+    check('TLS: the orchestrator prints wss:// and https://',
+          c.engines_url.startswith('wss://') and c.http_url.startswith('https://'),
+          (c.engines_url, c.http_url))
+    c.ssl_context = ssl.create_default_context(cafile=pem('ca.pem'))
+    hb = 300
+    for name, users in (('TA', ['carol']), ('TB', [])):
+        c.start_engine(name, users=users, heartbeat_ms=hb, extra=tls)
+    # Trusts another CA only: cannot verify the orchestrator, never gets in.
+    c.start_engine('TX', users=['mallory'], heartbeat_ms=hb,
+                   extra=['--tls-ca', pem('rogue-ca.pem')])
+    c.wait_for('both TLS engines healthy over https',
+               lambda: c.health('TA') == 'healthy' and c.health('TB') == 'healthy')
+    check('TLS: engines announce over wss:// and the API answers over https://', True)
+    # carol is listed: the orchestrator asked TA for its users over wss://.
+    c.wait_for('carol listed', lambda: {'user': 'carol', 'engine': 'TA', 'state': 'active'}
+               in c.api('/api/users')[1])
+    check('TLS: the orchestrator polls wss:// engines with --tls-ca', True)
+    s, b = c.api('/api/migrations', 'POST', {'user': 'carol', 'to': 'TB'})
+    check('TLS: POST /api/migrations over https: 202', s == 202, (s, b))
+    m = c.wait_for('the TLS migration to end', lambda: [x for x in c.api('/api/migrations')[1]
+                                                        if x['state'] in ('committed', 'aborted')])
+    check('TLS: the migration commits', m[0]['state'] == 'committed', m)
+    c.wait_for('carol on TB', lambda: {'user': 'carol', 'engine': 'TB', 'state': 'active'}
+               in c.api('/api/users')[1])
+    names = [e['id'] for e in c.api('/api/engines')[1]]
+    check('TLS: an engine that cannot verify the orchestrator is not registered',
+          'TX' not in names and all(u['user'] != 'mallory' for u in c.api('/api/users')[1]),
+          names)
+    with open(os.path.join(c.dir, 'engine-TX.log'), 'rb') as f:
+        log = f.read()
+    check('TLS: that engine says why', b'orchestrator' in log and
+          any(w in log.lower() for w in (b'certificate', b'verify', b'tls', b'ssl')), log[-400:])
+    # The dashboard's WebSocket over wss://: the upgrade is accepted and the
+    # first message (the registry, as JSON) arrives.
+    host, port = c.http_url[len('https://'):].rsplit(':', 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with c.ssl_context.wrap_socket(raw, server_hostname=host) as t:
+            t.sendall(('GET /ws?token=%s HTTP/1.1\r\nHost: %s:%s\r\nUpgrade: websocket\r\n'
+                       'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
+                       'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mig-dashboard\r\n'
+                       '\r\n' % (c.token, host, port)).encode())
+            got = b''
+            while b'\r\n\r\n' not in got or b'TA' not in got:
+                chunk = t.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+    check('TLS: the dashboard WebSocket upgrades over wss:// and pushes the registry',
+          got.startswith(b'HTTP/1.1 101') and b'TA' in got, got[:200])
+    # Nothing in clear: plain HTTP to the https port gets no API answer.
+    plain = 'http://' + c.http_url[len('https://'):]
+    req = urllib.request.Request(plain + '/api/engines')
+    req.add_header('Authorization', 'Bearer ' + c.token)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            answered = r.status == 200
+    except (urllib.error.URLError, ConnectionError, OSError, http.client.HTTPException):
+        answered = False
+    check('TLS: plain http:// to the https port gets no API answer', not answered)
 
 
 if __name__ == '__main__':

@@ -31,6 +31,7 @@ class Cluster:
         self.orch = None
         self.engines_url = None
         self.http_url = None
+        self.ssl_context = None  # for https:// API calls (set with a CA)
 
     # -------------------------------------------------------------- processes
 
@@ -78,10 +79,11 @@ class Cluster:
             return rc
         return None
 
-    def start_engine(self, name, users=(), heartbeat_ms=500, secret=None, orchestrator=None):
+    def start_engine(self, name, users=(), heartbeat_ms=500, secret=None, orchestrator=None,
+                     extra=()):
         cmd = [self.args.server, '--id', name, '--secret-file', secret or self.secret,
                '--orchestrator', orchestrator or self.engines_url,
-               '--heartbeat-ms', str(heartbeat_ms)]
+               '--heartbeat-ms', str(heartbeat_ms)] + list(extra)
         if users:
             cmd += ['--users', ','.join(users)]
         # stdout goes to a file: the server prints a line per event and
@@ -135,7 +137,7 @@ class Cluster:
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as r:
                 return r.status, json.loads(r.read() or b'null')
         except urllib.error.HTTPError as e:
             text = e.read()

@@ -81,9 +81,16 @@ static void usage(FILE *out)
 		"  --poll-ms MS         how often to ask engines for their users (default 1000)\n"
 		"  --keep-migrations N  finished migrations kept in the registry with their\n"
 		"                       events, the newest first (default 10000)\n"
+		"  --tls-cert FILE      PEM certificate: serve both ports over TLS (wss://,\n"
+		"                       https://); with --tls-key. Also the client certificate\n"
+		"                       for engines that require one\n"
+		"  --tls-key FILE       its PEM private key\n"
+		"  --tls-ca FILE        PEM CA bundle that verifies wss:// engines (default:\n"
+		"                       the system store)\n"
 		"  --help               this text\n"
 		"\n"
-		"On start it prints \"engines ws://HOST:PORT\" and \"http http://HOST:PORT\".\n"
+		"On start it prints \"engines ws://HOST:PORT\" and \"http http://HOST:PORT\"\n"
+		"(wss:// and https:// with --tls-cert).\n"
 		"Exit status: 0 after SIGINT/SIGTERM, 1 on a start-up failure, 2 on bad usage.\n");
 }
 
@@ -146,6 +153,9 @@ int main(int argc, char **argv)
 		{"gone-after", required_argument, NULL, 'g'},
 		{"poll-ms", required_argument, NULL, 'l'},
 		{"keep-migrations", required_argument, NULL, 'k'},
+		{"tls-cert", required_argument, NULL, 'c'},
+		{"tls-key", required_argument, NULL, 'K'},
+		{"tls-ca", required_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -190,6 +200,15 @@ int main(int argc, char **argv)
 			bad = parse_uint(optarg, 100000000, &o->keep_migrations) ||
 			      o->keep_migrations < 1;
 			break;
+		case 'c':
+			o->tls_cert = optarg;
+			break;
+		case 'K':
+			o->tls_key = optarg;
+			break;
+		case 'C':
+			o->tls_ca = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -206,6 +225,18 @@ int main(int argc, char **argv)
 	if (optind != argc || !secret_file || !token_file) {
 		usage(stderr);
 		return 2;
+	}
+	if (!o->tls_cert != !o->tls_key) {
+		fprintf(stderr, "migrate-orchestrator: --tls-cert and --tls-key go together\n");
+		return 2;
+	}
+	const char *tls_files[] = {o->tls_cert, o->tls_key, o->tls_ca};
+	for (size_t i = 0; i < 3; i++) {
+		if (tls_files[i] && access(tls_files[i], R_OK) != 0) {
+			fprintf(stderr, "migrate-orchestrator: cannot read %s: %s\n", tls_files[i],
+				strerror(errno));
+			return 1;
+		}
 	}
 	if (read_file("secret", secret_file, o->secret, sizeof(o->secret), &o->secret_len) ||
 	    read_file("token", token_file, o->token, sizeof(o->token), &o->token_len))
@@ -255,11 +286,16 @@ int main(int argc, char **argv)
 	info.user = o;
 	info.gid = -1;
 	info.uid = -1;
+	if (o->tls_cert) {
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+		info.ssl_cert_filepath = o->tls_cert;
+		info.ssl_private_key_filepath = o->tls_key;
+	}
 	o->ws_protocol = &orch_protocols[1];
 	o->ctx = lws_create_context(&info);
 	if (!o->ctx) {
-		fprintf(stderr, "migrate-orchestrator: cannot listen on %s:%u\n", http_listen,
-			http_port);
+		fprintf(stderr, "migrate-orchestrator: cannot listen on %s:%u%s\n", http_listen,
+			http_port, o->tls_cert ? " (or the certificate or key is unusable)" : "");
 		goto out_evq;
 	}
 	struct lws_vhost *vh = lws_get_vhost_by_name(o->ctx, "default");
@@ -278,6 +314,9 @@ int main(int argc, char **argv)
 	cfg.events = &o->events;
 	cfg.log_level = MIG_LOG_WARN;
 	cfg.name = "engines";
+	cfg.tls_cert_file = o->tls_cert;
+	cfg.tls_key_file = o->tls_key;
+	cfg.tls_ca_file = o->tls_ca;
 	char err[200] = "";
 	if (mig__transport_new(&o->tp, &cfg, err, sizeof(err)) != 0 ||
 	    mig__transport_start(o->tp) != 0) {
@@ -297,8 +336,9 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 
-	printf("engines ws://%s:%d\nhttp http://%s:%d\n", engines_listen,
-	       mig__transport_port(o->tp), http_listen, real_http_port);
+	const char *ws = o->tls_cert ? "wss" : "ws", *http = o->tls_cert ? "https" : "http";
+	printf("engines %s://%s:%d\nhttp %s://%s:%d\n", ws, engines_listen,
+	       mig__transport_port(o->tp), http, http_listen, real_http_port);
 	fflush(stdout);
 	o->dirty = true;
 	lws_sul_schedule(o->ctx, 0, &o->sul, housekeeping, 1);

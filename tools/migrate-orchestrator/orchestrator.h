@@ -103,6 +103,10 @@ struct orch {
 	size_t token_len;
 	uint8_t secret[1024];
 	size_t secret_len;
+	/* TLS: both ports serve with tls_cert/tls_key when set; tls_ca
+	 * verifies the engines this orchestrator connects to (wss://) and is
+	 * its client certificate's CA for engines that require one. */
+	const char *tls_cert, *tls_key, *tls_ca;
 	unsigned misses;      /* heartbeats missed before unhealthy */
 	unsigned gone_misses; /* and before gone, once disconnected */
 	unsigned poll_ms;

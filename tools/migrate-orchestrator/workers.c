@@ -128,6 +128,9 @@ static void poll_engine(struct orch *o, struct pconn *p)
 		mig_ctl_options co = {.url = p->url,
 				      .secret = o->secret,
 				      .secret_len = o->secret_len,
+				      .tls_ca_file = o->tls_ca,
+				      .tls_cert_file = o->tls_cert,
+				      .tls_key_file = o->tls_key,
 				      .timeout_ms = CTL_TIMEOUT_MS};
 		if (mig_ctl_new(&p->ctl, &co, err, sizeof(err)) != 0) {
 			r->type = RES_USERS_FAILED;
@@ -253,6 +256,9 @@ static void *job_main(void *arg)
 	mig_ctl_options co = {.url = j->src_url,
 			      .secret = o->secret,
 			      .secret_len = o->secret_len,
+			      .tls_ca_file = o->tls_ca,
+			      .tls_cert_file = o->tls_cert,
+			      .tls_key_file = o->tls_key,
 			      .timeout_ms = 5000};
 	int rc = mig_ctl_new(&ctl, &co, err, sizeof(err));
 	mig_event final;
