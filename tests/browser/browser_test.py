@@ -3,8 +3,9 @@ engines (real app servers announcing themselves), headless Chromium driven
 by Selenium through chromedriver. Opens the dashboard, waits for both
 engines and the user, moves the user by clicking, sees it under the other
 engine (and checks with migratectl that the engine really holds it), saves a
-screenshot, then SIGKILLs an engine and checks the dashboard marks it
-unhealthy within 3 heartbeats.
+screenshot, cancels a migration stuck on a frozen engine with its cancel
+button, then SIGKILLs an engine and checks the dashboard marks it unhealthy
+within 3 heartbeats.
 
 Exits 77 (meson: skipped) with the reason when Chromium, chromedriver or
 Selenium is missing.
@@ -119,6 +120,38 @@ def main():
         shot = os.path.join(args.workdir, 'dashboard.png')
         driver.save_screenshot(shot)
         print('screenshot: %s' % shot, flush=True)
+
+        # Cancel from the page: edge-1 frozen (its port still accepts, it
+        # answers nothing), alice sent back to it before the orchestrator
+        # sees it unhealthy; the source would wait 5 s for an answer, the
+        # cancel button ends the migration at once and alice stays.
+        c.signal_engine('edge-1', signal.SIGSTOP)
+
+        def click(sel):
+            def go(d):
+                try:
+                    b = css(sel)
+                    if not b:
+                        return False
+                    b[0].click()
+                    return True
+                except StaleElementReferenceException:
+                    return False
+            return go
+        wait.until(click('#engine-edge-2 button.move[data-user="alice"][data-to="edge-1"]'),
+                   'the move-back button')
+        wait.until(click('#migrations tr.running button.cancel, '
+                         '#migrations tr.requested button.cancel'), 'a cancel button')
+        t_cancel = time.monotonic()
+        row = wait.until(lambda d: text_of('#migrations tr.failed'), 'the migration row failed')
+        took = time.monotonic() - t_cancel
+        c.signal_engine('edge-1', signal.SIGCONT)
+        print('cancel clicked -> row failed: %.0f ms: %s' % (took * 1000, row), flush=True)
+        assert 'MIG_ECANCELED' in row, row
+        assert took < 4.0, took
+        assert c.engine_users('edge-2').get('alice') == 'active'
+        wait.until(lambda d: css('[data-engine="edge-1"][data-health="healthy"]'),
+                   'edge-1 healthy again')
 
         # Done-when 2: SIGKILL an engine; the dashboard must mark it
         # unhealthy within 3 heartbeats.

@@ -2,6 +2,7 @@
  * needs the operator token), the dashboard's three static files, and the
  * dashboard WebSocket (subprotocol mig-dashboard) that gets the registry
  * document whenever it changes. Main thread only. See orchestrator.h. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -302,6 +303,59 @@ out:
 	return rc;
 }
 
+/* POST /api/migrations/ID/cancel: ask the source engine to cancel a
+ * migration this orchestrator runs. 202 once asked (the outcome shows in
+ * the migration's state and events), 404 no such migration, 409 not
+ * running. Asking twice is answered like the first time. */
+static int cancel_migration(struct orch *o, struct lws *wsi, struct http_req *r, int64_t id)
+{
+	struct job *j = o->jobs;
+	while (j && (j->id != id || j->done))
+		j = j->next;
+	char msg[200];
+	if (!j) {
+		char *st = db_text(o, "SELECT state FROM migrations WHERE id = ?1", "i", id);
+		if (!st) {
+			snprintf(msg, sizeof(msg), "no migration %" PRId64, id);
+			return respond_error(o, wsi, r, HTTP_STATUS_NOT_FOUND, msg);
+		}
+		snprintf(msg, sizeof(msg), "migration %" PRId64 " is not running (%.40s)", id, st);
+		free(st);
+		return respond_error(o, wsi, r, HTTP_STATUS_CONFLICT, msg);
+	}
+	if (!j->cancelling) {
+		/* By migration id once the engine named it; before that, by
+		 * the user (one migration per user at a time on an engine). */
+		char *mid = db_text(o, "SELECT mid FROM migrations WHERE id = ?1 AND mid != ''",
+				    "i", id);
+		j->cancel_target = mid ? mid : strdup(j->user);
+		if (!j->cancel_target)
+			return respond_error(o, wsi, r, HTTP_STATUS_INTERNAL_SERVER_ERROR,
+					     "out of memory");
+		if (cancel_start(j) != 0) {
+			free(j->cancel_target);
+			j->cancel_target = NULL;
+			return respond_error(o, wsi, r, HTTP_STATUS_SERVICE_UNAVAILABLE,
+					     "cannot start a thread");
+		}
+		fprintf(stderr, "migrate-orchestrator: migration %" PRId64 ": cancel asked\n", id);
+	}
+	return respond_json(o, wsi, r, 202 /* Accepted */,
+			    db_text(o, "SELECT json_object('id', ?1, 'state', 'cancel requested')",
+				    "i", id));
+}
+
+/* The migration id of a path /api/migrations/ID/cancel, or -1. */
+static int64_t cancel_path_id(const char *path)
+{
+	long long id;
+	int end = 0;
+	if (sscanf(path, "/api/migrations/%lld/cancel%n", &id, &end) != 1 || path[end] ||
+	    id < 1 || !isdigit((unsigned char)path[strlen("/api/migrations/")]))
+		return -1;
+	return (int64_t)id;
+}
+
 static int on_http(struct orch *o, struct lws *wsi, struct http_req *r, const char *path)
 {
 	http_req_clear(r);
@@ -319,6 +373,17 @@ static int on_http(struct orch *o, struct lws *wsi, struct http_req *r, const ch
 		r->close_after = post;
 		return respond_error(o, wsi, r, HTTP_STATUS_UNAUTHORIZED,
 				     "missing or wrong operator token (Authorization: Bearer ...)");
+	}
+	int64_t cancel_id = post ? cancel_path_id(path) : -1;
+	if (cancel_id > 0) {
+		char cl[32];
+		if (lws_hdr_copy(wsi, cl, sizeof(cl), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
+		    strcmp(cl, "0") != 0) {
+			r->close_after = true; /* the body is not read */
+			return respond_error(o, wsi, r, HTTP_STATUS_BAD_REQUEST,
+					     "a cancel takes no body");
+		}
+		return cancel_migration(o, wsi, r, cancel_id);
 	}
 	if (post) {
 		if (strcmp(path, "/api/migrations") != 0) {

@@ -48,7 +48,7 @@ struct aconn {
 };
 
 /* What worker threads hand to the main thread. */
-enum result_type { RES_USERS, RES_USERS_FAILED, RES_EVENT, RES_DONE };
+enum result_type { RES_USERS, RES_USERS_FAILED, RES_EVENT, RES_DONE, RES_CANCEL };
 
 struct user_entry {
 	char *user;
@@ -65,7 +65,8 @@ struct result {
 	mig_event ev;             /* RES_EVENT: strings below, not in ev */
 	char mid[64];
 	char phase[32];
-	int rc;                   /* RES_DONE */
+	int rc;                   /* RES_DONE, RES_CANCEL */
+	int64_t migration_id;     /* RES_CANCEL (its job may be gone by then) */
 	char reason[256];
 };
 
@@ -77,6 +78,12 @@ struct job {
 	char *user, *src_url, *dst_url;
 	pthread_t thread;
 	bool done;        /* RES_DONE handled: the thread has ended or is ending */
+	/* POST /api/migrations/ID/cancel: a second thread asks the source
+	 * engine to cancel (by migration id once known, else by user); joined
+	 * with the job. */
+	bool cancelling;
+	char *cancel_target;
+	pthread_t canceller;
 };
 
 /* Engines the poller asks for users (main builds it, the poller copies it). */
@@ -156,6 +163,9 @@ void aconn_remove(struct orch *o, uint64_t conn);
 void on_users(struct orch *o, struct result *r);
 void on_job_event(struct orch *o, struct result *r);
 void on_job_ended(struct orch *o, struct result *r);
+/* A cancel request's answer from the source engine, kept as an event of
+ * the migration. */
+void on_cancel_answer(struct orch *o, struct result *r);
 /* Forgets finished migrations (and their events) beyond the newest
  * keep_migrations; at start and after every migration that ends. */
 void prune_history(struct orch *o);
@@ -173,6 +183,9 @@ void *poller_main(void *arg);
 /* Main thread: start the migration thread of a job already in the
  * registry. Returns 0 or an errno value. */
 int job_start(struct job *j);
+/* Main thread: ask the source engine to cancel j (j->cancel_target set).
+ * Returns 0 or an errno value. */
+int cancel_start(struct job *j);
 
 /* ------------------------------------------------------------------ http.c */
 

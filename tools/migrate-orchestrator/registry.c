@@ -329,6 +329,20 @@ void on_job_ended(struct orch *o, struct result *r)
 	prune_history(o);
 }
 
+void on_cancel_answer(struct orch *o, struct result *r)
+{
+	db_exec(o,
+		"INSERT INTO migration_events(migration_id, time_ms, type, phase, bytes_sent,"
+		" rounds, error) SELECT ?1, ?2, ?3, phase, bytes_sent, rounds, ?4"
+		" FROM migrations WHERE id = ?1",
+		"iitt", r->migration_id, (int64_t)wall_ms(),
+		r->rc == 0 ? "cancel_requested" : "cancel_refused",
+		r->rc ? mig_err_name(r->rc) : NULL);
+	fprintf(stderr, "migrate-orchestrator: migration %" PRId64 ": cancel %s: %s\n",
+		r->migration_id, r->rc == 0 ? "requested" : "refused", r->reason);
+	o->dirty = true;
+}
+
 void prune_history(struct orch *o)
 {
 	/* Rows older than the newest keep_migrations, unless still running. */

@@ -1,7 +1,8 @@
 /* migrate-orchestrator: the worker threads and how their results reach
  * the main thread. The poller asks every engine for its users with
  * mig_ctl_users(); each migration runs mig_ctl_migrate() on a thread of its
- * own. See orchestrator.h. */
+ * own, and a cancel asked for over the API mig_ctl_cancel() on another.
+ * See orchestrator.h. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,8 @@ static void on_job_done(struct orch *o, struct result *r)
 	struct job *j = r->job;
 	on_job_ended(o, r);
 	pthread_join(j->thread, NULL);
+	if (j->cancelling)
+		pthread_join(j->canceller, NULL); /* its answer names the id, not j */
 	for (struct job **pp = &o->jobs; *pp; pp = &(*pp)->next)
 		if (*pp == j) {
 			*pp = j->next;
@@ -50,6 +53,7 @@ static void on_job_done(struct orch *o, struct result *r)
 	free(j->user);
 	free(j->src_url);
 	free(j->dst_url);
+	free(j->cancel_target);
 	free(j);
 	poll_soon(o); /* both engines' user lists changed */
 }
@@ -72,6 +76,9 @@ void drain_results(struct orch *o)
 			break;
 		case RES_DONE:
 			on_job_done(o, r);
+			break;
+		case RES_CANCEL:
+			on_cancel_answer(o, r);
 			break;
 		}
 		result_free(r);
@@ -293,4 +300,44 @@ static void *job_main(void *arg)
 int job_start(struct job *j)
 {
 	return pthread_create(&j->thread, NULL, job_main, j);
+}
+
+/* ------------------------------------------------------------------ cancel threads */
+
+static void *canceller_main(void *arg)
+{
+	struct job *j = arg;
+	struct orch *o = j->o;
+	struct result *r = calloc(1, sizeof(*r));
+	if (!r)
+		abort(); /* as job_main: the main thread joins this one */
+	r->type = RES_CANCEL;
+	r->migration_id = j->id;
+	char err[200] = "";
+	mig_ctl *ctl = NULL;
+	mig_ctl_options co = {.url = j->src_url,
+			      .secret = o->secret,
+			      .secret_len = o->secret_len,
+			      .tls_ca_file = o->tls_ca,
+			      .tls_cert_file = o->tls_cert,
+			      .tls_key_file = o->tls_key,
+			      .timeout_ms = CTL_TIMEOUT_MS};
+	int rc = mig_ctl_new(&ctl, &co, err, sizeof(err));
+	if (rc == 0) {
+		rc = mig_ctl_cancel(ctl, j->cancel_target);
+		snprintf(err, sizeof(err), "%s", mig_ctl_last_error(ctl));
+	}
+	mig_ctl_free(ctl);
+	r->rc = rc;
+	snprintf(r->reason, sizeof(r->reason), "%s", err[0] ? err : mig_strerror(rc));
+	post_result(o, r);
+	return NULL;
+}
+
+int cancel_start(struct job *j)
+{
+	int rc = pthread_create(&j->canceller, NULL, canceller_main, j);
+	if (rc == 0)
+		j->cancelling = true;
+	return rc;
 }

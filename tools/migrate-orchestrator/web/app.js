@@ -1,7 +1,8 @@
 // The orchestrator's dashboard: renders the registry document the
-// orchestrator pushes over its WebSocket, and asks for migrations with
-// POST /api/migrations. The operator token comes from the page's URL
-// fragment (#token=...) or the form, and stays in this tab's sessionStorage.
+// orchestrator pushes over its WebSocket, asks for migrations with
+// POST /api/migrations and cancels them with POST /api/migrations/ID/cancel.
+// The operator token comes from the page's URL fragment (#token=...) or the
+// form, and stays in this tab's sessionStorage.
 'use strict';
 
 const PHASES = ['requested', 'begin', 'precopy', 'final', 'prepare', 'commit', 'done'];
@@ -46,6 +47,24 @@ async function move(user, to) {
     const body = await r.json();
     if (!r.ok) throw new Error(body.error || r.statusText);
     out.textContent = `migration #${body.id}: ${body.user} from ${body.from} to ${body.to}`;
+  } catch (e) {
+    out.className = 'error';
+    out.textContent = 'refused: ' + e.message;
+  }
+}
+
+async function cancelMigration(id) {
+  const out = document.getElementById('move-result');
+  out.className = '';
+  out.textContent = 'asking…';
+  try {
+    const r = await fetch(`/api/migrations/${id}/cancel`, {
+      method: 'POST',
+      headers: {'Authorization': 'Bearer ' + token},
+    });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    out.textContent = `migration #${body.id}: cancel requested`;
   } catch (e) {
     out.className = 'error';
     out.textContent = 'refused: ' + e.message;
@@ -113,7 +132,11 @@ function renderMigrations() {
       el('td', {}, m.id), el('td', {}, m.user), el('td', {}, m.from), el('td', {}, m.to),
       el('td', {class: 'state'}, m.state + (m.error ? ': ' + m.error : '')),
       el('td', {}, m.phase || ''), el('td', {}, bar, kb),
-      el('td', {}, ms(m.duration_us)), el('td', {}, ms(m.downtime_us))));
+      el('td', {}, ms(m.duration_us)), el('td', {}, ms(m.downtime_us)),
+      el('td', {}, m.state === 'requested' || m.state === 'running'
+        ? el('button', {class: 'cancel', 'data-migration': m.id,
+                        onclick: () => cancelMigration(m.id)}, 'cancel')
+        : '')));
   }
 }
 
