@@ -857,6 +857,8 @@ static void test_promote_merge_fails(void **state)
 /* ---------------------------------------------------------------- processes */
 
 static bool pump(mig_engine **es, size_t n, mig_client *cl, int want, int ms);
+static bool pump_attached_to(mig_engine **es, size_t n, mig_client *cl, const char *engine,
+			     int ms);
 
 static int free_port(void)
 {
@@ -1067,10 +1069,12 @@ static void test_sigkill_primary(void **state)
 	mig_ctl_free(ctl);
 	test_runner_stop(run);
 	uint64_t resumed_us = wall_us();
-	/* The client fails over to the promoted standby by itself. */
-	if (!pump(&s, 1, cl, MIG_CLIENT_ATTACHED, 10000))
-		fail_msg("client not attached at the standby: %s", mig_client_last_error(cl));
-	assert_string_equal(mig_client_engine_id(cl), "standby");
+	/* The client fails over to the promoted standby by itself. Until its
+	 * I/O thread has seen the killed primary's link close it still says
+	 * ATTACHED (to the primary): wait for the standby by name. */
+	if (!pump_attached_to(&s, 1, cl, "standby", 10000))
+		fail_msg("client not attached at the standby: %s (engine %s)",
+			 mig_client_last_error(cl), mig_client_engine_id(cl));
 	uint64_t client_us = wall_us();
 	mig_client_free(cl);
 
@@ -1165,6 +1169,22 @@ static void test_sigstop_primary(void **state)
 
 /* Dispatches the engines and the client helper for up to ms, until the
  * helper is in `want` (MIG_CLIENT_FAILED is never wanted: it ends early). */
+/* Pumps until the client is attached to the engine named `engine` (or
+ * failed, or ms pass); whether it is. */
+static bool pump_attached_to(mig_engine **es, size_t n, mig_client *cl, const char *engine,
+			     int ms)
+{
+	for (int waited = 0; waited < ms; waited += 10) {
+		pump(es, n, cl, -1, 10);
+		mig_client_state st = mig_client_get_state(cl);
+		if (st == MIG_CLIENT_ATTACHED && strcmp(mig_client_engine_id(cl), engine) == 0)
+			return true;
+		if (st == MIG_CLIENT_FAILED)
+			return false;
+	}
+	return false;
+}
+
 static bool pump(mig_engine **es, size_t n, mig_client *cl, int want, int ms)
 {
 	struct timespec t0;
