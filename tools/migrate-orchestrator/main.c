@@ -19,6 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
+
 #include "auth.h"
 #include "orchestrator.h"
 
@@ -279,6 +281,7 @@ int main(int argc, char **argv)
 	}
 
 	struct lws_context_creation_info info;
+	SSL_CTX *http_client_ctx = NULL;
 	memset(&info, 0, sizeof(info));
 	info.port = (int)http_port;
 	info.iface = http_listen;
@@ -290,6 +293,17 @@ int main(int argc, char **argv)
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 		info.ssl_cert_filepath = o->tls_cert;
 		info.ssl_private_key_filepath = o->tls_key;
+		/* libwebsockets 4.1 also gives a TLS vhost a client SSL_CTX,
+		 * loads the system CA store into it and does not free it when
+		 * the context is destroyed (LeakSanitizer: 0.7 MB at exit).
+		 * This context connects nowhere: it gets an empty one of ours,
+		 * which lws leaves alone and which is freed after it. */
+		http_client_ctx = SSL_CTX_new(TLS_client_method());
+		if (!http_client_ctx) {
+			fprintf(stderr, "migrate-orchestrator: cannot initialise TLS\n");
+			goto out_evq;
+		}
+		info.provided_client_ssl_ctx = http_client_ctx;
 	}
 	o->ws_protocol = &orch_protocols[1];
 	o->ctx = lws_create_context(&info);
@@ -366,6 +380,7 @@ out_ctx:
 	lws_context_destroy(o->ctx);
 	drain_results(o); /* poller results posted after the last service */
 out_evq:
+	SSL_CTX_free(http_client_ctx);
 	mig__evq_destroy(&o->events, mig__tev_free_item);
 out_db:
 	while (o->aconns)
