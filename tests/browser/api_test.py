@@ -264,8 +264,9 @@ def run_tls(c, certs):
                         c.token_file, '--engines-port', '0', '--http-port', '0', '--db',
                         ':memory:', '--static', c.args.web, '--tls-cert', pem('server.pem'),
                         '--tls-key', pem('ca.key')], capture_output=True, timeout=10)
-    check('TLS: a key that does not match the certificate fails at start',
-          r.returncode == 1 and b'certificate or key' in r.stderr, (r.returncode, r.stderr))
+    check('TLS: a key that does not match the certificate fails at start, saying so',
+          r.returncode == 1 and b'--tls-key' in r.stderr and b'mismatch' in r.stderr,
+          (r.returncode, r.stderr))
 
     c.start_orchestrator(extra=tls)
     check('TLS: the orchestrator prints wss:// and https://',

@@ -14,11 +14,13 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "auth.h"
@@ -117,6 +119,26 @@ static int read_file(const char *what, const char *path, void *buf, size_t cap, 
 		n--;
 	*len = n;
 	return 0;
+}
+
+/* The certificate and key, checked before libwebsockets sees them: a pair
+ * it refuses fails lws_create_context(), which leaks on that path in 4.1,
+ * and OpenSSL's reason says more than lws's. */
+static int tls_pair_usable(const char *cert, const char *key)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	bool ok = ctx && SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 &&
+		  SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 &&
+		  SSL_CTX_check_private_key(ctx) == 1;
+	if (!ok) {
+		char why[256];
+		ERR_error_string_n(ERR_peek_error(), why, sizeof(why));
+		fprintf(stderr, "migrate-orchestrator: --tls-cert %s with --tls-key %s: %s\n", cert,
+			key, why);
+	}
+	ERR_clear_error();
+	SSL_CTX_free(ctx);
+	return ok ? 0 : -1;
 }
 
 static int parse_uint(const char *s, unsigned long max, unsigned *out)
@@ -240,6 +262,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (o->tls_cert && tls_pair_usable(o->tls_cert, o->tls_key) != 0)
+		return 1;
 	if (read_file("secret", secret_file, o->secret, sizeof(o->secret), &o->secret_len) ||
 	    read_file("token", token_file, o->token, sizeof(o->token), &o->token_len))
 		return 1;
