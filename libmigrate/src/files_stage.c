@@ -120,23 +120,25 @@ int mig__files_open_staging(const char *root, const char *mid, const char *rel)
 	return create_staged(root, mid, rel);
 }
 
-int mig__files_staging_replace(const char *root, const char *mid, const char *tmp_rel,
-			       const char *rel)
+/* Renames the staged file src_rel of the staging folder src_dir to
+ * staging/<mid>/rel, making rel's folders; with must_be_regular anything
+ * but a regular file is refused (EINVAL). */
+static int rename_into_staged(const char *root, const char *src_dir, const char *src_rel,
+			      bool must_be_regular, const char *mid, const char *rel)
 {
-	if (!mig__files_root_ok(root) || !mig__valid_mid(mid) || !staged_path_ok(tmp_rel) ||
-	    !staged_path_ok(rel))
-		return mig__files_err_inval();
 	int rfd, tpfd, pfd = -1, rc = 0;
 	const char *tbase, *base;
-	if (staging_parent(root, mid, tmp_rel, false, &rfd, &tpfd, &tbase) < 0)
+	if (staging_parent(root, src_dir, src_rel, false, &rfd, &tpfd, &tbase) < 0)
 		return mig__files_err_of(errno);
 	char prefix[PBUF], parent[PBUF];
 	struct stat st;
-	if (fstatat(tpfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		goto fail;
-	if (!S_ISREG(st.st_mode)) {
-		errno = EINVAL;
-		goto fail;
+	if (must_be_regular) {
+		if (fstatat(tpfd, tbase, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			goto fail;
+		if (!S_ISREG(st.st_mode)) {
+			errno = EINVAL;
+			goto fail;
+		}
 	}
 	if (mig__files_join2(prefix, sizeof(prefix), MIG__STAGING_DIR, mid) < 0 ||
 	    parent_path(parent, sizeof(parent), prefix, rel, &base) < 0)
@@ -157,6 +159,15 @@ out:
 	mig__files_close_keep(pfd);
 	close_pair(tpfd, rfd);
 	return rc;
+}
+
+int mig__files_staging_replace(const char *root, const char *mid, const char *tmp_rel,
+			       const char *rel)
+{
+	if (!mig__files_root_ok(root) || !mig__valid_mid(mid) || !staged_path_ok(tmp_rel) ||
+	    !staged_path_ok(rel))
+		return mig__files_err_inval();
+	return rename_into_staged(root, mid, tmp_rel, true, mid, rel);
 }
 
 /* Copies src (from offset 0) to dst: copy_file_range, or read/write where
@@ -536,29 +547,7 @@ int mig__files_staging_commit_tmp(const char *root, const char *mid, const char 
 		return mig__files_err_inval();
 	char tmp[MIG__MID_LEN + 8];
 	snprintf(tmp, sizeof(tmp), "%s.tmp", mid);
-	int rfd, tpfd, pfd = -1, rc = 0;
-	const char *tbase, *base;
-	if (staging_parent(root, tmp, name, false, &rfd, &tpfd, &tbase) < 0)
-		return mig__files_err_of(errno);
-	char prefix[PBUF], parent[PBUF];
-	if (mig__files_join2(prefix, sizeof(prefix), MIG__STAGING_DIR, mid) < 0 ||
-	    parent_path(parent, sizeof(parent), prefix, rel, &base) < 0)
-		goto fail;
-	pfd = mig__files_open_dirs(rfd, parent, true);
-	if (pfd < 0)
-		goto fail;
-	if (renameat(tpfd, tbase, pfd, base) < 0) {
-		if (errno != EISDIR || clear_name(pfd, base) < 0 ||
-		    renameat(tpfd, tbase, pfd, base) < 0)
-			goto fail;
-	}
-	goto out;
-fail:
-	rc = mig__files_err_of(errno);
-out:
-	mig__files_close_keep(pfd);
-	close_pair(tpfd, rfd);
-	return rc;
+	return rename_into_staged(root, tmp, name, false, mid, rel);
 }
 
 int mig__files_open_staging_append(const char *root, const char *mid, const char *rel)

@@ -15,68 +15,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cnt_alloc.h"
 #include "delta.h"
 #include "digest.h"
 
 #define KiB (1024u)
 #define MiB (1024u * 1024u)
-
-/* ---------------------------------------------------------------- counting allocator */
-
-typedef union cnt_hdr {
-	size_t size;
-	max_align_t align;
-} cnt_hdr;
-
-static size_t cnt_live;
-static long cnt_fail_after = -1; /* < 0: never fail */
-
-static void *cnt_malloc(size_t n)
-{
-	if (cnt_fail_after == 0)
-		return NULL;
-	if (cnt_fail_after > 0)
-		cnt_fail_after--;
-	cnt_hdr *h = malloc(sizeof(*h) + n);
-	if (!h)
-		return NULL;
-	h->size = n;
-	cnt_live += n;
-	return h + 1;
-}
-
-static void cnt_free(void *p)
-{
-	if (!p)
-		return;
-	cnt_hdr *h = (cnt_hdr *)p - 1;
-	cnt_live -= h->size;
-	free(h);
-}
-
-static void *cnt_realloc(void *p, size_t n)
-{
-	void *q = cnt_malloc(n);
-	if (!q || !p)
-		return q;
-	size_t old = ((cnt_hdr *)p - 1)->size;
-	memcpy(q, p, old < n ? old : n);
-	cnt_free(p);
-	return q;
-}
-
-static void cnt_install(long fail_after)
-{
-	cnt_live = 0;
-	cnt_fail_after = fail_after;
-	assert_int_equal(mig_set_allocator(cnt_malloc, cnt_realloc, cnt_free), 0);
-}
-
-static void cnt_remove(void)
-{
-	assert_int_equal(mig_set_allocator(NULL, NULL, NULL), 0);
-	cnt_fail_after = -1;
-}
 
 /* ---------------------------------------------------------------- helpers */
 

@@ -34,55 +34,12 @@
 
 #include <xxhash.h>
 
+#include "cnt_alloc.h"
 #include "digest.h"
 #include "files.h"
 
 #define MID "0123456789abcdef0123456789abcdef"
 #define MID2 "fedcba9876543210fedcba9876543210"
-
-/* ---------------------------------------------------------------- counting allocator */
-
-typedef union cnt_hdr {
-	size_t size;
-	max_align_t align;
-} cnt_hdr;
-
-static size_t cnt_live;
-static long cnt_fail_after = -1; /* < 0: never fail */
-
-static void *cnt_malloc(size_t n)
-{
-	if (cnt_fail_after == 0)
-		return NULL;
-	if (cnt_fail_after > 0)
-		cnt_fail_after--;
-	cnt_hdr *h = malloc(sizeof(*h) + n);
-	if (!h)
-		return NULL;
-	h->size = n;
-	cnt_live += n;
-	return h + 1;
-}
-
-static void cnt_free(void *p)
-{
-	if (!p)
-		return;
-	cnt_hdr *h = (cnt_hdr *)p - 1;
-	cnt_live -= h->size;
-	free(h);
-}
-
-static void *cnt_realloc(void *p, size_t n)
-{
-	void *q = cnt_malloc(n);
-	if (!q || !p)
-		return q;
-	size_t old = ((cnt_hdr *)p - 1)->size;
-	memcpy(q, p, old < n ? old : n);
-	cnt_free(p);
-	return q;
-}
 
 /* ---------------------------------------------------------------- fixture */
 
@@ -561,9 +518,7 @@ static void test_scan_enomem(void **state)
 	int rc = MIG_ENOMEM;
 	long k;
 	for (k = 0; rc == MIG_ENOMEM && k < 1000; k++) {
-		cnt_live = 0;
-		cnt_fail_after = k;
-		assert_int_equal(mig_set_allocator(cnt_malloc, cnt_realloc, cnt_free), 0);
+		cnt_install(k);
 		mig__file_list l;
 		rc = mig__files_scan(f->root, "u", &l, NULL, 0);
 		if (rc == 0) {
@@ -573,7 +528,7 @@ static void test_scan_enomem(void **state)
 			assert_int_equal(rc, MIG_ENOMEM);
 			assert_null(l.entries);
 		}
-		assert_int_equal(mig_set_allocator(NULL, NULL, NULL), 0);
+		cnt_remove();
 		assert_int_equal(cnt_live, 0);
 	}
 	assert_int_equal(rc, 0);

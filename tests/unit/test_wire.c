@@ -11,75 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cnt_alloc.h"
 #include "wire.h"
 
 #define CAP MIG__DEFAULT_MAX_FRAME
 #define MID "0123456789abcdef0123456789abcdef"
 #define MID2 "fedcba9876543210fedcba9876543210"
-
-/* ---------------------------------------------------------------- counting allocator */
-
-/* Installed with mig_set_allocator(): counts calls, tracks the bytes the
- * library asked for (live and peak), and can fail after a number of calls. */
-typedef union cnt_hdr {
-	size_t size;
-	max_align_t align;
-} cnt_hdr;
-
-static size_t cnt_calls;
-static size_t cnt_live;
-static size_t cnt_peak;
-static long cnt_fail_after = -1; /* < 0: never fail */
-
-static void *cnt_malloc(size_t n)
-{
-	cnt_calls++;
-	if (cnt_fail_after == 0)
-		return NULL;
-	if (cnt_fail_after > 0)
-		cnt_fail_after--;
-	cnt_hdr *h = malloc(sizeof(*h) + n);
-	if (!h)
-		return NULL;
-	h->size = n;
-	cnt_live += n;
-	if (cnt_live > cnt_peak)
-		cnt_peak = cnt_live;
-	return h + 1;
-}
-
-static void cnt_free(void *p)
-{
-	if (!p)
-		return;
-	cnt_hdr *h = (cnt_hdr *)p - 1;
-	cnt_live -= h->size;
-	free(h);
-}
-
-static void *cnt_realloc(void *p, size_t n)
-{
-	void *q = cnt_malloc(n);
-	if (!q || !p)
-		return q;
-	size_t old = ((cnt_hdr *)p - 1)->size;
-	memcpy(q, p, old < n ? old : n);
-	cnt_free(p);
-	return q;
-}
-
-static void cnt_install(long fail_after)
-{
-	cnt_calls = cnt_live = cnt_peak = 0;
-	cnt_fail_after = fail_after;
-	assert_int_equal(mig_set_allocator(cnt_malloc, cnt_realloc, cnt_free), 0);
-}
-
-static void cnt_remove(void)
-{
-	assert_int_equal(mig_set_allocator(NULL, NULL, NULL), 0);
-	cnt_fail_after = -1;
-}
 
 /* ---------------------------------------------------------------- fixtures */
 
