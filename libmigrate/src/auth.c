@@ -77,6 +77,25 @@ static int mac_transcript(EVP_MAC_CTX *ctx, char role, const mig__auth_transcrip
 	       mac_string(ctx, t->engine_id) && mac_string(ctx, t->advertised_url);
 }
 
+/* An HMAC-SHA256 context keyed with key, ready for updates; NULL on
+ * failure. The context holds its own reference to the algorithm. */
+static EVP_MAC_CTX *hmac_sha256_new(const void *key, size_t key_len)
+{
+	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	EVP_MAC_CTX *ctx = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
+	EVP_MAC_free(hmac);
+	char digest[] = "SHA256";
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+		OSSL_PARAM_construct_end(),
+	};
+	if (ctx && !EVP_MAC_init(ctx, key, key_len, params)) {
+		EVP_MAC_CTX_free(ctx);
+		ctx = NULL;
+	}
+	return ctx;
+}
+
 int mig__auth_mac(const void *secret, size_t secret_len, char role, const mig__auth_transcript *t,
 		  uint8_t mac[MIG__AUTH_MAC_LEN])
 {
@@ -88,23 +107,12 @@ int mig__auth_mac(const void *secret, size_t secret_len, char role, const mig__a
 		return MIG_EINVAL;
 
 	int rc = MIG_ESYSTEM;
-	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	EVP_MAC_CTX *ctx = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
-	if (!ctx)
-		goto out;
-	char digest[] = "SHA256";
-	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-		OSSL_PARAM_construct_end(),
-	};
+	EVP_MAC_CTX *ctx = hmac_sha256_new(secret, secret_len);
 	size_t out_len = 0;
-	if (!EVP_MAC_init(ctx, secret, secret_len, params) || !mac_transcript(ctx, role, t) ||
-	    !EVP_MAC_final(ctx, mac, &out_len, MIG__AUTH_MAC_LEN) || out_len != MIG__AUTH_MAC_LEN)
-		goto out;
-	rc = 0;
-out:
+	if (ctx && mac_transcript(ctx, role, t) &&
+	    EVP_MAC_final(ctx, mac, &out_len, MIG__AUTH_MAC_LEN) && out_len == MIG__AUTH_MAC_LEN)
+		rc = 0;
 	EVP_MAC_CTX_free(ctx);
-	EVP_MAC_free(hmac);
 	if (rc)
 		OPENSSL_cleanse(mac, MIG__AUTH_MAC_LEN);
 	return rc;
@@ -165,22 +173,12 @@ int mig__auth_session_mac(const mig__session_key *key, const void *data, size_t 
 			  uint8_t mac[MIG__AUTH_MAC_LEN])
 {
 	int rc = MIG_ESYSTEM;
-	EVP_MAC *hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	EVP_MAC_CTX *ctx = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
-	if (!ctx)
-		goto out;
-	char digest[] = "SHA256";
-	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-		OSSL_PARAM_construct_end(),
-	};
+	EVP_MAC_CTX *ctx = hmac_sha256_new(key->k, sizeof(key->k));
 	size_t out_len = 0;
-	if (EVP_MAC_init(ctx, key->k, sizeof(key->k), params) && EVP_MAC_update(ctx, data, len) &&
+	if (ctx && EVP_MAC_update(ctx, data, len) &&
 	    EVP_MAC_final(ctx, mac, &out_len, MIG__AUTH_MAC_LEN) && out_len == MIG__AUTH_MAC_LEN)
 		rc = 0;
-out:
 	EVP_MAC_CTX_free(ctx);
-	EVP_MAC_free(hmac);
 	if (rc)
 		OPENSSL_cleanse(mac, MIG__AUTH_MAC_LEN);
 	return rc;
