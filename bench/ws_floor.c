@@ -259,32 +259,32 @@ static void digest_end(XXH3_state_t *st, XXH128_canonical_t *out)
 /* Receiver state (one connection). */
 struct rx {
 	const char *out;
-	int fd;          /* file being written, -1 between files */
-	bool done;       /* the empty header arrived: acknowledge */
+	int fd;    /* file being written, -1 between files */
+	bool done; /* the empty header arrived: acknowledge */
 	bool acked;
-	bool closed;     /* the sender hung up after the acknowledgement */
-	uint8_t *copy;   /* --rx-copy: reassembly buffer of one fragment */
-	uint64_t written;        /* of the current file */
-	uint64_t synced_to;      /* --fsync: writeback started up to here */
-	XXH3_state_t *dg;        /* --digest: of the current file */
+	bool closed;                        /* the sender hung up after the acknowledgement */
+	uint8_t *copy;                      /* --rx-copy: reassembly buffer of one fragment */
+	uint64_t written;                   /* of the current file */
+	uint64_t synced_to;                 /* --fsync: writeback started up to here */
+	XXH3_state_t *dg;                   /* --digest: of the current file */
 	XXH128_canonical_t sums[MAX_FILES]; /* --digest: one per file, in order */
-	int kept[MAX_FILES];     /* --fsync: files to fsync before the ack */
+	int kept[MAX_FILES];                /* --fsync: files to fsync before the ack */
 	size_t nfiles;
 };
 
 /* Sender state. */
 struct tx {
-	size_t file;     /* index into g_names */
-	int fd;          /* open file, -1 before its header went */
-	uint64_t left;   /* its bytes still to send */
-	bool in_msg;     /* between the first and last fragment of its data */
+	size_t file;   /* index into g_names */
+	int fd;        /* open file, -1 before its header went */
+	uint64_t left; /* its bytes still to send */
+	bool in_msg;   /* between the first and last fragment of its data */
 	bool all_sent;
 	bool acked;
 	bool failed;
-	uint8_t *buf;    /* LWS_PRE + 14 + fragment */
-	XXH3_state_t *dg;              /* --digest: of the current file */
+	uint8_t *buf;     /* LWS_PRE + 14 + fragment */
+	XXH3_state_t *dg; /* --digest: of the current file */
 	XXH128_canonical_t sums[MAX_FILES];
-	bool sums_match;               /* the receiver's hashes equal these */
+	bool sums_match; /* the receiver's hashes equal these */
 };
 
 static struct rx g_rx;
@@ -500,9 +500,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		if (g_tx.all_sent) {
 			size_t want = 1 + (g_digest ? g_nfiles * sizeof(g_tx.sums[0]) : 0);
 			g_tx.acked = true;
-			g_tx.sums_match = len == want && (!g_digest ||
-							  memcmp((const uint8_t *)in + 1, g_tx.sums,
-								 want - 1) == 0);
+			g_tx.sums_match =
+				len == want && (!g_digest || memcmp((const uint8_t *)in + 1,
+								    g_tx.sums, want - 1) == 0);
 		}
 		return 0;
 	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
@@ -707,7 +707,8 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--fsync"))
 			g_fsync = true;
 		else
-			die("usage: ws_floor --dir DIR [--reps N] [--read BYTES] [--fragment BYTES] "
+			die("usage: ws_floor --dir DIR [--reps N] [--read BYTES] [--fragment "
+			    "BYTES] "
 			    "[--rx-copy] [--digest] [--fsync]");
 	}
 	if (!g_dir || reps < 1 || reps > MAX_REPS || g_read < 4096 || g_fragment < 4096 ||

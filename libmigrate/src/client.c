@@ -233,7 +233,8 @@ static bool go_standby(mig_client *c)
 	if (!c->standby_url || c->on_standby || !c->lost_us ||
 	    mig__now_us() - c->lost_us < (uint64_t)c->standby_after_ms * 1000u)
 		return false;
-	if (mig__client_set_urls(c, c->standby_url, false) != 0 || mig__client_set_token(c, c->standby_token) != 0)
+	if (mig__client_set_urls(c, c->standby_url, false) != 0 ||
+	    mig__client_set_token(c, c->standby_token) != 0)
 		return false; /* out of memory: keep trying the engine */
 	c->on_standby = true;
 	c->attempts = c->rounds = 0;
@@ -368,7 +369,8 @@ static void on_redirect(mig_client *c, const Migwire__Redirect *r)
 	mig__free(c->standby_token);
 	c->standby_url = c->standby_token = NULL;
 	c->on_standby = false;
-	if (mig__client_set_urls(c, r->session_url, false) != 0 || mig__client_set_token(c, r->token) != 0) {
+	if (mig__client_set_urls(c, r->session_url, false) != 0 ||
+	    mig__client_set_token(c, r->token) != 0) {
 		fail(c, MIG_ENOMEM, "out of memory following a redirect");
 		return;
 	}

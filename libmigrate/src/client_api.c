@@ -49,8 +49,8 @@ MIG_EXPORT int mig_client_new(mig_client **out, const mig_client_options *o)
 	c->timer_fd = c->wake_fd = c->epoll_fd = -1;
 	c->events.efd = -1;
 	int rc = MIG_ENOMEM;
-	c->backoff_initial_ms = o->backoff_initial_ms ? o->backoff_initial_ms
-						      : DEFAULT_BACKOFF_INITIAL_MS;
+	c->backoff_initial_ms =
+		o->backoff_initial_ms ? o->backoff_initial_ms : DEFAULT_BACKOFF_INITIAL_MS;
 	c->backoff_max_ms = o->backoff_max_ms ? o->backoff_max_ms : DEFAULT_BACKOFF_MAX_MS;
 	if (c->backoff_max_ms < c->backoff_initial_ms)
 		c->backoff_max_ms = c->backoff_initial_ms;
@@ -58,8 +58,8 @@ MIG_EXPORT int mig_client_new(mig_client **out, const mig_client_options *o)
 			    : o->jitter_percent == 0 ? (unsigned)DEFAULT_JITTER_PERCENT
 						     : (unsigned)o->jitter_percent;
 	c->max_attempts = o->max_attempts;
-	c->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
-						      : DEFAULT_CONNECT_TIMEOUT_MS;
+	c->connect_timeout_ms =
+		o->connect_timeout_ms ? o->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
 	c->on_state = o->on_state;
 	c->on_redirect = o->on_redirect;
 	c->user_data = o->user_data;
@@ -252,8 +252,7 @@ MIG_EXPORT int mig_client_set_standby(mig_client *c, const char *url, const char
 	c->standby_url = u;
 	c->standby_token = t;
 	c->standby_after_ms = after_ms ? after_ms : 3000u;
-	if (!c->on_standby && c->lost_us == 0 &&
-	    atomic_load(&c->state) != MIG_CLIENT_ATTACHED)
+	if (!c->on_standby && c->lost_us == 0 && atomic_load(&c->state) != MIG_CLIENT_ATTACHED)
 		c->lost_us = mig__now_us();
 	return 0;
 }

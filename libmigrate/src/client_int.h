@@ -16,7 +16,11 @@
 #define CLIENT_MAX_FRAME (64u * 1024)
 #define MAX_URLS 64
 
-enum timer_kind { TIMER_NONE, TIMER_BACKOFF, TIMER_CONNECT };
+enum timer_kind {
+	TIMER_NONE,
+	TIMER_BACKOFF,
+	TIMER_CONNECT
+};
 
 /* A callback owed to the app. */
 struct note {
@@ -60,15 +64,15 @@ struct mig_client {
 	char *standby_url;
 	char *standby_token;
 	unsigned standby_after_ms;
-	bool on_standby; /* attaching there: "not promoted yet" is retried */
+	bool on_standby;  /* attaching there: "not promoted yet" is retried */
 	uint64_t lost_us; /* when the engine was last known good; 0 = attached */
 
 	/* State. */
 	_Atomic int state;
-	uint64_t conn; /* 0 = none */
-	unsigned attempts;     /* failed attempts in a row */
-	unsigned rounds;       /* failed rounds over every URL, in a row */
-	size_t tried;          /* URLs tried in this round */
+	uint64_t conn;     /* 0 = none */
+	unsigned attempts; /* failed attempts in a row */
+	unsigned rounds;   /* failed rounds over every URL, in a row */
+	size_t tried;      /* URLs tried in this round */
 	enum timer_kind timer;
 	uint64_t rng;
 	char engine_id[MIG__ENGINE_ID_MAX + 1];

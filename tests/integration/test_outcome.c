@@ -24,6 +24,7 @@
 #include "app_model.h"
 #include "engine_int.h"
 #include "handoff_int.h"
+#include "raw_client.h"
 #include "support.h"
 #include "transport.h"
 #include "wire.h"
@@ -169,122 +170,28 @@ static size_t outcome_count(mig_engine *e)
 	return n;
 }
 
-/* ---------------------------------------------------------------- raw client */
-
-typedef struct raw_client {
-	mig__transport *t;
-	mig__evq q;
-	uint64_t conn;
-	bool up, down;
-	char down_reason[MIG__REASON_MAX];
-	mig__frame *frames[8];
-	int nframes;
-} raw_client;
+/* ---------------------------------------------------------------- raw client (raw_client.h) */
 
 /* Connects on `channel`; with the cluster secret on the peer channel, as a
  * client of the app (no secret) on the session channel. */
-static void raw_open(raw_client *rc, struct fixture *f, mig_engine *e, int channel)
+static void raw_open_on(raw_client *rc, mig_engine *e, int channel)
 {
-	memset(rc, 0, sizeof(*rc));
-	assert_int_equal(mig__evq_init(&rc->q), 0);
-	mig__transport_cfg cfg;
-	memset(&cfg, 0, sizeof(cfg));
-	if (channel == MIGWIRE__CHANNEL__CHANNEL_PEER) {
-		cfg.secret = TEST_SECRET;
-		cfg.secret_len = TEST_SECRET_LEN;
-	} else {
-		cfg.insecure = true;
-	}
-	cfg.engine_id = "raw-peer";
-	cfg.events = &rc->q;
-	cfg.log_level = MIG_LOG_ERROR;
-	cfg.name = "raw";
-	char err[200] = "";
-	assert_int_equal(mig__transport_new(&rc->t, &cfg, err, sizeof(err)), 0);
-	assert_int_equal(mig__transport_start(rc->t), 0);
-	int64_t id = mig__transport_connect(rc->t, mig_engine_url(e), channel);
-	assert_true(id > 0);
-	rc->conn = (uint64_t)id;
-	MIG__UNUSED(f);
+	bool peer = channel == MIGWIRE__CHANNEL__CHANNEL_PEER;
+	raw_open(rc, mig_engine_url(e), channel, peer ? TEST_SECRET : NULL,
+		 peer ? TEST_SECRET_LEN : 0, !peer);
 }
 
-static void raw_close(raw_client *rc)
-{
-	mig__transport_free(rc->t);
-	mig__evq_destroy(&rc->q, mig__tev_free_item);
-	for (int i = 0; i < rc->nframes; i++)
-		mig__wire_free(rc->frames[i]);
-}
-
-static void raw_pump(raw_client *rc)
-{
-	mig__evq_item *it = mig__evq_take_all(&rc->q);
-	while (it) {
-		mig__evq_item *next = it->next;
-		mig__tev *ev = (mig__tev *)it;
-		if (ev->conn == rc->conn) {
-			if (ev->type == MIG__TEV_UP) {
-				rc->up = true;
-			} else if (ev->type == MIG__TEV_DOWN) {
-				rc->down = true;
-				mig__strlcpy(rc->down_reason, ev->reason, sizeof(rc->down_reason));
-			} else if (ev->type == MIG__TEV_FRAME && rc->nframes < 8) {
-				rc->frames[rc->nframes++] = ev->frame;
-				ev->frame = NULL;
-			}
-		}
-		mig__tev_free(ev);
-		it = next;
-	}
-}
-
-static bool raw_up_or_down(void *arg)
-{
-	raw_client *rc = arg;
-	raw_pump(rc);
-	return rc->up || rc->down;
-}
-
-static bool raw_has_frame(void *arg)
-{
-	raw_client *rc = arg;
-	raw_pump(rc);
-	return rc->nframes > 0 || rc->down;
-}
-
-static bool raw_is_down(void *arg)
-{
-	raw_client *rc = arg;
-	raw_pump(rc);
-	return rc->down;
-}
-
-static void raw_wait_up(raw_client *rc, struct fixture *f)
+static void raw_up(raw_client *rc, struct fixture *f)
 {
 	mig_engine *es[2] = {f->ea, f->eb};
-	test_dispatch_until(es, 2, raw_up_or_down, rc, 10000);
-	if (!rc->up)
-		fail_msg("raw client not up: %s", rc->down ? rc->down_reason : "timeout");
-}
-
-static void raw_send(raw_client *rc, const mig__frame *f)
-{
-	mig__msg *m = NULL;
-	assert_int_equal(mig__wire_encode(f, 0, &m), 0);
-	mig__transport_send(rc->t, rc->conn, m);
+	raw_wait_up(rc, es, 2);
 }
 
 /* The next frame the engine sent (the caller frees it). */
 static mig__frame *raw_next(raw_client *rc, struct fixture *f)
 {
 	mig_engine *es[2] = {f->ea, f->eb};
-	test_dispatch_until(es, 2, raw_has_frame, rc, 10000);
-	if (rc->nframes == 0)
-		fail_msg("no frame from the engine (%s)", rc->down ? rc->down_reason : "timeout");
-	mig__frame *fr = rc->frames[0];
-	memmove(rc->frames, rc->frames + 1, (size_t)(rc->nframes - 1) * sizeof(rc->frames[0]));
-	rc->nframes--;
-	return fr;
+	return raw_next_frame(rc, es, 2);
 }
 
 /* Sends a COMMIT, PREPARE, ABORT or OUTCOME_QUERY of `mid` and returns
@@ -402,8 +309,8 @@ static void test_answers_from_retired_records(void **state)
 	/* The destination, asked again as a source that lost its answers
 	 * would. */
 	raw_client rb;
-	raw_open(&rb, f, f->eb, MIGWIRE__CHANNEL__CHANNEL_PEER);
-	raw_wait_up(&rb, f);
+	raw_open_on(&rb, f->eb, MIGWIRE__CHANNEL__CHANNEL_PEER);
+	raw_up(&rb, f);
 	expect_body(ask(&rb, f, MIGWIRE__FRAME__BODY_COMMIT, mid0, u0),
 		    MIGWIRE__FRAME__BODY_COMMITTED, mid0);
 	expect_body(ask(&rb, f, MIGWIRE__FRAME__BODY_PREPARE, mid0, u0),
@@ -458,8 +365,8 @@ static void test_answers_from_retired_records(void **state)
 	/* The source: its outcomes, and a COMMIT of its own migration's id
 	 * is not its to answer. */
 	raw_client ra;
-	raw_open(&ra, f, f->ea, MIGWIRE__CHANNEL__CHANNEL_PEER);
-	raw_wait_up(&ra, f);
+	raw_open_on(&ra, f->ea, MIGWIRE__CHANNEL__CHANNEL_PEER);
+	raw_up(&ra, f);
 	expect_outcome(ask(&ra, f, MIGWIRE__FRAME__BODY_OUTCOME_QUERY, mid0, u0), mid0,
 		       MIGWIRE__OUTCOME_STATE__OUTCOME_COMMITTED);
 	expect_outcome(ask(&ra, f, MIGWIRE__FRAME__BODY_OUTCOME_QUERY, mid1, u1), mid1,
@@ -480,8 +387,8 @@ static void test_answers_from_retired_records(void **state)
 	/* User 0's client attaches to A late: it is sent to B, with a token
 	 * that B accepts. */
 	raw_client rs;
-	raw_open(&rs, f, f->ea, MIGWIRE__CHANNEL__CHANNEL_SESSION);
-	raw_wait_up(&rs, f);
+	raw_open_on(&rs, f->ea, MIGWIRE__CHANNEL__CHANNEL_SESSION);
+	raw_up(&rs, f);
 	Migwire__Attach at = MIGWIRE__ATTACH__INIT;
 	at.token = token;
 	mig__frame fa = MIGWIRE__FRAME__INIT;
@@ -501,8 +408,8 @@ static void test_answers_from_retired_records(void **state)
 	if (!test_dispatch_until(es, 2, raw_is_down, &rs, 10000))
 		fail_msg("A kept the redirected client");
 	raw_close(&rs);
-	raw_open(&rs, f, f->eb, MIGWIRE__CHANNEL__CHANNEL_SESSION);
-	raw_wait_up(&rs, f);
+	raw_open_on(&rs, f->eb, MIGWIRE__CHANNEL__CHANNEL_SESSION);
+	raw_up(&rs, f);
 	at.token = token_b;
 	raw_send(&rs, &fa);
 	fr = raw_next(&rs, f);

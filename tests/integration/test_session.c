@@ -35,6 +35,7 @@
 
 #include "app_model.h"
 #include "engine_int.h"
+#include "raw_client.h"
 #include "support.h"
 #include "token.h"
 #include "transport.h"
@@ -727,90 +728,6 @@ static void test_tls(void **state)
 
 /* ---------------------------------------------------------------- handshake */
 
-typedef struct raw_client {
-	mig__transport *t;
-	mig__evq q;
-	uint64_t conn;
-	bool up, down;
-	int down_error;
-	char down_reason[MIG__REASON_MAX];
-	mig__frame *frames[8];
-	int nframes;
-} raw_client;
-
-static void raw_open(raw_client *rc, const char *url, int channel)
-{
-	memset(rc, 0, sizeof(*rc));
-	assert_int_equal(mig__evq_init(&rc->q), 0);
-	mig__transport_cfg cfg;
-	memset(&cfg, 0, sizeof(cfg));
-	cfg.insecure = true; /* no secret: what a client of the app has */
-	cfg.engine_id = "raw";
-	cfg.events = &rc->q;
-	cfg.log_level = MIG_LOG_ERROR;
-	cfg.name = "raw";
-	char err[200];
-	assert_int_equal(mig__transport_new(&rc->t, &cfg, err, sizeof(err)), 0);
-	assert_int_equal(mig__transport_start(rc->t), 0);
-	int64_t id = mig__transport_connect(rc->t, url, channel);
-	assert_true(id > 0);
-	rc->conn = (uint64_t)id;
-}
-
-static void raw_close(raw_client *rc)
-{
-	mig__transport_free(rc->t);
-	mig__evq_destroy(&rc->q, mig__tev_free_item);
-	for (int i = 0; i < rc->nframes; i++)
-		mig__wire_free(rc->frames[i]);
-}
-
-static bool raw_pump(void *arg)
-{
-	raw_client *rc = arg;
-	mig__evq_item *it = mig__evq_take_all(&rc->q);
-	while (it) {
-		mig__evq_item *next = it->next;
-		mig__tev *ev = (mig__tev *)it;
-		if (ev->conn == rc->conn) {
-			if (ev->type == MIG__TEV_UP) {
-				rc->up = true;
-			} else if (ev->type == MIG__TEV_DOWN) {
-				rc->down = true;
-				rc->down_error = ev->error;
-				mig__strlcpy(rc->down_reason, ev->reason, sizeof(rc->down_reason));
-			} else if (ev->type == MIG__TEV_FRAME && rc->nframes < 8) {
-				rc->frames[rc->nframes++] = ev->frame;
-				ev->frame = NULL;
-			}
-		}
-		mig__tev_free(ev);
-		it = next;
-	}
-	return rc->down;
-}
-
-static bool raw_up_or_down(void *arg)
-{
-	raw_client *rc = arg;
-	raw_pump(rc);
-	return rc->up || rc->down;
-}
-
-static bool raw_has_frame(void *arg)
-{
-	raw_client *rc = arg;
-	raw_pump(rc);
-	return rc->nframes > 0 || rc->down;
-}
-
-static void raw_send(raw_client *rc, const mig__frame *f)
-{
-	mig__msg *m = NULL;
-	assert_int_equal(mig__wire_encode(f, 0, &m), 0);
-	mig__transport_send(rc->t, rc->conn, m);
-}
-
 static void raw_attach(raw_client *rc, const char *token)
 {
 	Migwire__Attach a = MIGWIRE__ATTACH__INIT;
@@ -832,8 +749,8 @@ static void test_handshake(void **state)
 	/* No secret: the handshake passes on the session channel, but the
 	 * first frame must be Attach. */
 	raw_client rc;
-	raw_open(&rc, url, MIGWIRE__CHANNEL__CHANNEL_SESSION);
-	assert_true(test_dispatch_until(es, 1, raw_up_or_down, &rc, WAIT_MS));
+	raw_open(&rc, url, MIGWIRE__CHANNEL__CHANNEL_SESSION, NULL, 0, true);
+	assert_true(test_dispatch_until(es, 1, raw_is_up_or_down, &rc, WAIT_MS));
 	assert_true(rc.up);
 	Migwire__ListUsersRequest lu = MIGWIRE__LIST_USERS_REQUEST__INIT;
 	lu.request_id = 1;
@@ -841,7 +758,7 @@ static void test_handshake(void **state)
 	fl.body_case = MIGWIRE__FRAME__BODY_LIST_USERS;
 	fl.list_users = &lu;
 	raw_send(&rc, &fl);
-	assert_true(test_dispatch_until(es, 1, raw_pump, &rc, WAIT_MS));
+	assert_true(test_dispatch_until(es, 1, raw_is_down, &rc, WAIT_MS));
 	print_message("# session, no Attach: %s: %s\n", mig_err_name(rc.down_error), rc.down_reason);
 	assert_int_equal(rc.down_error, MIG_EAUTH);
 	assert_non_null(strstr(rc.down_reason, "attach required before any other frame"));
@@ -849,9 +766,9 @@ static void test_handshake(void **state)
 	raw_close(&rc);
 
 	/* A malformed token: refused with a reason, then closed. */
-	raw_open(&rc, url, MIGWIRE__CHANNEL__CHANNEL_SESSION);
+	raw_open(&rc, url, MIGWIRE__CHANNEL__CHANNEL_SESSION, NULL, 0, true);
 	raw_attach(&rc, "AAAA");
-	assert_true(test_dispatch_until(es, 1, raw_pump, &rc, WAIT_MS));
+	assert_true(test_dispatch_until(es, 1, raw_is_down, &rc, WAIT_MS));
 	assert_int_equal(rc.nframes, 1);
 	assert_int_equal(rc.frames[0]->body_case, MIGWIRE__FRAME__BODY_ATTACH_REPLY);
 	assert_int_equal(rc.frames[0]->attach_reply->code, MIG_EPROTO);
@@ -862,7 +779,7 @@ static void test_handshake(void **state)
 	 * token; a second Attach on the same connection closes it. */
 	char t[MIG_SESSION_TOKEN_MAX];
 	token_of(f->ea, "user-001", t);
-	raw_open(&rc, url, MIGWIRE__CHANNEL__CHANNEL_SESSION);
+	raw_open(&rc, url, MIGWIRE__CHANNEL__CHANNEL_SESSION, NULL, 0, true);
 	raw_attach(&rc, t);
 	assert_true(test_dispatch_until(es, 1, raw_has_frame, &rc, WAIT_MS));
 	assert_int_equal(rc.nframes, 1);
@@ -879,7 +796,7 @@ static void test_handshake(void **state)
 	assert_string_equal(rt.user, "user-001");
 	assert_int_equal(attached(f->ea, "user-001"), 1);
 	raw_attach(&rc, ar->resume_token);
-	assert_true(test_dispatch_until(es, 1, raw_pump, &rc, WAIT_MS));
+	assert_true(test_dispatch_until(es, 1, raw_is_down, &rc, WAIT_MS));
 	assert_non_null(strstr(rc.down_reason, "unexpected frame on the session channel"));
 	raw_close(&rc);
 	test_dispatch_for(es, 1, 50);
@@ -888,8 +805,8 @@ static void test_handshake(void **state)
 	/* Peer and control channels without the secret: refused as before. */
 	const int strict[2] = {MIGWIRE__CHANNEL__CHANNEL_PEER, MIGWIRE__CHANNEL__CHANNEL_CONTROL};
 	for (int k = 0; k < 2; k++) {
-		raw_open(&rc, url, strict[k]);
-		assert_true(test_dispatch_until(es, 1, raw_pump, &rc, WAIT_MS));
+		raw_open(&rc, url, strict[k], NULL, 0, true);
+		assert_true(test_dispatch_until(es, 1, raw_is_down, &rc, WAIT_MS));
 		assert_false(rc.up);
 		assert_int_equal(rc.down_error, MIG_EAUTH);
 		assert_non_null(strstr(rc.down_reason, "authentication failed"));
