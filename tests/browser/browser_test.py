@@ -82,18 +82,23 @@ def main():
         print('dashboard shows both engines and alice on edge-1', flush=True)
         assert c.engine_users('edge-1').get('alice') == 'active'
 
-        # Move alice by clicking her button (re-rendered on every push, so
-        # look it up again if it went stale between finding and clicking).
-        def click_move(d):
-            try:
-                b = css('#engine-edge-1 button.move[data-user="alice"][data-to="edge-2"]')
-                if not b:
+        # Buttons are re-rendered on every push: look one up again if it
+        # went stale between finding and clicking.
+        def click(sel):
+            def go(d):
+                try:
+                    b = css(sel)
+                    if not b:
+                        return False
+                    b[0].click()
+                    return True
+                except StaleElementReferenceException:
                     return False
-                b[0].click()
-                return True
-            except StaleElementReferenceException:
-                return False
-        wait.until(click_move, 'the move button')
+            return go
+
+        # Move alice by clicking her button.
+        wait.until(click('#engine-edge-1 button.move[data-user="alice"][data-to="edge-2"]'),
+                   'the move button')
         t_click = time.monotonic()
         wait.until(lambda d: css('#engine-edge-2 li[data-user="alice"]') and
                    'active' in css('#engine-edge-2 li[data-user="alice"]')[0].text and
@@ -126,18 +131,6 @@ def main():
         # sees it unhealthy; the source would wait 5 s for an answer, the
         # cancel button ends the migration at once and alice stays.
         c.signal_engine('edge-1', signal.SIGSTOP)
-
-        def click(sel):
-            def go(d):
-                try:
-                    b = css(sel)
-                    if not b:
-                        return False
-                    b[0].click()
-                    return True
-                except StaleElementReferenceException:
-                    return False
-            return go
         wait.until(click('#engine-edge-2 button.move[data-user="alice"][data-to="edge-1"]'),
                    'the move-back button')
         wait.until(click('#migrations tr.running button.cancel, '

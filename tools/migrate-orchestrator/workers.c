@@ -11,6 +11,19 @@
 
 #include "orchestrator.h"
 
+/* How every worker thread reaches an engine's control channel: the cluster
+ * secret, and the orchestrator's TLS files for wss:// engines. */
+static mig_ctl_options ctl_options(const struct orch *o, const char *url, unsigned timeout_ms)
+{
+	return (mig_ctl_options){.url = url,
+				 .secret = o->secret,
+				 .secret_len = o->secret_len,
+				 .tls_ca_file = o->tls_ca,
+				 .tls_cert_file = o->tls_cert,
+				 .tls_key_file = o->tls_key,
+				 .timeout_ms = timeout_ms};
+}
+
 /* ------------------------------------------------------------------ worker results */
 
 void result_free(struct result *r)
@@ -132,13 +145,7 @@ static void poll_engine(struct orch *o, struct pconn *p)
 	}
 	char err[200] = "";
 	if (!p->ctl) {
-		mig_ctl_options co = {.url = p->url,
-				      .secret = o->secret,
-				      .secret_len = o->secret_len,
-				      .tls_ca_file = o->tls_ca,
-				      .tls_cert_file = o->tls_cert,
-				      .tls_key_file = o->tls_key,
-				      .timeout_ms = CTL_TIMEOUT_MS};
+		mig_ctl_options co = ctl_options(o, p->url, CTL_TIMEOUT_MS);
 		if (mig_ctl_new(&p->ctl, &co, err, sizeof(err)) != 0) {
 			r->type = RES_USERS_FAILED;
 			snprintf(r->reason, sizeof(r->reason), "%s", err);
@@ -260,13 +267,7 @@ static void *job_main(void *arg)
 	struct result *done = calloc(1, sizeof(*done));
 	char err[240] = "";
 	mig_ctl *ctl = NULL;
-	mig_ctl_options co = {.url = j->src_url,
-			      .secret = o->secret,
-			      .secret_len = o->secret_len,
-			      .tls_ca_file = o->tls_ca,
-			      .tls_cert_file = o->tls_cert,
-			      .tls_key_file = o->tls_key,
-			      .timeout_ms = 5000};
+	mig_ctl_options co = ctl_options(o, j->src_url, 5000);
 	int rc = mig_ctl_new(&ctl, &co, err, sizeof(err));
 	mig_event final;
 	memset(&final, 0, sizeof(final));
@@ -315,13 +316,7 @@ static void *canceller_main(void *arg)
 	r->migration_id = j->id;
 	char err[200] = "";
 	mig_ctl *ctl = NULL;
-	mig_ctl_options co = {.url = j->src_url,
-			      .secret = o->secret,
-			      .secret_len = o->secret_len,
-			      .tls_ca_file = o->tls_ca,
-			      .tls_cert_file = o->tls_cert,
-			      .tls_key_file = o->tls_key,
-			      .timeout_ms = CTL_TIMEOUT_MS};
+	mig_ctl_options co = ctl_options(o, j->src_url, CTL_TIMEOUT_MS);
 	int rc = mig_ctl_new(&ctl, &co, err, sizeof(err));
 	if (rc == 0) {
 		rc = mig_ctl_cancel(ctl, j->cancel_target);
