@@ -256,7 +256,7 @@ void mig__xfer_credit(struct mig__xfer *x, uint64_t bytes);
  * limit). 0, or MIG_ECANCELED when the transfer is cancelled meanwhile. */
 int mig__xfer_pace(struct mig__xfer *x, size_t len);
 
-/* xfer_src.c / xfer_dst.c */
+/* xfer_src_frames.c / xfer_dst.c */
 void mig__xsrc_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f);
 void mig__xdst_on_frame(mig_engine *e, struct mig_migration *m, const mig__frame *f);
 void mig__xsrc_free(struct mig__xfer *x);
@@ -270,6 +270,16 @@ void mig__xdst_free(struct mig__xfer *x);
 struct src_file *mig__xsrc_find_file(struct src_domain *sd, const char *path, bool create);
 /* Whether the file is in the latest scan and new or changed since sent. */
 bool mig__xsrc_needs_send(const struct src_domain *sd, const struct src_file *f);
+/* xfer_src.c, dispatch: queues the next round (final: the one after the
+ * pause) on the strand; its completion comes back to dispatch. On no
+ * memory the transfer fails (mig__src_files_failed). */
+void mig__xsrc_post_round(mig_engine *e, struct mig_migration *m, bool final);
+/* Dispatch: queues a resend of the files RoundDone lists as redo. 0 or
+ * MIG_ENOMEM. */
+int mig__xsrc_post_redo(struct mig__xfer *x, const Migwire__RoundDone *rd);
+/* Dispatch: once everything queued on the strand is done, lets dispatch
+ * send PREPARE. 0 or MIG_ENOMEM. */
+int mig__xsrc_post_ready(struct mig__xfer *x);
 
 /* xfer_src_stream.c; on the strand unless noted. */
 /* Sends one file of domain `domain` (a TAIL, DATA or delta stream) through
