@@ -303,10 +303,10 @@ out:
 	return rc;
 }
 
-/* POST /api/migrations/ID/cancel: ask the source engine to cancel a
- * migration this orchestrator runs. 202 once asked (the outcome shows in
- * the migration's state and events), 404 no such migration, 409 not
- * running. Asking twice is answered like the first time. */
+/* POST /api/migrations/ID/cancel: cancel a migration this orchestrator
+ * runs, at its source engine. 202 once asked (the outcome shows in the
+ * migration's state and events), 404 no such migration, 409 not running.
+ * Asking twice is answered like the first time. */
 static int cancel_migration(struct orch *o, struct lws *wsi, struct http_req *r, int64_t id)
 {
 	struct job *j = o->jobs;
@@ -323,21 +323,21 @@ static int cancel_migration(struct orch *o, struct lws *wsi, struct http_req *r,
 		free(st);
 		return respond_error(o, wsi, r, HTTP_STATUS_CONFLICT, msg);
 	}
-	if (!j->cancelling) {
-		/* By migration id once the engine named it; before that, by
-		 * the user (one migration per user at a time on an engine). */
+	if (!j->cancel_wanted) {
+		/* By migration id once the engine named it (its STARTED
+		 * event). Before that, the job's thread does not ask for the
+		 * migration if it has not yet, and the STARTED event of one it
+		 * asked for starts the cancel (on_job_event). */
 		char *mid = db_text(o, "SELECT mid FROM migrations WHERE id = ?1 AND mid != ''",
 				    "i", id);
-		j->cancel_target = mid ? mid : strdup(j->user);
-		if (!j->cancel_target)
-			return respond_error(o, wsi, r, HTTP_STATUS_INTERNAL_SERVER_ERROR,
-					     "out of memory");
-		if (cancel_start(j) != 0) {
-			free(j->cancel_target);
-			j->cancel_target = NULL;
+		int rc = mid ? cancel_start(j, mid) : 0;
+		free(mid);
+		if (rc != 0)
 			return respond_error(o, wsi, r, HTTP_STATUS_SERVICE_UNAVAILABLE,
 					     "cannot start a thread");
-		}
+		j->cancel_wanted = true;
+		atomic_store(&j->cancel_early, true);
+		record_event(o, id, "cancel_requested", NULL);
 		fprintf(stderr, "migrate-orchestrator: migration %" PRId64 ": cancel asked\n", id);
 	}
 	return respond_json(o, wsi, r, 202 /* Accepted */,

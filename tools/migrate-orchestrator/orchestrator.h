@@ -17,6 +17,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -78,9 +79,13 @@ struct job {
 	char *user, *src_url, *dst_url;
 	pthread_t thread;
 	bool done;        /* RES_DONE handled: the thread has ended or is ending */
-	/* POST /api/migrations/ID/cancel: a second thread asks the source
-	 * engine to cancel (by migration id once known, else by user); joined
-	 * with the job. */
+	/* POST /api/migrations/ID/cancel. A second thread asks the source
+	 * engine to cancel by migration id (cancel_target), joined with the
+	 * job. Asked before the engine named the migration, cancel_wanted
+	 * waits for its STARTED event, and cancel_early tells the job's thread
+	 * not to ask for the migration at all if it has not yet. */
+	bool cancel_wanted;
+	atomic_bool cancel_early;
 	bool cancelling;
 	char *cancel_target;
 	pthread_t canceller;
@@ -163,9 +168,12 @@ void aconn_remove(struct orch *o, uint64_t conn);
 void on_users(struct orch *o, struct result *r);
 void on_job_event(struct orch *o, struct result *r);
 void on_job_ended(struct orch *o, struct result *r);
-/* A cancel request's answer from the source engine, kept as an event of
- * the migration. */
+/* A cancel request's answer from the source engine; a refusal is kept as
+ * a `cancel_refused` event of the migration. */
 void on_cancel_answer(struct orch *o, struct result *r);
+/* Records an event of migration `id` that this orchestrator originates
+ * (cancel_requested, cancel_refused), at the migration's current phase. */
+void record_event(struct orch *o, int64_t id, const char *type, const char *error);
 /* Forgets finished migrations (and their events) beyond the newest
  * keep_migrations; at start and after every migration that ends. */
 void prune_history(struct orch *o);
@@ -183,9 +191,9 @@ void *poller_main(void *arg);
 /* Main thread: start the migration thread of a job already in the
  * registry. Returns 0 or an errno value. */
 int job_start(struct job *j);
-/* Main thread: ask the source engine to cancel j (j->cancel_target set).
+/* Main thread: ask the source engine to cancel migration `mid` of j.
  * Returns 0 or an errno value. */
-int cancel_start(struct job *j);
+int cancel_start(struct job *j, const char *mid);
 
 /* ------------------------------------------------------------------ http.c */
 

@@ -305,6 +305,10 @@ void on_job_event(struct orch *o, struct result *r)
 		(int64_t)ev->bytes_sent, (int64_t)ev->rounds, (int64_t)ev->duration_us,
 		(int64_t)((ev->time_us > ev->duration_us ? ev->time_us - ev->duration_us : 0) /
 			  1000u));
+	/* A cancel asked for before the engine named the migration. */
+	struct job *j = r->job;
+	if (j->cancel_wanted && !j->cancelling && r->mid[0] && cancel_start(j, r->mid) != 0)
+		record_event(o, j->id, "cancel_refused", "MIG_ESYSTEM");
 }
 
 /* The outcome of a migration this orchestrator ran. */
@@ -329,18 +333,24 @@ void on_job_ended(struct orch *o, struct result *r)
 	prune_history(o);
 }
 
-void on_cancel_answer(struct orch *o, struct result *r)
+/* An event of migration `id` from this orchestrator (not from an engine):
+ * now, at the migration's current phase. */
+void record_event(struct orch *o, int64_t id, const char *type, const char *error)
 {
 	db_exec(o,
 		"INSERT INTO migration_events(migration_id, time_ms, type, phase, bytes_sent,"
 		" rounds, error) SELECT ?1, ?2, ?3, phase, bytes_sent, rounds, ?4"
 		" FROM migrations WHERE id = ?1",
-		"iitt", r->migration_id, (int64_t)wall_ms(),
-		r->rc == 0 ? "cancel_requested" : "cancel_refused",
-		r->rc ? mig_err_name(r->rc) : NULL);
-	fprintf(stderr, "migrate-orchestrator: migration %" PRId64 ": cancel %s: %s\n",
-		r->migration_id, r->rc == 0 ? "requested" : "refused", r->reason);
+		"iitt", id, (int64_t)wall_ms(), type, error);
 	o->dirty = true;
+}
+
+void on_cancel_answer(struct orch *o, struct result *r)
+{
+	if (r->rc)
+		record_event(o, r->migration_id, "cancel_refused", mig_err_name(r->rc));
+	fprintf(stderr, "migrate-orchestrator: migration %" PRId64 ": cancel %s: %s\n",
+		r->migration_id, r->rc == 0 ? "done by the engine" : "refused", r->reason);
 }
 
 void prune_history(struct orch *o)

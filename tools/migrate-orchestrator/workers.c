@@ -3,6 +3,7 @@
  * mig_ctl_users(); each migration runs mig_ctl_migrate() on a thread of its
  * own, and a cancel asked for over the API mig_ctl_cancel() on another.
  * See orchestrator.h. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,7 +272,11 @@ static void *job_main(void *arg)
 	int rc = mig_ctl_new(&ctl, &co, err, sizeof(err));
 	mig_event final;
 	memset(&final, 0, sizeof(final));
-	if (rc == 0) {
+	if (rc == 0 && atomic_load(&j->cancel_early)) {
+		/* Canceled over the API before the engine was asked. */
+		rc = MIG_ECANCELED;
+		snprintf(err, sizeof(err), "%s: canceled before it started", mig_err_name(rc));
+	} else if (rc == 0) {
 		rc = mig_ctl_migrate(ctl, j->user, j->dst_url, MIGRATE_TIMEOUT_MS, job_on_event, j,
 				     &final);
 		if (rc)
@@ -329,10 +334,16 @@ static void *canceller_main(void *arg)
 	return NULL;
 }
 
-int cancel_start(struct job *j)
+int cancel_start(struct job *j, const char *mid)
 {
+	if (!(j->cancel_target = strdup(mid)))
+		return ENOMEM;
 	int rc = pthread_create(&j->canceller, NULL, canceller_main, j);
-	if (rc == 0)
+	if (rc == 0) {
 		j->cancelling = true;
+	} else {
+		free(j->cancel_target);
+		j->cancel_target = NULL;
+	}
 	return rc;
 }
