@@ -285,7 +285,7 @@ def run_tls(c, certs):
                         ':memory:', '--static', c.args.web, '--tls-cert', pem('server.pem'),
                         '--tls-key', pem('ca.key')], capture_output=True, timeout=10)
     check('TLS: a key that does not match the certificate fails at start, saying so',
-          r.returncode == 1 and b'--tls-key' in r.stderr and b'mismatch' in r.stderr,
+          r.returncode == 1 and b'TLS key' in r.stderr and b'mismatch' in r.stderr,
           (r.returncode, r.stderr))
 
     c.start_orchestrator(extra=tls)

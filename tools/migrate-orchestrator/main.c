@@ -20,7 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "auth.h"
@@ -119,26 +118,6 @@ static int read_file(const char *what, const char *path, void *buf, size_t cap, 
 		n--;
 	*len = n;
 	return 0;
-}
-
-/* The certificate and key, checked before libwebsockets sees them: a pair
- * it refuses fails lws_create_context(), which leaks on that path in 4.1,
- * and OpenSSL's reason says more than lws's. */
-static int tls_pair_usable(const char *cert, const char *key)
-{
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-	bool ok = ctx && SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 &&
-		  SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 &&
-		  SSL_CTX_check_private_key(ctx) == 1;
-	if (!ok) {
-		char why[256];
-		ERR_error_string_n(ERR_peek_error(), why, sizeof(why));
-		fprintf(stderr, "migrate-orchestrator: --tls-cert %s with --tls-key %s: %s\n", cert,
-			key, why);
-	}
-	ERR_clear_error();
-	SSL_CTX_free(ctx);
-	return ok ? 0 : -1;
 }
 
 static int parse_uint(const char *s, unsigned long max, unsigned *out)
@@ -262,8 +241,6 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	if (o->tls_cert && tls_pair_usable(o->tls_cert, o->tls_key) != 0)
-		return 1;
 	if (read_file("secret", secret_file, o->secret, sizeof(o->secret), &o->secret_len) ||
 	    read_file("token", token_file, o->token, sizeof(o->token), &o->token_len))
 		return 1;
@@ -304,41 +281,10 @@ int main(int argc, char **argv)
 		goto out_db;
 	}
 
-	struct lws_context_creation_info info;
-	SSL_CTX *http_client_ctx = NULL;
-	memset(&info, 0, sizeof(info));
-	info.port = (int)http_port;
-	info.iface = http_listen;
-	info.protocols = orch_protocols;
-	info.user = o;
-	info.gid = -1;
-	info.uid = -1;
-	if (o->tls_cert) {
-		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-		info.ssl_cert_filepath = o->tls_cert;
-		info.ssl_private_key_filepath = o->tls_key;
-		/* libwebsockets 4.1 also gives a TLS vhost a client SSL_CTX,
-		 * loads the system CA store into it and does not free it when
-		 * the context is destroyed (LeakSanitizer: 0.7 MB at exit).
-		 * This context connects nowhere: it gets an empty one of ours,
-		 * which lws leaves alone and which is freed after it. */
-		http_client_ctx = SSL_CTX_new(TLS_client_method());
-		if (!http_client_ctx) {
-			fprintf(stderr, "migrate-orchestrator: cannot initialise TLS\n");
-			goto out_evq;
-		}
-		info.provided_client_ssl_ctx = http_client_ctx;
-	}
-	o->ws_protocol = &orch_protocols[1];
-	o->ctx = lws_create_context(&info);
-	if (!o->ctx) {
-		fprintf(stderr, "migrate-orchestrator: cannot listen on %s:%u%s\n", http_listen,
-			http_port, o->tls_cert ? " (or the certificate or key is unusable)" : "");
-		goto out_evq;
-	}
-	struct lws_vhost *vh = lws_get_vhost_by_name(o->ctx, "default");
-	int real_http_port = vh ? lws_get_vhost_listen_port(vh) : (int)http_port;
-
+	SSL_CTX *http_client_ctx = NULL; /* freed at out_evq */
+	/* The engines port first: libmigrate's transport checks the TLS
+	 * certificate and key (OpenSSL's reason in `err`) before any lws
+	 * context sees them; lws_create_context() leaks on a pair it refuses. */
 	mig__transport_cfg cfg;
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.listen = true;
@@ -360,8 +306,43 @@ int main(int argc, char **argv)
 	    mig__transport_start(o->tp) != 0) {
 		fprintf(stderr, "migrate-orchestrator: engines port %s:%u: %s\n", engines_listen,
 			engines_port, err[0] ? err : "cannot start");
-		goto out_ctx;
+		mig__transport_free(o->tp);
+		goto out_evq;
 	}
+	struct lws_context_creation_info info;
+	memset(&info, 0, sizeof(info));
+	info.port = (int)http_port;
+	info.iface = http_listen;
+	info.protocols = orch_protocols;
+	info.user = o;
+	info.gid = -1;
+	info.uid = -1;
+	if (o->tls_cert) {
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+		info.ssl_cert_filepath = o->tls_cert;
+		info.ssl_private_key_filepath = o->tls_key;
+		/* libwebsockets 4.1 also gives a TLS vhost a client SSL_CTX,
+		 * loads the system CA store into it and does not free it when
+		 * the context is destroyed (LeakSanitizer: 0.7 MB at exit).
+		 * This context connects nowhere: it gets an empty one of ours,
+		 * which lws leaves alone and which is freed after it. */
+		http_client_ctx = SSL_CTX_new(TLS_client_method());
+		if (!http_client_ctx) {
+			fprintf(stderr, "migrate-orchestrator: cannot initialise TLS\n");
+			goto out_tp;
+		}
+		info.provided_client_ssl_ctx = http_client_ctx;
+	}
+	o->ws_protocol = &orch_protocols[1];
+	o->ctx = lws_create_context(&info);
+	if (!o->ctx) {
+		fprintf(stderr, "migrate-orchestrator: cannot listen on %s:%u\n", http_listen,
+			http_port);
+		goto out_tp;
+	}
+	struct lws_vhost *vh = lws_get_vhost_by_name(o->ctx, "default");
+	int real_http_port = vh ? lws_get_vhost_listen_port(vh) : (int)http_port;
+
 	if (pthread_create(&o->poller, NULL, poller_main, o) != 0) {
 		fprintf(stderr, "migrate-orchestrator: cannot start the poller\n");
 		goto out_tp;
@@ -399,7 +380,6 @@ int main(int argc, char **argv)
 	}
 out_tp:
 	mig__transport_free(o->tp);
-out_ctx:
 	lws_sul_cancel(&o->sul);
 	lws_context_destroy(o->ctx);
 	drain_results(o); /* poller results posted after the last service */
